@@ -1,0 +1,185 @@
+"""The meta-RL agent: networks plus PEARL's small vocabulary for beliefs about the task.
+
+`MetaAgent` holds the context encoder, actor, twin critics (and their targets) and the entropy
+temperatures of one of three kinds:
+
+- `cmrl`:  PEARL context encoder conditioned on the goal text -> z -> soft-modular routing.
+- `pearl`: PEARL context encoder (no text) -> z, concatenated to the input of MLP actor/critics.
+- `sm`:    soft-modular nets routed by a one-hot task id: the multi-task oracle. It cannot adapt; on
+           a task it was not trained on it gets the all-zeros id.
+
+`TaskBelief` is the per-environment state during interaction, in oyster's words: `clear_z` (back to
+the prior: the goal text's own factor for cmrl, N(0, I) for pearl), `observe` (add transitions to the
+context), `infer_posterior` (product of Gaussians over the context so far), `sample_z`. It keeps
+running sums of the factors' precisions, so the posterior after every step costs one small forward
+pass, not a pass over the whole history.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .context_encoder import MIN_VAR, ContextEncoder
+from .networks import Actor, ActorOutput, TwinCritic
+
+
+class MetaAgent(nn.Module):
+    def __init__(self, config: RunConfig, obs_dim: int, act_dim: int, text_dim: int,
+                 train_tasks: list[str] | tuple[str, ...]):
+        super().__init__()
+        self.config = config
+        self.kind = config.train.agent
+        self.obs_dim, self.act_dim, self.text_dim = obs_dim, act_dim, text_dim
+        self.train_tasks = tuple(train_tasks)
+        net = config.net
+        modular = self.kind in ("cmrl", "sm")
+        self.uses_context = self.kind in ("cmrl", "pearl")
+        self.uses_text = self.kind == "cmrl"
+        if self.uses_context:
+            self.encoder = ContextEncoder(obs_dim, act_dim, net.latent_dim, list(net.encoder_hidden),
+                                          text_dim=text_dim if self.uses_text else 0,
+                                          goal_proj_dim=net.goal_proj_dim,
+                                          goal_factor=net.goal_factor and self.uses_text)
+            self.cond_dim = net.latent_dim
+        else:
+            self.encoder = None
+            self.cond_dim = len(self.train_tasks)
+        self.actor = Actor(modular, obs_dim, act_dim, self.cond_dim, net)
+        self.critic = TwinCritic(modular, obs_dim, act_dim, self.cond_dim, net)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        num_alpha = len(self.train_tasks) if config.sac.per_task_alpha else 1
+        self.log_alpha = nn.Parameter(torch.full((num_alpha,), float(np.log(config.sac.init_alpha))))
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_alpha.device
+
+    # -- beliefs about the task ------------------------------------------------------------------
+    def infer_posterior(self, context: torch.Tensor, goal: torch.Tensor | None = None,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, var [T, L] of q(z | context [T, N, D], goal [T, text])."""
+        return self.encoder.posterior(context, goal if self.uses_text else None, mask)
+
+    @staticmethod
+    def sample_z(mu: torch.Tensor, var: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        if deterministic:
+            return mu
+        return mu + var.sqrt() * torch.randn_like(mu)
+
+    def task_condition(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """The sm oracle's condition: one-hot ids [B, num_train_tasks]; id -1 (unknown) -> zeros."""
+        onehot = torch.zeros(task_ids.shape[0], self.cond_dim, device=self.device)
+        known = task_ids >= 0
+        onehot[known, task_ids[known]] = 1.0
+        return onehot
+
+    # -- acting ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, cond: torch.Tensor,
+            deterministic: bool = False) -> ActorOutput:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return self.actor(obs_t, cond, deterministic=deterministic, with_log_prob=False)
+
+
+class TaskBelief:
+    """Per-env belief state for E environments at once (E may be 1).
+
+    `goal` [E, text_dim] embeddings (cmrl), `task_ids` [E] (sm; -1 for an unknown task)."""
+
+    def __init__(self, agent: MetaAgent, num_envs: int, goal: np.ndarray | None = None,
+                 task_ids: np.ndarray | list[int] | None = None):
+        self.agent = agent
+        self.E = num_envs
+        dev = agent.device
+        self.goal = (torch.as_tensor(goal, dtype=torch.float32, device=dev).reshape(num_envs, -1)
+                     if goal is not None and agent.uses_text else None)
+        self.task_ids = torch.as_tensor(
+            task_ids if task_ids is not None else [-1] * num_envs, dtype=torch.long, device=dev)
+        self.num_transitions = np.zeros(num_envs, dtype=np.int64)
+        self.clear_z()
+
+    def clear_z(self, env_mask: np.ndarray | None = None) -> None:
+        """Forget the context of the masked envs (all by default): back to the prior."""
+        if not self.agent.uses_context:
+            return
+        mask = torch.ones(self.E, dtype=torch.bool) if env_mask is None else torch.as_tensor(env_mask)
+        mask = mask.to(self.agent.device)
+        L = self.agent.cond_dim
+        with torch.no_grad():
+            if self.agent.uses_text and self.goal is not None and self.agent.encoder.goal_net is not None:
+                g_mu, g_var = self.agent.encoder.goal_factor(self.goal)
+                prec, wmu = 1.0 / g_var, g_mu / g_var
+            else:
+                prec = torch.zeros(self.E, L, device=self.agent.device)
+                wmu = torch.zeros_like(prec)
+        if not hasattr(self, "precision"):
+            self.precision, self.weighted_mu = prec, wmu
+        else:
+            self.precision = torch.where(mask[:, None], prec, self.precision)
+            self.weighted_mu = torch.where(mask[:, None], wmu, self.weighted_mu)
+        self.num_transitions[mask.cpu().numpy()] = 0
+        self.z = None
+        self.infer_posterior()
+        self.sample_z(env_mask)
+
+    @torch.no_grad()
+    def observe(self, obs, action, reward, next_obs, env_mask: np.ndarray | None = None) -> None:
+        """Add one transition per env (arrays with leading dim E); envs off the mask are skipped."""
+        if not self.agent.uses_context:
+            return
+        dev = self.agent.device
+        c = torch.as_tensor(np.concatenate([np.asarray(obs, np.float32), np.asarray(action, np.float32),
+                                            np.asarray(reward, np.float32).reshape(self.E, 1),
+                                            np.asarray(next_obs, np.float32)], axis=-1), device=dev)
+        mu, var = self.agent.encoder.transition_factors(c.unsqueeze(1), self.goal)
+        prec = 1.0 / var[:, 0].clamp(min=MIN_VAR)
+        keep = (torch.ones(self.E, 1, device=dev) if env_mask is None
+                else torch.as_tensor(env_mask, dtype=torch.float32, device=dev).reshape(self.E, 1))
+        self.precision = self.precision + keep * prec
+        self.weighted_mu = self.weighted_mu + keep * prec * mu[:, 0]
+        self.num_transitions += (np.ones(self.E, bool) if env_mask is None
+                                 else np.asarray(env_mask, bool)).astype(np.int64)
+
+    def infer_posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance [E, L] from everything observed since `clear_z`."""
+        if not self.agent.uses_context:
+            raise RuntimeError("the sm oracle has no context variable")
+        empty = self.precision.sum(-1, keepdim=True) <= 0
+        var = torch.where(empty, torch.ones_like(self.precision), 1.0 / self.precision.clamp(min=1e-30))
+        mu = torch.where(empty, torch.zeros_like(self.weighted_mu), var * self.weighted_mu)
+        self.mu, self.var = mu, var
+        return mu, var
+
+    def sample_z(self, env_mask: np.ndarray | None = None, deterministic: bool = False) -> None:
+        """Draw a new z for the masked envs (all by default) from the current posterior."""
+        if not self.agent.uses_context:
+            return
+        mu, var = self.infer_posterior()
+        z = self.agent.sample_z(mu, var, deterministic)
+        if self.z is None or env_mask is None:
+            self.z = z
+        else:
+            m = torch.as_tensor(env_mask, dtype=torch.bool, device=z.device)[:, None]
+            self.z = torch.where(m, z, self.z)
+
+    def condition(self) -> torch.Tensor:
+        """What the actor and critics are conditioned on, [E, cond_dim]."""
+        if self.agent.uses_context:
+            return self.z
+        return self.agent.task_condition(self.task_ids)
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> ActorOutput:
+        return self.agent.act(obs, self.condition(), deterministic=deterministic)
+
+    def posterior_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) [E, L] as numpy; zeros for the sm oracle."""
+        if not self.agent.uses_context:
+            z = np.zeros((self.E, 0), np.float32)
+            return z, z
+        mu, var = self.infer_posterior()
+        return mu.cpu().numpy(), var.sqrt().cpu().numpy()

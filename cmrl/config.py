@@ -1,0 +1,256 @@
+"""Configuration: the single source of truth for a run, saved as JSON with every checkpoint.
+
+Every field has a docstring-style comment; `RunConfig.to_dict()` / `RunConfig.from_dict()` round-trip
+exactly, and `from_dict` rejects unknown keys and wrongly typed values with a clear message (a config
+file is user input too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AGENT_KINDS = ("cmrl", "pearl", "sm")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid."""
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "ml4"
+    """`ml4` (drawer-open, drawer-close, window-open -> window-close), `ml1:<env>`, `ml10`, `ml45`,
+    or `custom` (then `train_tasks` / `test_tasks` name Meta-World v3 envs)."""
+    train_tasks: list[str] = field(default_factory=list)
+    """Meta-train env names for `custom` (filled in from the benchmark for the others)."""
+    test_tasks: list[str] = field(default_factory=list)
+    """Held-out meta-test env names for `custom` (never trained on)."""
+    horizon: int = 200
+    """Episode length in env steps (Meta-World's own default is 500)."""
+    seed: int = 0
+    """Seed of Meta-World's goal-variation sampling (50 variations per env)."""
+
+
+@dataclass
+class NetworkConfig:
+    latent_dim: int = 7
+    """Size of the context variable z."""
+    encoder_hidden: list[int] = field(default_factory=lambda: [128, 128])
+    """Hidden widths of the per-transition context encoder (the seed: a 2-layer MLP of 128)."""
+    goal_proj_dim: int = 32
+    """Width the goal-text embedding is projected to before it joins each transition's input."""
+    goal_factor: bool = True
+    """CMRL: the goal text adds its own Gaussian factor to the product (a goal alone moves the prior)."""
+    num_layers: int = 4
+    """Soft-modular networks: module layers L."""
+    num_modules: int = 4
+    """Soft-modular networks: modules per layer n."""
+    module_width: int = 64
+    """Soft-modular networks: width of each module. 64 is our CPU default (18 SAC updates/s on 2
+    cores at 3 tasks x 256); Soft-Module's "deep" configuration is 4 x 4 x 128."""
+    embed_dim: int = 64
+    """Soft-modular networks: width D of the observation and condition embeddings."""
+    gating_hidden: int = 64
+    """Soft-modular networks: width of the routing network's hidden layers."""
+    gating_layers: int = 2
+    """Soft-modular networks: hidden layers of the routing network."""
+    mlp_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    """PEARL baseline: hidden widths of the plain MLP actor and critics."""
+    obs_takes_context: bool = True
+    """Modular nets also see the condition (z or one-hot) beside the observation, as Soft-Module's
+    conditioned variant does; routing is driven by the condition either way."""
+
+
+@dataclass
+class SACConfig:
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak factor of the target critics."""
+    lr: float = 3e-4
+    """Adam learning rate of actor, critics, context encoder and entropy temperature."""
+    batch_size: int = 256
+    """RL transitions per task per update (all tasks go through one batched forward pass)."""
+    context_size: int = 64
+    """Transitions per task the context encoder sees per update."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before the Bellman target."""
+    kl_weight: float = 0.1
+    """beta: weight of KL(q(z|c) || N(0, I)) in the encoder's loss."""
+    init_alpha: float = 1.0
+    """Initial entropy temperature."""
+    target_entropy: float | None = None
+    """Entropy target; None means -action_dim."""
+    per_task_alpha: bool = True
+    """One entropy temperature per meta-train task (Soft-Module); False: one shared."""
+    grad_clip: float = 10.0
+    """Gradient-norm clip for every network (0 disables)."""
+    bc_weight: float = 0.0
+    """Behaviour-regularisation weight on the actor (TD3+BC style); used by offline training."""
+    precision: str = "fp32"
+    """`fp32` or `bf16` (autocast for the matmuls; fast on CPUs with AMX and on GPUs)."""
+
+
+@dataclass
+class TrainConfig:
+    agent: str = "cmrl"
+    """`cmrl` (PEARL context + goal text -> soft-modular routing), `pearl` (MLP on [s, z]) or `sm`
+    (soft-modular with a one-hot task id: the multi-task oracle, no adaptation)."""
+    mode: str = "online"
+    """`online`: Algorithm 1, collecting and updating (mixing in `offline` data when it is set).
+    `offline`: gradient steps on the `offline` dataset only."""
+    steps: int = 20000
+    """Budget in total: env steps collected (online) or gradient steps (offline)."""
+    seed: int = 0
+    """Seed of networks, sampling and collection."""
+    text_encoder: str = "auto"
+    """`clip`, `minilm` or `auto` (CLIP when its weights are found locally, else MiniLM)."""
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    """open_clip weights for ViT-B-32: a tag found in the Hugging Face cache, a local file, or `none`
+    (random weights: tests the plumbing only)."""
+    envs_per_task: int = 4
+    """Environments per meta-train task stepped in lockstep during collection (one batched forward)."""
+    prior_rounds: int = 1
+    """Per iteration: episodes per env collected with z from the prior (fill the context buffer)."""
+    posterior_rounds: int = 1
+    """Per iteration: episodes per env collected with z from the posterior (RL buffer only)."""
+    updates_per_step: float = 0.5
+    """Gradient updates per collected env step (summed over tasks)."""
+    warmup_steps: int = 2400
+    """Env steps collected before the first update."""
+    replay_capacity: int = 200000
+    """Transitions kept per task."""
+    prior_data: str = "none"
+    """`none` or `expert`: prefill meta-train buffers with noisy scripted-expert episodes (never for
+    held-out tasks)."""
+    prior_episodes: int = 20
+    """Expert episodes per meta-train task when `prior_data` is `expert`."""
+    prior_noise: float = 0.3
+    """Gaussian action-noise std of the scripted expert's prior data."""
+    offline: str | None = None
+    """Path of a Minari dataset root to train from (offline mode); None: online Algorithm 1."""
+    offline_ratio: float = 0.5
+    """After resuming an offline run online: fraction of each RL batch drawn from the offline data."""
+    checkpoint_every: int = 5000
+    """Checkpoint period (env steps online, gradient steps offline)."""
+    eval_every: int = 5000
+    """Evaluation period (same unit); 0 disables evaluation during training."""
+    eval_variations: int = 2
+    """Goal variations per task in each evaluation during training."""
+    device: str = "auto"
+    """`auto` (CUDA when available), `cpu` or `cuda`."""
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+
+
+@dataclass
+class RunConfig:
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    net: NetworkConfig = field(default_factory=NetworkConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("config must be a JSON object")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config sections: {sorted(unknown)}")
+        parts = {}
+        for f in dataclasses.fields(cls):
+            parts[f.name] = _build(_SECTIONS[f.name], data.get(f.name, {}), f.name)
+        cfg = cls(**parts)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        t = self.train
+        if t.agent not in AGENT_KINDS:
+            raise ConfigError(f"unknown agent {t.agent!r}; choose one of {', '.join(AGENT_KINDS)}")
+        if t.text_encoder not in ("auto", "clip", "minilm"):
+            raise ConfigError(f"unknown text encoder {t.text_encoder!r}; choose clip, minilm or auto")
+        if t.prior_data not in ("none", "expert"):
+            raise ConfigError(f"prior_data must be 'none' or 'expert', not {t.prior_data!r}")
+        if t.mode not in ("online", "offline"):
+            raise ConfigError(f"mode must be online or offline, not {t.mode!r}")
+        if t.mode == "offline" and not t.offline:
+            raise ConfigError("offline mode needs a dataset (train.offline / --offline DIR)")
+        if t.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, not {t.device!r}")
+        if self.sac.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, not {self.sac.precision!r}")
+        for name, value in (("steps", t.steps), ("envs_per_task", t.envs_per_task),
+                            ("horizon", self.benchmark.horizon), ("batch_size", self.sac.batch_size),
+                            ("context_size", self.sac.context_size),
+                            ("num_layers", self.net.num_layers), ("num_modules", self.net.num_modules)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.net.num_layers < 2:
+            raise ConfigError("num_layers must be >= 2 (routing sits between module layers)")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+_SECTIONS = {"benchmark": BenchmarkConfig, "net": NetworkConfig, "sac": SACConfig,
+             "train": TrainConfig}
+
+
+def _build(section_cls, data: Any, section: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {section!r} must be an object")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown keys in config section {section!r}: {sorted(unknown)}")
+    defaults = section_cls()
+    values = {}
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        values[name] = _check_type(value, default, f"{section}.{name}")
+    return section_cls(**values)
+
+
+def _check_type(value: Any, default: Any, where: str) -> Any:
+    """Accept a value if it has the default's JSON type (ints allowed for floats, None for optionals)."""
+    if value is None:
+        if default is None or where in _OPTIONAL:
+            return None
+        raise ConfigError(f"{where} may not be null")
+    if isinstance(default, bool) or (default is None and isinstance(value, bool)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) or where in _OPTIONAL_FLOAT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, str) or where in _OPTIONAL_STR:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        kind = type(default[0]) if default else str
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where} must be a list of {kind.__name__}")
+        return list(value)
+    raise ConfigError(f"{where}: unsupported value {value!r}")
+
+
+_OPTIONAL = {"sac.target_entropy", "train.offline"}
+_OPTIONAL_FLOAT = {"sac.target_entropy"}
+_OPTIONAL_STR = {"train.offline"}

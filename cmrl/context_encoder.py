@@ -1,0 +1,108 @@
+"""PEARL's probabilistic context encoder, conditioned on the goal text (CMRL).
+
+Each transition c_j = (s, a, r, s') -- concatenated with a projection of the goal embedding g --
+maps to a Gaussian factor N(mu_j, var_j). The posterior over the context z is their product:
+
+    var = 1 / sum_j (1 / var_j),     mu = var * sum_j (mu_j / var_j)
+
+(PEARL, oyster `_product_of_gaussians`; variances clamped at 1e-7). CMRL departs from PEARL in one
+place: the goal text gets a Gaussian factor of its own, N(mu_g, var_g) = f(g), multiplied in with the
+transitions'. With no transitions yet, the posterior is that goal factor, so the words alone already
+move z away from the N(0, I) prior, and every transition then sharpens it. PEARL has no text: its
+posterior with no transitions is the prior N(0, I) itself.
+
+The KL of the posterior to N(0, I) is the regulariser weighted by beta. The encoder is trained by the
+critic's Bellman loss and that KL only (the actor sees z detached); see `sac.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import mlp
+
+MIN_VAR = 1e-7
+
+
+def product_of_gaussians(mu: torch.Tensor, var: torch.Tensor,
+                         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Product of the Gaussian factors along dim -2: mu, var [..., N, L] -> [..., L].
+
+    `mask` [..., N] (1 keeps a factor, 0 drops it) lets contexts of different lengths share a batch.
+    With no factor kept the result is N(0, I), the prior."""
+    precision = 1.0 / var.clamp(min=MIN_VAR)
+    if mask is not None:
+        precision = precision * mask.unsqueeze(-1).to(precision.dtype)
+    total = precision.sum(-2)
+    weighted = (mu * precision).sum(-2)
+    empty = total <= 0
+    post_var = torch.where(empty, torch.ones_like(total), 1.0 / total.clamp(min=1e-30))
+    post_mu = torch.where(empty, torch.zeros_like(weighted), post_var * weighted)
+    return post_mu, post_var
+
+
+def kl_to_standard_normal(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag var) || N(0, I)), summed over the last dim."""
+    return 0.5 * (var + mu.pow(2) - 1.0 - var.clamp(min=MIN_VAR).log()).sum(-1)
+
+
+class ContextEncoder(nn.Module):
+    """q(z | c_1..N, g): one Gaussian factor per transition (and one for the goal text)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden: list[int],
+                 text_dim: int = 0, goal_proj_dim: int = 32, goal_factor: bool = False):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.transition_dim = 2 * obs_dim + act_dim + 1
+        self.uses_text = text_dim > 0
+        self.goal_proj = nn.Linear(text_dim, goal_proj_dim) if self.uses_text else None
+        in_dim = self.transition_dim + (goal_proj_dim if self.uses_text else 0)
+        self.transition_net = mlp(in_dim, hidden, 2 * latent_dim)
+        self.goal_net = mlp(text_dim, hidden[:1], 2 * latent_dim) if goal_factor and self.uses_text else None
+
+    def _gaussian(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, raw = out.split(self.latent_dim, dim=-1)
+        return mu, F.softplus(raw) + MIN_VAR
+
+    def transition_factors(self, context: torch.Tensor, goal: torch.Tensor | None = None):
+        """context [T, N, transition_dim], goal [T, text_dim] -> mu, var [T, N, L]."""
+        x = context
+        if self.uses_text:
+            if goal is None:
+                raise ValueError("this context encoder is goal-conditioned: pass the goal embedding")
+            g = self.goal_proj(goal).unsqueeze(-2).expand(*context.shape[:-1], -1)
+            x = torch.cat([context, g], dim=-1)
+        return self._gaussian(self.transition_net(x))
+
+    def goal_factor(self, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """goal [T, text_dim] -> the goal's own factor mu, var [T, L] (None without one)."""
+        if self.goal_net is None:
+            return None
+        return self._gaussian(self.goal_net(goal))
+
+    def posterior(self, context: torch.Tensor | None, goal: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mu, var [T, L] from context [T, N, D] (N may be 0, or context None)."""
+        mus, variances, masks = [], [], []
+        gf = self.goal_factor(goal) if goal is not None else None
+        if gf is not None:
+            mus.append(gf[0].unsqueeze(-2))
+            variances.append(gf[1].unsqueeze(-2))
+            masks.append(torch.ones(gf[0].shape[:-1] + (1,), device=gf[0].device))
+        if context is not None and context.shape[-2] > 0:
+            mu, var = self.transition_factors(context, goal)
+            mus.append(mu)
+            variances.append(var)
+            masks.append(mask.float() if mask is not None else
+                         torch.ones(mu.shape[:-1], device=mu.device))
+        if not mus:
+            batch = goal.shape[:-1] if goal is not None else context.shape[:-2]
+            zeros = torch.zeros(*batch, self.latent_dim, device=self._device())
+            return zeros, torch.ones_like(zeros)
+        return product_of_gaussians(torch.cat(mus, -2), torch.cat(variances, -2),
+                                    torch.cat(masks, -1))
+
+    def _device(self):
+        return next(self.parameters()).device

@@ -1,0 +1,82 @@
+"""Metrics logging with pluggable writers: `metrics.jsonl` (one JSON object per line) and a terminal
+progress bar. A writer is anything with `write(record: dict)` and `close()`."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+
+class JsonlWriter:
+    def __init__(self, path: str | Path, truncate_after_step: int | None = None):
+        self.path = Path(path)
+        if truncate_after_step is not None and self.path.exists():
+            # Resuming: drop lines a killed run logged after its last checkpoint.
+            kept = [line for line in self.path.read_text().splitlines()
+                    if _step_of(line) is not None and _step_of(line) <= truncate_after_step]
+            self.path.write_text("".join(k + "\n" for k in kept))
+        self._f = open(self.path, "a", buffering=1)
+
+    def write(self, record: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in record.items()}
+        self._f.write(json.dumps(clean) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class ProgressWriter:
+    """tqdm bar over the step budget, showing the latest headline metrics."""
+
+    KEYS = ("success", "critic_loss", "alpha")
+
+    def __init__(self, total: int, initial: int, unit: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True,
+                        disable=not enabled, file=sys.stderr)
+        self.last = initial
+
+    def write(self, record: dict) -> None:
+        step = int(record.get("step", self.last))
+        self.bar.update(max(0, step - self.last))
+        self.last = step
+        shown = {k: f"{record[k]:.3g}" for k in self.KEYS if isinstance(record.get(k), (int, float))}
+        if shown:
+            self.bar.set_postfix(shown)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class CallbackWriter:
+    """Hands every record to a function (e.g. a UI)."""
+
+    def __init__(self, fn):
+        self.write = fn
+
+    def close(self) -> None:
+        pass
+
+
+class MetricsLogger:
+    def __init__(self, *writers):
+        self.writers = list(writers)
+
+    def log(self, record: dict) -> None:
+        for w in self.writers:
+            w.write(record)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()

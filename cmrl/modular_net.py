@@ -1,0 +1,114 @@
+"""Soft modularization (Yang et al. 2020) with the routing driven by a condition vector.
+
+The base network is L layers of n modules each (Linear layers). Between layer l and l+1 a routing
+matrix p_l (n x n, each row a softmax over the n source modules) decides how much of each module's
+output feeds each module of the next layer; after the last layer an n-vector mixes the modules into
+the output head. The routing network computes the p_l per sample from the observation embedding
+times the condition embedding:
+
+    e   = f_obs(x) * f_cond(c)                        (element-wise, width D)
+    h   = gating MLP(ReLU(e))
+    p_1 = softmax_rows(W_1 ReLU(h))                   (n x n)
+    p_l = softmax_rows(W_l ReLU(U_l [p_1..p_{l-1}] * h))   for later layers
+    w   = softmax(W_last ReLU(U_last [p_1..p_{L-1}] * h))  (the final n-vector)
+
+In Soft Modularization c is a one-hot task id (our `sm` oracle); in CMRL c is the context z inferred
+by the PEARL encoder from transitions and the goal text, so the words and the interaction history
+reconfigure which modules act.
+
+Every forward pass returns its routing (`Routing`), so callers such as the app can draw it. The
+network is ensembled (E copies, see `layers.py`): twin critics are one E=2 module.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .layers import EnsembleLinear
+
+
+class Routing(NamedTuple):
+    layers: list[torch.Tensor]
+    """L-1 tensors [E, B, n, n]: row j is the distribution over source modules feeding module j."""
+    final: torch.Tensor
+    """[E, B, n]: how the last layer's modules mix into the output head."""
+
+
+class SoftModularNet(nn.Module):
+    def __init__(self, in_dim: int, cond_dim: int, out_dim: int, num_layers: int = 4,
+                 num_modules: int = 4, module_width: int = 128, embed_dim: int = 128,
+                 gating_hidden: int = 128, gating_layers: int = 2, ensemble: int = 1,
+                 last_init: float | None = 3e-3):
+        super().__init__()
+        if num_layers < 2:
+            raise ValueError("a soft-modular network needs at least 2 module layers")
+        E, n, w, D = ensemble, num_modules, module_width, embed_dim
+        self.E, self.n, self.L, self.w = E, n, num_layers, w
+        self.obs_in = EnsembleLinear(E, in_dim, D)
+        self.obs_out = EnsembleLinear(E, D, D)
+        self.cond_embed = EnsembleLinear(E, cond_dim, D)
+        gate_dims = [D] + [gating_hidden] * gating_layers
+        self.gating = nn.ModuleList(EnsembleLinear(E, a, b) for a, b in zip(gate_dims, gate_dims[1:]))
+        G = gate_dims[-1]
+        self.route_first = EnsembleLinear(E, G, n * n)
+        self.route_cond = nn.ModuleList(EnsembleLinear(E, (l + 1) * n * n, G) for l in range(num_layers - 2))
+        self.route_next = nn.ModuleList(EnsembleLinear(E, G, n * n) for _ in range(num_layers - 2))
+        self.route_last_cond = EnsembleLinear(E, (num_layers - 1) * n * n, G)
+        self.route_last = EnsembleLinear(E, G, n)
+        # Module weights of layer l: [E * n, in, w], so all n modules of all E members run in one bmm.
+        self.module_weights = nn.ParameterList()
+        self.module_biases = nn.ParameterList()
+        for l in range(num_layers):
+            fan_in = D if l == 0 else w
+            bound = fan_in ** -0.5
+            self.module_weights.append(nn.Parameter(torch.empty(E * n, fan_in, w).uniform_(-bound, bound)))
+            self.module_biases.append(nn.Parameter(torch.zeros(E * n, 1, w)))
+        self.head = EnsembleLinear(E, w, out_dim, init_scale=last_init)
+
+    def routing(self, obs_emb: torch.Tensor, cond: torch.Tensor) -> Routing:
+        """Routing probabilities from the (pre-activation) observation embedding and the condition."""
+        h = torch.relu(obs_emb * self.cond_embed(cond))
+        for i, layer in enumerate(self.gating):
+            h = layer(h)
+            if i < len(self.gating) - 1:
+                h = torch.relu(h)
+        E, B = h.shape[0], h.shape[1]
+        n = self.n
+        p = torch.softmax(self.route_first(torch.relu(h)).view(E, B, n, n), dim=-1)
+        probs, flat = [p], [p.reshape(E, B, n * n)]
+        for cond_layer, out_layer in zip(self.route_cond, self.route_next):
+            g = torch.relu(cond_layer(torch.cat(flat, -1)) * h)
+            p = torch.softmax(out_layer(g).view(E, B, n, n), dim=-1)
+            probs.append(p)
+            flat.append(p.reshape(E, B, n * n))
+        g = torch.relu(self.route_last_cond(torch.cat(flat, -1)) * h)
+        return Routing(probs, torch.softmax(self.route_last(g), dim=-1))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        """x [E or 1, B, in_dim], cond [E or 1, B, cond_dim] -> out [E, B, out_dim], routing."""
+        E, n, w = self.E, self.n, self.w
+        obs_emb = self.obs_out(torch.relu(self.obs_in(x)))
+        routing = self.routing(obs_emb, cond)
+        B = obs_emb.shape[1]
+        # Layer 0: every module reads the same embedding, so all n modules are one wide matmul.
+        W0 = self.module_weights[0].view(E, n, -1, w).transpose(1, 2).reshape(E, -1, n * w)
+        b0 = self.module_biases[0].view(E, 1, n * w)
+        out = torch.baddbmm(b0, torch.relu(obs_emb), W0).view(E, B, n, w).transpose(1, 2)
+        for l in range(1, self.L):
+            inp = torch.relu(_mix(routing.layers[l - 1], out)).reshape(E * n, B, w)
+            out = torch.baddbmm(self.module_biases[l], inp, self.module_weights[l]).view(E, n, B, w)
+        # final[e, b] = sum_i w[e, b, i] * out[e, i, b]
+        weights = routing.final.to(out.dtype).permute(0, 2, 1).unsqueeze(-1)  # [E, n, B, 1]
+        final = (weights * out).sum(1)
+        return self.head(torch.relu(final)), routing
+
+
+def _mix(p: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """mixed[e, j, b] = sum_i p[e, b, j, i] * out[e, i, b]; p [E, B, n, n], out [E, n, B, w].
+
+    One batched matmul over the sample-major view (measured ~3.5x faster on CPU than broadcasted
+    multiply-adds or an einsum)."""
+    return torch.matmul(p.to(out.dtype), out.transpose(1, 2)).transpose(1, 2)

@@ -1,0 +1,96 @@
+"""SAC's actor (tanh-Gaussian) and twin critics, on a soft-modular or a plain MLP backbone.
+
+Both take an observation batch and a condition batch (z for cmrl/pearl, a one-hot task id for sm).
+The soft-modular backbone routes its modules by the condition (`modular_net.py`); the MLP backbone
+(PEARL's) just reads concat(obs, condition).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .config import NetworkConfig
+from .layers import EnsembleMLP
+from .modular_net import Routing, SoftModularNet
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class Backbone(nn.Module):
+    """E copies of f(x, cond) -> out, returning (out [E, B, out_dim], routing or None)."""
+
+    def __init__(self, modular: bool, in_dim: int, cond_dim: int, out_dim: int,
+                 cfg: NetworkConfig, ensemble: int):
+        super().__init__()
+        self.modular = modular
+        self.concat_cond = (not modular) or cfg.obs_takes_context
+        x_dim = in_dim + (cond_dim if self.concat_cond else 0)
+        if modular:
+            self.net = SoftModularNet(x_dim, cond_dim, out_dim, cfg.num_layers, cfg.num_modules,
+                                      cfg.module_width, cfg.embed_dim, cfg.gating_hidden,
+                                      cfg.gating_layers, ensemble=ensemble)
+        else:
+            self.net = EnsembleMLP(ensemble, x_dim, list(cfg.mlp_hidden), out_dim, last_init=3e-3)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
+        x, cond = x.unsqueeze(0), cond.unsqueeze(0)
+        if self.concat_cond:
+            x = torch.cat([x, cond], dim=-1)
+        if self.modular:
+            return self.net(x, cond)
+        return self.net(x), None
+
+
+class ActorOutput(NamedTuple):
+    action: torch.Tensor
+    """[B, act_dim] in [-1, 1]: sampled, or tanh(mean) when deterministic."""
+    log_prob: torch.Tensor | None
+    """[B] log-density of `action` (tanh-corrected), when asked for."""
+    mean_action: torch.Tensor
+    """[B, act_dim] tanh(mean): the deterministic action."""
+    routing: Routing | None
+    """Routing of this pass, members axis squeezed ([B, n, n] per layer, [B, n] final)."""
+
+
+class Actor(nn.Module):
+    def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig):
+        super().__init__()
+        self.act_dim = act_dim
+        self.body = Backbone(modular, obs_dim, cond_dim, 2 * act_dim, cfg, ensemble=1)
+
+    def forward(self, obs: torch.Tensor, cond: torch.Tensor, deterministic: bool = False,
+                with_log_prob: bool = True) -> ActorOutput:
+        out, routing = self.body(obs, cond)
+        mean, log_std = out[0].float().split(self.act_dim, dim=-1)
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        mean_action = torch.tanh(mean)
+        if deterministic:
+            pre_tanh = mean
+        else:
+            pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        action = torch.tanh(pre_tanh)
+        log_prob = None
+        if with_log_prob:
+            # Gaussian log-density of pre_tanh, minus log|d tanh/dx| = 2(log 2 - x - softplus(-2x)).
+            noise = (pre_tanh - mean) / log_std.exp()
+            log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            log_prob = log_prob - (2 * (math.log(2) - pre_tanh - nn.functional.softplus(-2 * pre_tanh))).sum(-1)
+        if routing is not None:
+            routing = Routing([p[0] for p in routing.layers], routing.final[0])
+        return ActorOutput(action, log_prob, mean_action, routing)
+
+
+class TwinCritic(nn.Module):
+    """Two Q-functions as one ensemble of E=2: forward returns q [2, B]."""
+
+    def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig):
+        super().__init__()
+        self.body = Backbone(modular, obs_dim + act_dim, cond_dim, 1, cfg, ensemble=2)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        q, _ = self.body(torch.cat([obs, action], dim=-1), cond)
+        return q[..., 0].float()

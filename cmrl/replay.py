@@ -1,0 +1,96 @@
+"""Per-task replay: one ring buffer per task, stored together as [T, capacity, ...] arrays.
+
+Sampling draws a [T, B] batch for all tasks in one indexing operation, which the SAC update then
+consumes in one batched forward pass. The same class serves as PEARL's encoder buffer (recent
+transitions for context, cleared each collection iteration) and, in offline mode, as the dataset.
+`state_dict` / `load_state_dict` give the filled part as plain arrays (saved with safetensors).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FIELDS = ("obs", "actions", "rewards", "next_obs", "dones")
+
+
+class MultiTaskReplay:
+    def __init__(self, num_tasks: int, capacity: int, obs_dim: int, act_dim: int):
+        self.num_tasks, self.capacity = num_tasks, capacity
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        T, C = num_tasks, capacity
+        self.obs = np.zeros((T, C, obs_dim), np.float32)
+        self.actions = np.zeros((T, C, act_dim), np.float32)
+        self.rewards = np.zeros((T, C), np.float32)
+        self.next_obs = np.zeros((T, C, obs_dim), np.float32)
+        self.dones = np.zeros((T, C), np.float32)  # 1 = true terminal (Meta-World has none)
+        self.size = np.zeros(T, np.int64)
+        self.ptr = np.zeros(T, np.int64)
+
+    def add(self, task: int, obs, actions, rewards, next_obs, dones=None) -> None:
+        """Append n transitions of one task (arrays with leading dim n)."""
+        n = len(rewards)
+        if n == 0:
+            return
+        if n > self.capacity:  # keep the newest
+            obs, actions, rewards, next_obs = obs[-self.capacity:], actions[-self.capacity:], \
+                rewards[-self.capacity:], next_obs[-self.capacity:]
+            dones = None if dones is None else dones[-self.capacity:]
+            n = self.capacity
+        idx = (self.ptr[task] + np.arange(n)) % self.capacity
+        self.obs[task, idx] = obs
+        self.actions[task, idx] = actions
+        self.rewards[task, idx] = rewards
+        self.next_obs[task, idx] = next_obs
+        self.dones[task, idx] = 0.0 if dones is None else dones
+        self.ptr[task] = (self.ptr[task] + n) % self.capacity
+        self.size[task] = min(self.size[task] + n, self.capacity)
+
+    def clear(self, task: int | None = None) -> None:
+        tasks = range(self.num_tasks) if task is None else [task]
+        for t in tasks:
+            self.size[t] = 0
+            self.ptr[t] = 0
+
+    def __len__(self) -> int:
+        return int(self.size.sum())
+
+    def _indices(self, batch: int, rng: np.random.Generator, tasks: np.ndarray) -> np.ndarray:
+        sizes = self.size[tasks]
+        if (sizes == 0).any():
+            empty = [int(t) for t in tasks[sizes == 0]]
+            raise RuntimeError(f"replay of task(s) {empty} is empty")
+        return (rng.random((len(tasks), batch)) * sizes[:, None]).astype(np.int64)
+
+    def sample(self, batch: int, rng: np.random.Generator, tasks: np.ndarray | None = None,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """A batch {field: [T, batch, ...]} drawn uniformly from each task's buffer."""
+        tasks = np.arange(self.num_tasks) if tasks is None else np.asarray(tasks)
+        idx = self._indices(batch, rng, tasks)
+        rows = tasks[:, None]
+        out = {name: torch.from_numpy(getattr(self, name)[rows, idx]) for name in FIELDS}
+        return {k: v.to(device, non_blocking=True) for k, v in out.items()}
+
+    def sample_context(self, size: int, rng: np.random.Generator, tasks: np.ndarray | None = None,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+        """Context transitions [T, size, 2*obs+act+1] as (s, a, r, s') rows, for the encoder."""
+        b = self.sample(size, rng, tasks, device)
+        return torch.cat([b["obs"], b["actions"], b["rewards"].unsqueeze(-1), b["next_obs"]], dim=-1)
+
+    # -- persistence --------------------------------------------------------------------------------
+    def state_dict(self, prefix: str) -> dict[str, np.ndarray]:
+        """Filled part of each task's buffer, oldest first, under `prefix`."""
+        out: dict[str, np.ndarray] = {}
+        for t in range(self.num_tasks):
+            n = int(self.size[t])
+            start = (self.ptr[t] - n) % self.capacity
+            order = (start + np.arange(n)) % self.capacity
+            for name in FIELDS:
+                out[f"{prefix}.{t}.{name}"] = np.ascontiguousarray(getattr(self, name)[t, order])
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray], prefix: str) -> None:
+        self.clear()
+        for t in range(self.num_tasks):
+            parts = [state[f"{prefix}.{t}.{name}"] for name in FIELDS]
+            self.add(t, *parts)

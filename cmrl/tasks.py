@@ -1,0 +1,113 @@
+"""Benchmarks (which Meta-World envs are meta-train and which are held out) and goal texts.
+
+ML4 is the seed report's custom benchmark: meta-train drawer-open, drawer-close, window-open;
+held-out meta-test window-close. ML1, ML10, ML45 and any custom split go through the same
+`BenchmarkConfig`. `Benchmark.train_tasks` never contains a held-out task: the split is checked
+when the benchmark is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import BenchmarkConfig, ConfigError
+
+ML4_TRAIN = ("drawer-open-v3", "drawer-close-v3", "window-open-v3")
+ML4_TEST = ("window-close-v3",)
+
+# A canonical description first, then paraphrases. Training samples among them, so the encoder does
+# not tie a task to one wording; the app offers them as examples.
+GOAL_TEXTS: dict[str, tuple[str, ...]] = {
+    "drawer-open-v3": ("open the drawer", "pull the drawer open", "slide the drawer out",
+                       "pull out the drawer by its handle"),
+    "drawer-close-v3": ("close the drawer", "push the drawer shut", "slide the drawer in",
+                        "push the drawer closed"),
+    "window-open-v3": ("open the window", "slide the window open", "push the window open sideways",
+                       "open the sliding window"),
+    "window-close-v3": ("close the window", "slide the window shut", "shut the window",
+                        "push the sliding window closed"),
+}
+
+
+def all_env_names() -> list[str]:
+    """Every Meta-World v3 env name, in Meta-World's order."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return list(ALL_V3_ENVIRONMENTS)
+
+
+def goal_texts(task: str) -> tuple[str, ...]:
+    """Goal descriptions of a task: curated for ML4, derived from the env name for the others."""
+    if task in GOAL_TEXTS:
+        return GOAL_TEXTS[task]
+    words = task.removesuffix("-v3").split("-")
+    return (" ".join(words),)
+
+
+def canonical_goal_text(task: str) -> str:
+    return goal_texts(task)[0]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A resolved train/test split. Build it with `resolve_benchmark`."""
+
+    name: str
+    train_tasks: tuple[str, ...]
+    test_tasks: tuple[str, ...]
+    horizon: int
+    seed: int
+
+    def tasks(self, split: str) -> tuple[str, ...]:
+        if split == "train":
+            return self.train_tasks
+        if split == "test":
+            return self.test_tasks
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+
+    def split_of(self, task: str) -> str:
+        if task in self.train_tasks:
+            return "train"
+        if task in self.test_tasks:
+            return "test"
+        raise UnknownTaskError(task, self.train_tasks + self.test_tasks)
+
+
+class UnknownTaskError(ValueError):
+    def __init__(self, task: str, known: tuple[str, ...] | list[str]):
+        super().__init__(f"unknown task {task!r}; known tasks: {', '.join(known)}")
+        self.task = task
+
+
+class HeldOutTaskError(RuntimeError):
+    """Raised when code tries to train on (or collect prior data for) a held-out task."""
+
+
+def resolve_benchmark(cfg: BenchmarkConfig) -> Benchmark:
+    name = cfg.name.lower()
+    if name == "ml4":
+        train, test = ML4_TRAIN, ML4_TEST
+    elif name.startswith("ml1:"):
+        env = name.split(":", 1)[1]
+        train, test = (env,), (env,)  # ML1: the same env, held-out goal variations
+    elif name in ("ml10", "ml45"):
+        from metaworld import env_dict
+
+        split = env_dict.ML10_V3 if name == "ml10" else env_dict.ML45_V3
+        train, test = tuple(split["train"]), tuple(split["test"])
+    elif name == "custom":
+        train, test = tuple(cfg.train_tasks), tuple(cfg.test_tasks)
+        if not train:
+            raise ConfigError("a custom benchmark needs at least one train task")
+    else:
+        raise ConfigError(f"unknown benchmark {cfg.name!r}; use ml4, ml1:<env>, ml10, ml45 or custom")
+    known = set(all_env_names())
+    for task in train + test:
+        if task not in known:
+            raise UnknownTaskError(task, sorted(known))
+    if name != "ml4" and not name.startswith("ml1:") and set(train) & set(test):
+        raise ConfigError(f"tasks both meta-train and held out: {sorted(set(train) & set(test))}")
+    if cfg.horizon < 1 or cfg.horizon > 500:
+        raise ConfigError(f"horizon must be in 1..500, got {cfg.horizon}")
+    return Benchmark(name=name, train_tasks=train, test_tasks=test, horizon=cfg.horizon,
+                     seed=cfg.seed)
