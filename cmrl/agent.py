@@ -107,7 +107,8 @@ class TaskBelief:
         """Forget the context of the masked envs (all by default): back to the prior."""
         if not self.agent.uses_context:
             return
-        mask = torch.ones(self.E, dtype=torch.bool) if env_mask is None else torch.as_tensor(env_mask)
+        mask = (torch.ones(self.E, dtype=torch.bool) if env_mask is None
+                else torch.as_tensor(np.asarray(env_mask), dtype=torch.bool))
         mask = mask.to(self.agent.device)
         L = self.agent.cond_dim
         with torch.no_grad():
@@ -123,7 +124,8 @@ class TaskBelief:
             self.precision = torch.where(mask[:, None], prec, self.precision)
             self.weighted_mu = torch.where(mask[:, None], wmu, self.weighted_mu)
         self.num_transitions[mask.cpu().numpy()] = 0
-        self.z = None
+        if not hasattr(self, "z"):
+            self.z = None
         self.infer_posterior()
         self.sample_z(env_mask)
 

@@ -102,8 +102,8 @@ def load_agent(run_dir: str | Path, device: str = "cpu") -> TrainedAgent:
         config = RunConfig.from_dict(info["config"])
     except ConfigError as e:
         raise ckpt.CheckpointError(f"{path}: invalid run config ({e})") from e
-    text_dim = int(info["text_encoder"].get("dim", 0)) if config.train.agent == "cmrl" else 0
     try:
+        text_dim = int(info["text_encoder"].get("dim", 0)) if config.train.agent == "cmrl" else 0
         agent = MetaAgent(config, int(info["obs_dim"]), int(info["act_dim"]), text_dim,
                           [str(t) for t in info["train_tasks"]])
     except (ValueError, TypeError, RuntimeError) as e:

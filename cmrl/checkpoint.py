@@ -164,6 +164,8 @@ def save_training_state(run_dir: str | Path, tensors: dict[str, torch.Tensor | n
     """Write RUN/state/ as a whole: a new directory, fsynced, swapped in with renames."""
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / STATE_DIR, run_dir / f".{STATE_DIR}.tmp", run_dir / f".{STATE_DIR}.old"
+    if not final.exists() and old.is_dir():
+        os.replace(old, final)  # an earlier save was killed between its renames: keep that state
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     flat = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)

@@ -1,0 +1,587 @@
+"""Offline datasets: scripted-expert (and random) episodes of meta-train tasks, stored as Minari datasets.
+
+`generate_dataset` rolls Meta-World's scripted experts (with Gaussian action noise, one batch of
+episodes per noise level) and optionally a uniform-random policy on every meta-train task of a
+benchmark, over the benchmark's training goal variations, and stores one Minari dataset per task
+under one folder, next to a manifest `cmrl_dataset.json`:
+
+    out_dir/
+        cmrl_dataset.json                       the manifest (written last: marks a complete dataset)
+        cmrl/namespace_metadata.json            Minari's namespace marker
+        cmrl/<benchmark>-<task>-v0/data/...     one Minari (HDF5) dataset per meta-train task
+
+Held-out (meta-test) tasks are never generated, and `load_dataset` refuses a manifest that lists one.
+
+Where things are stored, per Minari dataset:
+- per step: observations (T + 1 entries: the last is the final next observation), actions, rewards,
+  terminations (always False: Meta-World episodes only end at the horizon), truncations (True at the
+  last step) and `infos["success"]` (Meta-World's success flag of that step);
+- per episode, in Minari's episode metadata (`MinariDataset.storage.get_episode_metadata`): `task`,
+  `policy` (`expert` / `random`), `noise` (action-noise std; NaN for random episodes), `goal_text`
+  (the task's canonical goal text), `job_seed`;
+- per dataset: a `description` in words and a `cmrl` metadata entry (task, goal texts, benchmark,
+  horizon, noise levels, random episodes).
+
+Generation is split into (task, noise level, chunk) jobs of at most `CHUNK_EPISODES` episodes, each
+with its own seed derived from (seed, task index, policy, noise index, chunk index), so the data does
+not depend on how many worker processes ran the jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import shutil
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .config import BenchmarkConfig, ConfigError
+from .envs import ACTION_DIM, OBS_DIM
+from .tasks import Benchmark, HeldOutTaskError, UnknownTaskError, goal_texts, resolve_benchmark
+
+FORMAT_NAME = "cmrl-dataset"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "cmrl_dataset.json"
+NAMESPACE = "cmrl"
+DATASET_VERSION = 0
+CHUNK_EPISODES = 10
+"""Episodes per generation job. Part of the seeding scheme: changing it changes the data."""
+
+_STAGING_PREFIX = ".cmrl-staging-"
+_OLD_PREFIX = ".cmrl-old-"
+_KIND_EXPERT, _KIND_RANDOM = 0, 1
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, incomplete, corrupt, or holds data it must not hold."""
+
+
+@dataclass
+class TaskData:
+    """All transitions of one task, episodes concatenated in dataset order.
+
+    `dones` marks the last transition of each episode: a truncation at the horizon, never a terminal
+    state (bootstrap through it). `policies` and `noise` describe each episode (index with
+    `episode_ids`); `noise` is NaN for random-policy episodes.
+    """
+
+    task: str
+    obs: np.ndarray          # [N, 39] float32
+    actions: np.ndarray      # [N, 4] float32
+    rewards: np.ndarray      # [N] float32
+    next_obs: np.ndarray     # [N, 39] float32
+    dones: np.ndarray        # [N] bool: end of episode (truncation, not a terminal state)
+    successes: np.ndarray    # [N] bool
+    episode_ids: np.ndarray  # [N] int64 episode index within this task
+    goal_texts: tuple[str, ...]
+    policies: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))  # [E] str
+    noise: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))       # [E] float32
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.policies)
+
+
+# ----------------------------------------------------------------------------------------------
+# Names and small helpers
+
+
+def sanitise_name(name: str) -> str:
+    """A benchmark name as Minari accepts it inside a dataset id (ASCII letters, digits, `_`, `-`)."""
+    clean = re.sub(r"[^A-Za-z0-9_-]", "_", name.lower()).strip("-")
+    return clean or "benchmark"
+
+
+def dataset_id(benchmark_name: str, task: str) -> str:
+    """The Minari id of a task's dataset, e.g. `cmrl/ml4-drawer-open-v3-v0`,
+    `cmrl/ml1_reach-v3-reach-v3-v0` for benchmark `ml1:reach-v3`."""
+    return f"{NAMESPACE}/{sanitise_name(benchmark_name)}-{sanitise_name(task)}-v{DATASET_VERSION}"
+
+
+def held_out_tasks(benchmark: Benchmark) -> tuple[str, ...]:
+    """Tasks whose data may never appear in a dataset. ML1 holds out goal variations of its single
+    task rather than a task, so it has none; every other benchmark holds out its test tasks."""
+    if benchmark.name.startswith("ml1:"):
+        return tuple(t for t in benchmark.test_tasks if t not in benchmark.train_tasks)
+    return tuple(benchmark.test_tasks)
+
+
+@contextlib.contextmanager
+def _minari_root(path: Path) -> Iterator[None]:
+    """Point Minari at `path` (MINARI_DATASETS_PATH) for the duration of the block, then restore."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def _cmrl_version() -> str | None:
+    try:
+        from . import __version__
+
+        return str(__version__)
+    except ImportError:
+        return None
+
+
+def _spaces():
+    import gymnasium as gym
+
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+    return obs_space, action_space
+
+
+# ----------------------------------------------------------------------------------------------
+# Jobs (run in worker processes)
+
+
+@dataclass(frozen=True)
+class _Job:
+    task_index: int
+    task: str
+    policy: str        # "expert" or "random"
+    noise_index: int   # index into noise_levels; -1 for random episodes
+    noise: float       # action-noise std; NaN for random episodes
+    chunk: int
+    episodes: int
+    seed: int
+
+
+def _job_seed(seed: int, task_index: int, kind: int, noise_index: int, chunk: int) -> int:
+    entropy = [seed, task_index, kind, max(noise_index, 0), chunk]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
+
+
+def _plan_jobs(bench: Benchmark, episodes: int, noise_levels: Sequence[float],
+               random_episodes: int, seed: int) -> list[_Job]:
+    """Jobs in dataset order: per task, expert chunks per noise level, then random chunks."""
+    forbidden = set(held_out_tasks(bench))
+    jobs = []
+    for ti, task in enumerate(bench.train_tasks):
+        if task in forbidden or task not in bench.train_tasks:
+            raise HeldOutTaskError(f"refusing to generate data for held-out task {task!r} "
+                                   f"of benchmark {bench.name}")
+        for ni, noise in enumerate(noise_levels):
+            for ci, start in enumerate(range(0, episodes, CHUNK_EPISODES)):
+                n = min(CHUNK_EPISODES, episodes - start)
+                jobs.append(_Job(ti, task, "expert", ni, float(noise), ci, n,
+                                 _job_seed(seed, ti, _KIND_EXPERT, ni, ci)))
+        for ci, start in enumerate(range(0, random_episodes, CHUNK_EPISODES)):
+            n = min(CHUNK_EPISODES, random_episodes - start)
+            jobs.append(_Job(ti, task, "random", -1, math.nan, ci, n,
+                             _job_seed(seed, ti, _KIND_RANDOM, 0, ci)))
+    return jobs
+
+
+_POOLS: dict = {}  # Benchmark -> TaskPool, per process (inherited by forked workers)
+
+
+def _task_pool(bench: Benchmark):
+    from .envs import TaskPool
+
+    if bench not in _POOLS:
+        while len(_POOLS) >= 4:
+            _POOLS.pop(next(iter(_POOLS)))
+        _POOLS[bench] = TaskPool(bench)
+    return _POOLS[bench]
+
+
+def _init_worker(bench: Benchmark) -> None:
+    warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+    _task_pool(bench)
+
+
+def _run_job(args: tuple[Benchmark, _Job]):
+    """Collect one job's episodes; returns (job, episodes)."""
+    from .experts import collect_prior_episodes
+
+    bench, job = args
+    noise = 0.0 if job.policy == "random" else job.noise
+    with warnings.catch_warnings():  # the scripted policies warn on every step
+        warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+        episodes = collect_prior_episodes(_task_pool(bench), job.task, job.episodes, noise,
+                                          job.seed, policy=job.policy)
+    return job, episodes
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _episode_buffer(ep):
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    T = len(ep.rewards)
+    if T == 0:
+        raise RuntimeError(f"empty episode of {ep.task}")
+    if T > 1 and not np.array_equal(ep.next_obs[:-1], ep.obs[1:]):
+        raise RuntimeError(f"episode of {ep.task}: next_obs does not chain into obs")
+    truncations = np.zeros(T, dtype=bool)
+    truncations[-1] = True
+    return EpisodeBuffer(
+        observations=np.concatenate([ep.obs, ep.next_obs[-1:]]).astype(np.float32),
+        actions=np.asarray(ep.actions, np.float32),
+        rewards=np.asarray(ep.rewards, np.float32),
+        terminations=np.zeros(T, dtype=bool),
+        truncations=truncations,
+        infos={"success": np.asarray(ep.successes, bool)},
+    )
+
+
+def _description(bench: Benchmark, task: str, episodes: int, noise_levels: Sequence[float],
+                 random_episodes: int) -> str:
+    texts = goal_texts(task)
+    parts = []
+    if episodes:
+        parts.append(f"{episodes} scripted-expert episodes per action-noise std in "
+                     f"{list(noise_levels)}")
+    if random_episodes:
+        parts.append(f"{random_episodes} uniform-random-policy episodes")
+    held = ", ".join(held_out_tasks(bench)) or "none (held-out goal variations)"
+    return (f"CMRL offline data for Meta-World task {task}, a meta-train task of benchmark "
+            f"{bench.name} (held-out tasks, never included: {held}). {'; '.join(parts)}; "
+            f"horizon {bench.horizon}; training goal variations (seed {bench.seed}). "
+            f"Goal text: {texts[0]!r} (paraphrases: {list(texts[1:])}). Per-episode tags "
+            "(task, policy, noise, goal_text) are in the episode metadata; infos['success'] "
+            "is the per-step success flag. Episodes end by truncation at the horizon only.")
+
+
+class _TaskWriter:
+    """Appends job results to one task's Minari dataset and keeps its statistics."""
+
+    def __init__(self, bench: Benchmark, task: str, episodes: int, noise_levels: Sequence[float],
+                 random_episodes: int):
+        self.bench, self.task = bench, task
+        self.id = dataset_id(bench.name, task)
+        self.desc = _description(bench, task, episodes, noise_levels, random_episodes)
+        self.meta = {"task": task, "goal_texts": list(goal_texts(task)), "benchmark": bench.name,
+                     "split": "train", "horizon": bench.horizon,
+                     "noise_levels": [float(x) for x in noise_levels] if episodes else [],
+                     "expert_episodes_per_noise_level": episodes,
+                     "random_episodes": random_episodes, "format_version": FORMAT_VERSION}
+        self.dataset = None
+        self.episodes = 0
+        self.transitions = 0
+        self.success: dict[str, list[bool]] = {}
+
+    def add(self, job: _Job, episodes: list) -> None:
+        import minari
+
+        for ep in episodes:
+            if ep.task != self.task or ep.policy != job.policy:
+                raise RuntimeError(f"job for {self.task}/{job.policy} returned {ep.task}/{ep.policy}")
+        buffers = [_episode_buffer(ep) for ep in episodes]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Minari nags about unset author/permalink
+            if self.dataset is None:
+                obs_space, action_space = _spaces()
+                self.dataset = minari.create_dataset_from_buffers(
+                    self.id, buffer=buffers, observation_space=obs_space,
+                    action_space=action_space, algorithm_name=(
+                        "Meta-World scripted expert + N(0, noise) action noise; uniform random"),
+                    author="cmrl", description=self.desc, data_format="hdf5",
+                    jpeg_encoding=False)
+                self.dataset.storage.update_metadata({"cmrl": self.meta})
+            else:
+                self.dataset.update_dataset_from_buffer(buffers)
+        goal = goal_texts(self.task)[0]
+        first = self.episodes
+        metas = [{"task": self.task, "policy": job.policy, "noise": float(job.noise),
+                  "goal_text": goal, "job_seed": int(job.seed)} for _ in episodes]
+        self.dataset.storage.update_episode_metadata(metas, range(first, first + len(episodes)))
+        self.episodes += len(episodes)
+        self.transitions += sum(len(ep.rewards) for ep in episodes)
+        key = "random" if job.policy == "random" else f"expert@{job.noise:g}"
+        self.success.setdefault(key, []).extend(ep.success for ep in episodes)
+
+    def summary(self) -> dict:
+        every = [s for v in self.success.values() for s in v]
+        return {"dataset_id": self.id, "episodes": self.episodes, "transitions": self.transitions,
+                "success_rate": float(np.mean(every)) if every else 0.0,
+                "success_rate_by_policy": {k: float(np.mean(v)) for k, v in self.success.items()},
+                "noise_levels": self.meta["noise_levels"],
+                "expert_episodes_per_noise_level": self.meta["expert_episodes_per_noise_level"],
+                "random_episodes": self.meta["random_episodes"],
+                "goal_texts": self.meta["goal_texts"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Output folder handling
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a non-empty folder that is not a CMRL dataset, and a CMRL dataset unless overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder")
+    if not out_dir.is_dir():
+        return
+    entries = [e for e in out_dir.iterdir()
+               if not e.name.startswith((_STAGING_PREFIX, _OLD_PREFIX))]
+    if not entries:
+        return
+    if not (out_dir / MANIFEST_NAME).is_file():
+        raise FileExistsError(f"{out_dir} is not empty and is not a CMRL dataset (no {MANIFEST_NAME});"
+                              " refusing to write into it: choose an empty or new folder")
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a CMRL dataset; pass overwrite=True "
+                              "(`--overwrite` on the command line) to replace it")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: int,
+                     noise_levels: Sequence[float] = (0.1, 0.3, 0.5), random_episodes: int = 0,
+                     seed: int = 0, workers: int = 2, progress: bool = True,
+                     command: str | None = None, overwrite: bool = False) -> Path:
+    """Generate an offline dataset of a benchmark's meta-train tasks; returns the dataset folder.
+
+    Per meta-train task: `episodes` scripted-expert episodes per action-noise std in `noise_levels`,
+    plus `random_episodes` uniform-random-policy episodes, over the benchmark's training goal
+    variations with its horizon. Held-out tasks are never generated (`HeldOutTaskError`).
+
+    `workers` processes share the (task, noise level, chunk) jobs; the data is the same for any
+    number of workers. `command` (the CLI line that produced the data) goes into the manifest.
+    An existing non-empty `out_dir` is only replaced if it is a CMRL dataset and `overwrite` is set
+    (else `FileExistsError`). Data is written into a staging folder inside `out_dir` and moved into
+    place at the end; the manifest is written last. MINARI_DATASETS_PATH is set while writing and
+    restored afterwards.
+    """
+    bench = resolve_benchmark(benchmark)
+    noise_levels = tuple(float(x) for x in noise_levels)
+    if isinstance(episodes, bool) or int(episodes) != episodes or episodes < 0:
+        raise ValueError(f"episodes must be a non-negative integer, got {episodes!r}")
+    if isinstance(random_episodes, bool) or int(random_episodes) != random_episodes \
+            or random_episodes < 0:
+        raise ValueError(f"random_episodes must be a non-negative integer, got {random_episodes!r}")
+    episodes, random_episodes = int(episodes), int(random_episodes)
+    if episodes and not noise_levels:
+        raise ValueError("noise_levels is empty: give at least one action-noise std (0 for none)")
+    if any(not math.isfinite(x) or x < 0 for x in noise_levels):
+        raise ValueError(f"noise levels must be finite and >= 0, got {list(noise_levels)}")
+    if len(set(noise_levels)) != len(noise_levels):
+        raise ValueError(f"noise levels must be distinct, got {list(noise_levels)}")
+    if not episodes:
+        noise_levels = ()
+    if episodes * len(noise_levels) + random_episodes == 0:
+        raise ValueError("nothing to generate: episodes and random_episodes are both 0")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+    out_dir = Path(out_dir).expanduser().resolve()
+    _check_out_dir(out_dir, overwrite)
+    jobs = _plan_jobs(bench, episodes, noise_levels, random_episodes, int(seed))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f"{_STAGING_PREFIX}{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        with _minari_root(staging):
+            writers = _collect(bench, jobs, episodes, noise_levels, random_episodes, workers,
+                               progress)
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "cmrl_version": _cmrl_version(),
+            "minari_version": _minari_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+            "seed": int(seed),
+            "benchmark": dataclasses.asdict(benchmark),
+            "benchmark_name": bench.name,
+            "horizon": bench.horizon,
+            "train_tasks": list(bench.train_tasks),
+            "test_tasks": list(bench.test_tasks),
+            "excluded_test_tasks": list(held_out_tasks(bench)),
+            "episodes_per_noise_level": episodes,
+            "noise_levels": list(noise_levels),
+            "random_episodes": random_episodes,
+            "chunk_episodes": CHUNK_EPISODES,
+            "minari_namespace": NAMESPACE,
+            "tasks": {task: writers[task].summary() for task in bench.train_tasks},
+        }
+        _install(out_dir, staging, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _minari_version() -> str | None:
+    try:
+        import minari
+
+        return str(minari.__version__)
+    except ImportError:
+        return None
+
+
+def _collect(bench: Benchmark, jobs: list[_Job], episodes: int, noise_levels: Sequence[float],
+             random_episodes: int, workers: int, progress: bool) -> dict[str, _TaskWriter]:
+    """Run the jobs (in order of results = order of jobs) and append each to its task's dataset."""
+    from tqdm import tqdm
+
+    writers = {task: _TaskWriter(bench, task, episodes, noise_levels, random_episodes)
+               for task in bench.train_tasks}
+    total = sum(job.episodes for job in jobs)
+    _task_pool(bench)  # built once here; forked workers inherit it
+    workers = min(workers, len(jobs))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            # ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies raises
+            # BrokenProcessPool here instead of being silently replaced while we wait forever.
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=mp.get_context(method), initializer=_init_worker,
+                initargs=(bench,)))
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+            results = pool.map(_run_job, [(bench, job) for job in jobs])  # in job order
+        else:
+            results = map(_run_job, [(bench, job) for job in jobs])
+        bar = stack.enter_context(tqdm(total=total, unit="ep", disable=not progress,
+                                       desc=f"{bench.name} dataset"))
+        for job, eps in results:
+            writers[job.task].add(job, eps)
+            bar.update(len(eps))
+    return writers
+
+
+def _install(out_dir: Path, staging: Path, manifest: dict) -> None:
+    """Move the staged Minari namespace into out_dir (replacing an old one) and write the manifest."""
+    new_ns = staging / NAMESPACE
+    old_ns = out_dir / NAMESPACE
+    trash = out_dir / f"{_OLD_PREFIX}{os.getpid()}"
+    if old_ns.exists():
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.replace(old_ns, trash)
+    os.replace(new_ns, old_ns)
+    _write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of a dataset folder, checked for format; `DatasetError` naming the path if not."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such dataset folder")
+    mpath = path / MANIFEST_NAME
+    if not mpath.is_file():
+        raise DatasetError(f"{path}: not a CMRL dataset (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{mpath}: corrupt manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{mpath}: not a CMRL dataset manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DatasetError(f"{mpath}: unsupported format version {version!r} "
+                           f"(this cmrl reads up to {FORMAT_VERSION})")
+    for key, kind in (("benchmark", dict), ("tasks", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise DatasetError(f"{mpath}: manifest lacks a valid {key!r} entry")
+    return manifest
+
+
+def load_dataset(path: str | Path) -> tuple[dict[str, TaskData], dict]:
+    """Read a dataset made by `generate_dataset`: ({task: TaskData}, manifest).
+
+    Raises `DatasetError` (naming the path) when the folder or manifest is missing or corrupt, a
+    task's Minari dataset is missing or unreadable or disagrees with the manifest, or the manifest
+    lists a task that is held out by its benchmark (or is not one of its meta-train tasks).
+    """
+    path = Path(path).expanduser()
+    manifest = read_manifest(path)
+    try:
+        bench = resolve_benchmark(BenchmarkConfig(**manifest["benchmark"]))
+    except (TypeError, ConfigError, UnknownTaskError) as e:
+        raise DatasetError(f"{path}: manifest has an invalid benchmark ({e})") from None
+    held = set(held_out_tasks(bench)) | (set(manifest.get("excluded_test_tasks") or ()))
+    for task in manifest["tasks"]:
+        if task in held:
+            raise DatasetError(f"{path}: manifest lists {task!r}, a held-out task of benchmark "
+                               f"{bench.name}; refusing to load it")
+        if task not in bench.train_tasks:
+            raise DatasetError(f"{path}: manifest lists {task!r}, not a meta-train task of "
+                               f"benchmark {bench.name}")
+    data = {}
+    with _minari_root(path.resolve()):
+        for task, info in manifest["tasks"].items():
+            data[task] = _load_task(path, task, info)
+    return data, manifest
+
+
+def _load_task(path: Path, task: str, info: dict) -> TaskData:
+    import minari
+
+    if not isinstance(info, dict) or not isinstance(info.get("dataset_id"), str):
+        raise DatasetError(f"{path}: manifest entry of {task!r} has no dataset_id")
+    did = info["dataset_id"]
+    try:
+        ds = minari.load_dataset(did)
+        metas = list(ds.storage.get_episode_metadata(ds.episode_indices))
+        episodes = list(ds.iterate_episodes())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: Minari dataset {did} of task {task!r} is missing") from None
+    except (OSError, KeyError, ValueError, AssertionError) as e:
+        raise DatasetError(f"{path}: Minari dataset {did} of task {task!r} is unreadable "
+                           f"({type(e).__name__}: {e})") from None
+    if info.get("episodes") is not None and len(episodes) != info["episodes"]:
+        raise DatasetError(f"{path}: dataset {did} holds {len(episodes)} episodes, the manifest "
+                           f"says {info['episodes']}")
+    if not episodes:
+        raise DatasetError(f"{path}: dataset {did} of task {task!r} is empty")
+    cols: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones",
+                                             "successes", "episode_ids")}
+    policies, noise = [], []
+    for i, (ep, meta) in enumerate(zip(episodes, metas)):
+        if meta.get("task", task) != task:
+            raise DatasetError(f"{path}: dataset {did} holds an episode of {meta.get('task')!r}")
+        obs = np.asarray(ep.observations, np.float32)
+        T = len(ep.rewards)
+        if obs.shape != (T + 1, OBS_DIM) or np.shape(ep.actions) != (T, ACTION_DIM):
+            raise DatasetError(f"{path}: dataset {did} episode {i} has malformed arrays")
+        success = (ep.infos or {}).get("success")
+        cols["obs"].append(obs[:-1])
+        cols["next_obs"].append(obs[1:])
+        cols["actions"].append(np.asarray(ep.actions, np.float32))
+        cols["rewards"].append(np.asarray(ep.rewards, np.float32))
+        cols["dones"].append(np.asarray(ep.truncations, bool) | np.asarray(ep.terminations, bool))
+        cols["successes"].append(np.zeros(T, bool) if success is None else np.asarray(success, bool))
+        cols["episode_ids"].append(np.full(T, i, np.int64))
+        policies.append(str(meta.get("policy", "unknown")))
+        noise.append(float(meta.get("noise", math.nan)))
+    arrays = {k: np.concatenate(v) for k, v in cols.items()}
+    texts = tuple(info.get("goal_texts") or goal_texts(task))
+    return TaskData(task=task, goal_texts=texts, policies=np.asarray(policies, dtype=object),
+                    noise=np.asarray(noise, np.float32), **arrays)
