@@ -36,6 +36,7 @@ class MetaAgent(nn.Module):
         self.kind = config.train.agent
         self.obs_dim, self.act_dim, self.text_dim = obs_dim, act_dim, text_dim
         self.train_tasks = tuple(train_tasks)
+        self.id_tasks = tuple(config.net.task_id_names) or self.train_tasks
         net = config.net
         modular = self.kind in ("cmrl", "sm")
         self.uses_context = self.kind in ("cmrl", "pearl")
@@ -48,7 +49,7 @@ class MetaAgent(nn.Module):
             self.cond_dim = net.latent_dim
         else:
             self.encoder = None
-            self.cond_dim = len(self.train_tasks)
+            self.cond_dim = len(self.id_tasks)
         self.actor = Actor(modular, obs_dim, act_dim, self.cond_dim, net)
         self.critic = TwinCritic(modular, obs_dim, act_dim, self.cond_dim, net)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -70,6 +71,10 @@ class MetaAgent(nn.Module):
         if deterministic:
             return mu
         return mu + var.sqrt() * torch.randn_like(mu)
+
+    def task_id(self, task: str) -> int:
+        """The sm oracle's id of a task: its one-hot slot, or -1 (all zeros) for a task it lacks."""
+        return self.id_tasks.index(task) if task in self.id_tasks else -1
 
     def task_condition(self, task_ids: torch.Tensor) -> torch.Tensor:
         """The sm oracle's condition: one-hot ids [B, num_train_tasks]; id -1 (unknown) -> zeros."""

@@ -66,7 +66,7 @@ class TrainedAgent:
         if not 0 <= variation < len(variations):
             env.close()
             raise ValueError(f"goal variation must be in 0..{len(variations) - 1}, got {variation}")
-        task_id = self.agent.train_tasks.index(task) if task in self.agent.train_tasks else -1
+        task_id = self.agent.task_id(task)
         try:
             yield from rollout(self.agent, env, variations[variation], self.encode_goal(goal_text),
                                task_id, adaptation_episodes, eval_episodes, render, seed, stop)

@@ -1,4 +1,4 @@
-"""Command line: `python -m cmrl {train,eval,data,bench,info} ...`.
+"""Command line: `python -m cmrl {train,finetune,sweep,eval,data,report,bench,info} ...`.
 
 Subcommand and flag names are a contract the app, benchmarks and outside scripts rely on.
 """
@@ -21,8 +21,12 @@ def _add_train(sub) -> None:
     p.add_argument("--online", action="store_true",
                    help="with --resume on an offline run: continue online (Algorithm 1), keeping the "
                         "offline data in the replay mix")
-    p.add_argument("--config", help="a config.json to start from (flags below override it)")
     p.add_argument("--agent", choices=AGENT_KINDS)
+    _add_config_flags(p)
+
+
+def _add_config_flags(p) -> None:
+    p.add_argument("--config", help="a config.json to start from (flags below override it)")
     p.add_argument("--benchmark", help="ml4 (default), ml1:<env>, ml10, ml45, custom")
     p.add_argument("--train-tasks", help="custom benchmark: comma-separated meta-train envs")
     p.add_argument("--test-tasks", help="custom benchmark: comma-separated held-out envs")
@@ -37,6 +41,8 @@ def _add_train(sub) -> None:
     p.add_argument("--prior-episodes", type=int)
     p.add_argument("--offline", metavar="DIR", help="train offline from a dataset made by `cmrl data`")
     p.add_argument("--bc-weight", type=float, help="behaviour-regularisation weight (offline default 2.5)")
+    p.add_argument("--bc-only", action="store_true", default=None,
+                   help="actor loss is behaviour cloning alone (a baseline; checks the data path)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", choices=("fp32", "bf16"))
     p.add_argument("--envs-per-task", type=int)
@@ -59,7 +65,7 @@ _FLAG_TO_FIELD = {
     "device": "train.device", "envs_per_task": "train.envs_per_task",
     "updates_per_step": "train.updates_per_step", "warmup_steps": "train.warmup_steps", "checkpoint_every": "train.checkpoint_every",
     "eval_every": "train.eval_every", "threads": "train.threads", "horizon": "benchmark.horizon",
-    "precision": "sac.precision", "batch_size": "sac.batch_size", "bc_weight": "sac.bc_weight",
+    "precision": "sac.precision", "batch_size": "sac.batch_size", "bc_weight": "sac.bc_weight", "bc_only": "sac.bc_only",
     "module_width": "net.module_width", "num_layers": "net.num_layers",
     "num_modules": "net.num_modules",
 }
@@ -117,6 +123,72 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="agents x seeds grid through Ray Tune (pip install -r "
+                                     "requirements-ray.txt), with an aggregate table")
+    p.add_argument("--agents", default="cmrl,pearl,sm", help="comma-separated agent kinds")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--out", required=True, help="sweep directory: one run directory per trial")
+    p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--max-concurrent", type=int, default=0, help="0: as many as the CPUs allow")
+    p.add_argument("--address", help="a Ray cluster to run on (default: a local Ray)")
+    _add_config_flags(p)
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import markdown_table, sweep
+
+    try:
+        agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--seeds must be integers: {e}") from e
+    bad = [a for a in agents if a not in AGENT_KINDS]
+    if bad:
+        raise ConfigError(f"unknown agent(s) {bad}; choose from {', '.join(AGENT_KINDS)}")
+    cfg = config_from_args(args)
+    res = sweep(cfg, agents, seeds, args.out, args.cpus_per_trial, args.address,
+                args.max_concurrent, command="python -m cmrl " + " ".join(
+                    shlex.quote(a) for a in sys.argv[1:]))
+    print(markdown_table(res["table"]))
+    for err in res["errors"]:
+        print(f"trial error: {err}", file=sys.stderr)
+    return 1 if res["errors"] else 0
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="learning to learn: adapt a meta-trained agent to one task, "
+                                        "then keep training it there with SAC")
+    p.add_argument("--checkpoint", required=True,
+                   help="meta-trained run directory (with --scratch: only its architecture is used)")
+    p.add_argument("--task", required=True, help="the task to fine-tune on, e.g. window-close-v3")
+    p.add_argument("--steps", type=int, required=True, help="env-step budget")
+    p.add_argument("--run-dir", required=True, help="new run directory (the checkpoint is untouched)")
+    p.add_argument("--scratch", action="store_true",
+                   help="the comparison arm: the same network, randomly initialised")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=2000, help="env steps between evaluations")
+    p.add_argument("--eval-variations", type=int, default=10)
+    p.add_argument("--envs-per-task", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_finetune(args) -> int:
+    from .finetune import finetune
+
+    out = finetune(args.checkpoint, args.task, args.steps, args.run_dir, seed=args.seed,
+                   scratch=args.scratch, resume=args.resume, progress=not args.no_progress,
+                   **({} if args.resume else dict(
+                       eval_every=args.eval_every, eval_variations=args.eval_variations,
+                       envs_per_task=args.envs_per_task, device=args.device, threads=args.threads)))
+    out.pop("curve")
+    print(json.dumps(out))
+    return 0
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint with the meta-test protocol")
     p.add_argument("--checkpoint", required=True, help="run directory")
@@ -126,6 +198,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--adaptation-episodes", type=int, default=3)
     p.add_argument("--eval-episodes", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--protocol", choices=("cmrl", "metaworld"), default="cmrl",
+                   help="cmrl: the project's evaluator (fresh goal variations for meta-train tasks); "
+                        "metaworld: metaworld.evaluation.metalearning_evaluation, one env per task, "
+                        "--variations evaluation rounds")
     p.add_argument("--goal", action="append", default=[], metavar="TASK=TEXT",
                    help="goal text for a task (default: its canonical text)")
 
@@ -141,8 +217,20 @@ def cmd_eval(args) -> int:
         task, text = item.split("=", 1)
         goals[task.strip()] = text
     splits = ("train", "test") if args.split == "all" else (args.split,)
-    res = agent.evaluate(splits, args.variations, args.adaptation_episodes, args.eval_episodes,
-                         args.seed, goals)
+    if args.variations < 1 or args.adaptation_episodes < 0 or args.eval_episodes < 1:
+        raise ConfigError("--variations and --eval-episodes must be >= 1, --adaptation-episodes >= 0")
+    if args.protocol == "metaworld":
+        from .metaworld_adapter import metaworld_protocol
+
+        res = metaworld_protocol(agent, splits, num_evals=args.variations, meta_batch_size=1,
+                                 adaptation_episodes=args.adaptation_episodes,
+                                 evaluation_episodes=args.eval_episodes, seed=args.seed,
+                                 goal_texts=goals)
+        res["checkpoint"] = {"run_dir": str(agent.run_dir), "env_steps": agent.info.get("env_steps"),
+                             "grad_steps": agent.info.get("grad_steps"), "mode": agent.info.get("mode")}
+    else:
+        res = agent.evaluate(splits, args.variations, args.adaptation_episodes, args.eval_episodes,
+                             args.seed, goals)
     res["command"] = "python -m cmrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +268,32 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="aggregate run directories and their evaluation files into "
+                                      "results.json, tables and figures")
+    p.add_argument("--root", required=True, help="directory holding the run directories")
+    p.add_argument("--finetune", nargs="*", default=[], help="fine-tuning run directories")
+    p.add_argument("--figures", help="write PNG figures here (needs matplotlib)")
+
+
+def cmd_report(args) -> int:
+    from .report import figures, finetune_markdown, markdown, report
+
+    res = report(args.root, [Path(d) for d in args.finetune], command="python -m cmrl " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:]))
+    for proto in ("cmrl", "metaworld"):
+        table = markdown(res, proto)
+        if table:
+            print(f"success ({proto} protocol), mean ± std over seeds\n{table}\n")
+    print("gradient steps to 90% mean meta-train success:", json.dumps(res["steps_to_90"]))
+    if res["finetune"]:
+        print(finetune_markdown(res["finetune"]))
+    if args.figures:
+        for path in figures(res, args.figures):
+            print(path)
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed benchmark: collection vs bare env loop, update vs SB3 SAC")
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
@@ -213,11 +327,12 @@ def cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_data, _add_bench, _add_info):
+    for add in (_add_train, _add_finetune, _add_sweep, _add_eval, _add_data, _add_report, _add_bench,
+                _add_info):
         add(sub)
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "bench": cmd_bench,
-                "info": cmd_info}
+    handlers = {"train": cmd_train, "finetune": cmd_finetune, "sweep": cmd_sweep, "eval": cmd_eval,
+                "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "info": cmd_info}
     from .checkpoint import CheckpointError
     from .tasks import HeldOutTaskError, UnknownTaskError
     from .text_encoders import GoalTextError, TextEncoderError

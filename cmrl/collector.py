@@ -41,6 +41,7 @@ class Collector:
         assert not held_out, f"collector asked to collect from held-out tasks {held_out}"
         self.agent, self.pool, self.rng = agent, pool, rng
         self.env_task = np.repeat(np.arange(len(tasks)), envs_per_task)
+        self.cond_ids = [agent.task_id(tasks[t]) for t in self.env_task]  # sm oracle's one-hot ids
         self.envs = [pool.make_env(tasks[t], "train") for t in self.env_task]
         self.variations = [pool.variations(t, "train") for t in tasks]
         self.goal_bank = goal_bank  # [T, P, text_dim] paraphrase embeddings (cmrl), else None
@@ -57,7 +58,7 @@ class Collector:
         E = len(self.envs)
         goals = self._goals()
         belief = TaskBelief(agent, E, goal=goals.cpu().numpy() if goals is not None else None,
-                            task_ids=self.env_task)
+                            task_ids=self.cond_ids)
         if posterior_from is not None and agent.uses_context:
             with torch.no_grad():
                 context = posterior_from.sample_context(context_size, self.rng, self.env_task,

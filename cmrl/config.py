@@ -63,6 +63,9 @@ class NetworkConfig:
     obs_takes_context: bool = True
     """Modular nets also see the condition (z or one-hot) beside the observation, as Soft-Module's
     conditioned variant does; routing is driven by the condition either way."""
+    task_id_names: list[str] = field(default_factory=list)
+    """sm oracle: the tasks that own a slot of its one-hot id (empty: the meta-train tasks). A
+    fine-tuned sm keeps its source's slots, so a new task gets the all-zeros id, as at meta-test."""
 
 
 @dataclass
@@ -93,6 +96,9 @@ class SACConfig:
     """Behaviour-regularisation weight on the actor (TD3+BC style); used by offline training."""
     precision: str = "fp32"
     """`fp32` or `bf16` (autocast for the matmuls; fast on CPUs with AMX and on GPUs)."""
+    bc_only: bool = False
+    """The actor's loss is behaviour cloning alone (no Q or entropy term): a baseline, and the
+    check that the data path is right. Critics and encoder train as usual."""
 
 
 @dataclass
@@ -141,6 +147,11 @@ class TrainConfig:
     """Evaluation period (same unit); 0 disables evaluation during training."""
     eval_variations: int = 2
     """Goal variations per task in each evaluation during training."""
+    init_from: str | None = None
+    """Run directory whose weights initialise this run (fine-tuning, `python -m cmrl finetune`);
+    same agent kind and architecture. Per-task temperatures start at the mean of the source's."""
+    eval_at_start: bool = False
+    """Evaluate once before any training (the zero-shot point of a fine-tuning curve)."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu` or `cuda`."""
     threads: int = 0
@@ -251,6 +262,6 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported value {value!r}")
 
 
-_OPTIONAL = {"sac.target_entropy", "train.offline"}
+_OPTIONAL = {"sac.target_entropy", "train.offline", "train.init_from"}
 _OPTIONAL_FLOAT = {"sac.target_entropy"}
-_OPTIONAL_STR = {"train.offline"}
+_OPTIONAL_STR = {"train.offline", "train.init_from"}

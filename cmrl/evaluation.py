@@ -123,7 +123,7 @@ def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encod
     if agent.uses_text:
         goal_text = goal_text or canonical_goal_text(task)
         goal = np.repeat(encoder.encode(goal_text)[None], E, axis=0)
-    task_id = agent.train_tasks.index(task) if (task in agent.train_tasks and split == "train") else -1
+    task_id = agent.task_id(task) if split == "train" else -1
     envs = [pool.make_env(task, split) for _ in range(E)]
     adapt_succ, adapt_ret, eval_succ, eval_ret = [], [], [], []
     try:

@@ -80,3 +80,17 @@ class MetricsLogger:
     def close(self) -> None:
         for w in self.writers:
             w.close()
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order; a last line cut by a kill is skipped."""
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.jsonl"
+    records = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -53,7 +53,7 @@ class MetaWorldAgent:
             if agent.uses_text:
                 goal = np.stack([self.trained.encode_goal(
                     self.goal_texts.get(t, canonical_goal_text(t))) for t in tasks])
-            ids = [agent.train_tasks.index(t) if t in agent.train_tasks else -1 for t in tasks]
+            ids = [agent.task_id(t) for t in tasks]
             self.belief = TaskBelief(agent, n, goal=goal, task_ids=ids)
         return self.belief
 
@@ -92,3 +92,59 @@ class MetaWorldAgent:
 
     def reset(self, env_mask: np.ndarray) -> None:
         pass
+
+
+def metaworld_protocol(trained, splits=("train", "test"), num_evals: int = 10,
+                       meta_batch_size: int = 1, adaptation_episodes: int = 3,
+                       evaluation_episodes: int = 1, seed: int = 0,
+                       goal_texts: dict[str, str] | None = None) -> dict:
+    """Meta-World's own `metalearning_evaluation` on each task of the agent's benchmark.
+
+    One vector env per task, so each task's success is the function's overall mean: Meta-World's
+    per-task breakdown pairs names from a `set` with results in env order, which can mislabel tasks
+    when several share one vector env. Keep `meta_batch_size` at 1: Meta-World's `evaluation` counts
+    the first `evaluation_episodes` episodes that *end* per task name, and with terminate-on-success
+    the first to end are the successes, so several envs of one task inflate success (measured here:
+    5 envs, 1 episode -> 100% where one env per variation gives 40%). `num_evals` goal variations.
+    Meta-train tasks use Meta-World's train split (the goal variations trained on), held-out tasks its
+    test split. Success is Meta-World's: `info["success"]` at any step of an evaluation episode."""
+    import time
+
+    import gymnasium as gym
+    from metaworld.evaluation import metalearning_evaluation
+
+    from .tasks import resolve_benchmark
+
+    bench = resolve_benchmark(trained.config.benchmark)
+    horizon = bench.horizon
+    start = time.time()
+    out: dict = {"protocol": {"name": "metaworld.evaluation.metalearning_evaluation",
+                              "num_evals": num_evals, "meta_batch_size": meta_batch_size,
+                              "goal_variations_per_task": num_evals * meta_batch_size,
+                              "adaptation_episodes": adaptation_episodes,
+                              "evaluation_episodes": evaluation_episodes, "horizon": horizon,
+                              "seed": seed,
+                              "train_variations": "Meta-World's train split (trained on)"},
+                 "agent": trained.kind, "splits": {}}
+    for split in splits:
+        tasks = bench.tasks(split)
+        results = {}
+        for task in tasks:
+            train_envs = [task] if split == "train" else list(bench.train_tasks)
+            test_envs = [task] if split == "test" else list(bench.test_tasks) or [task]
+            envs = gym.make_vec("Meta-World/custom-ml-envs", train_envs=train_envs,
+                                test_envs=test_envs, meta_batch_size=meta_batch_size, split=split,
+                                seed=seed, max_episode_steps=horizon, vector_strategy="sync")
+            try:
+                mw = trained.as_metaworld_agent(goal_texts=goal_texts,
+                                                env_tasks=[task] * meta_batch_size)
+                success, ret, _ = metalearning_evaluation(
+                    mw, envs, num_evals=num_evals, adaptation_steps=1,
+                    adaptation_episodes=adaptation_episodes, evaluation_episodes=evaluation_episodes)
+            finally:
+                envs.close()
+            results[task] = {"success_rate": float(success), "mean_return": float(ret)}
+        out["splits"][split] = {"tasks": results, "mean_success": float(np.mean(
+            [r["success_rate"] for r in results.values()])) if results else None}
+    out["wall_time_s"] = round(time.time() - start, 2)
+    return out

@@ -6,6 +6,7 @@ Losses, as in Algorithm 1 of the seed report and PEARL:
   (the encoder gets gradients from the critic loss and the KL only);
 - actor pi: sum over tasks of E[alpha_i log pi(a|s,z) - min Q(s,a,z)], z detached;
 - temperatures alpha_i: one per task (Soft-Module's per-task entropy tuning) or one shared;
+- `bc_only`: the actor's loss is the behaviour-cloning term alone;
 - offline: a behaviour-regularisation term bc_weight * ||mean action - dataset action||^2 with the Q term
   normalised by its mean magnitude (TD3+BC).
 
@@ -46,13 +47,15 @@ class SACLearner:
         return contextlib.nullcontext()
 
     def update(self, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
-               goal: torch.Tensor | None, task_ids: torch.Tensor) -> dict[str, float]:
+               goal: torch.Tensor | None, task_ids: torch.Tensor,
+               cond_ids: torch.Tensor | None = None) -> dict[str, float]:
         """batch fields [T, B, ...]; context [T, N, D] (None for sm); goal [T, text] (cmrl);
-        task_ids [T] indices of the batch's tasks among the agent's train tasks."""
+        task_ids [T] indices of the batch's tasks among the agent's train tasks (their temperatures);
+        cond_ids [T] the sm oracle's one-hot ids of those tasks (default: task_ids)."""
         agent, cfg = self.agent, self.cfg
         T, B = batch["rewards"].shape
         flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in batch.items()}
-        row_task = task_ids.repeat_interleave(B)
+        row_task = (task_ids if cond_ids is None else cond_ids).repeat_interleave(B)
         log_alpha = agent.log_alpha if agent.log_alpha.numel() == 1 else agent.log_alpha[task_ids]
         alpha = log_alpha.detach().exp()  # [T] or [1]
         alpha_rows = alpha.repeat_interleave(B) if alpha.numel() == T and T > 1 else alpha.expand(T * B)
@@ -94,7 +97,11 @@ class SACLearner:
             pi = agent.actor(flat["obs"], cond_detached)
             q_pi = agent.critic(flat["obs"], pi.action, cond_detached).min(0).values
             per_row = alpha_rows * pi.log_prob - q_pi
-            if cfg.bc_weight > 0:
+            if cfg.bc_only:
+                bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
+                per_row = bc
+                metrics["bc_mse"] = bc.mean().item()
+            elif cfg.bc_weight > 0:
                 scale = 1.0 / q_pi.abs().mean().detach().clamp(min=1e-6)
                 bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
                 per_row = scale * per_row + cfg.bc_weight * bc

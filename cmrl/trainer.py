@@ -90,6 +90,11 @@ class Trainer:
             bank = [self.text_encoder.encode([x[i % len(x)] for i in range(P)]) for x in texts]
             self.goal_bank = torch.as_tensor(np.stack(bank), device=self.device)
         self.agent = MetaAgent(config, OBS_DIM, ACTION_DIM, text_dim, self.tasks).to(self.device)
+        if t.init_from and not resume:
+            self._init_from(t.init_from)
+        self.task_ids = torch.arange(len(self.tasks), device=self.device)
+        self.cond_ids = torch.as_tensor([self.agent.task_id(x) for x in self.tasks],
+                                        device=self.device)
         self.learner = SACLearner(self.agent)
         T = len(self.tasks)
         self.replay = MultiTaskReplay(T, t.replay_capacity, OBS_DIM, ACTION_DIM)
@@ -139,6 +144,28 @@ class Trainer:
                               "tasks": {k: {kk: vv for kk, vv in v.items() if kk != "goal_texts"}
                                         for k, v in manifest.get("tasks", {}).items()}}
 
+    def _init_from(self, source: str) -> None:
+        """Start from another run's weights (fine-tuning). Same kind and architecture, or an error."""
+        from .api import load_agent
+
+        src = load_agent(source, device=str(self.device))
+        a, b = dict(vars(self.config.net)), dict(vars(src.config.net))
+        a.pop("task_id_names"), b.pop("task_id_names")
+        if src.kind != self.agent.kind or a != b:
+            raise ckpt.CheckpointError(f"{source}: a {src.kind} with a different architecture cannot "
+                                       f"initialise this {self.agent.kind} run")
+        if src.agent.text_dim != self.agent.text_dim:
+            raise ckpt.CheckpointError(f"{source}: its text encoder ({src.agent.text_dim} dims) differs "
+                                       f"from this run's ({self.agent.text_dim})")
+        if self.agent.kind == "sm" and src.agent.id_tasks != self.agent.id_tasks:
+            raise ckpt.CheckpointError(f"{source}: its task ids {src.agent.id_tasks} differ from this "
+                                       f"run's {self.agent.id_tasks}")
+        state = src.agent.state_dict()
+        with torch.no_grad():
+            state["log_alpha"] = torch.full_like(self.agent.log_alpha,
+                                                 float(src.agent.log_alpha.exp().mean().log()))
+        self.agent.load_state_dict(state)
+
     def _prefill_expert(self) -> None:
         from .experts import collect_prior_episodes
 
@@ -178,11 +205,10 @@ class Trainer:
         return self.goal_bank[torch.arange(len(self.tasks)), pick]
 
     def _updates(self, n: int) -> dict[str, float]:
-        task_ids = torch.arange(len(self.tasks), device=self.device)
         sums: dict[str, float] = {}
         for _ in range(n):
             batch, context = self._batch()
-            m = self.learner.update(batch, context, self._goal(), task_ids)
+            m = self.learner.update(batch, context, self._goal(), self.task_ids, self.cond_ids)
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
             self.grad_steps += 1
@@ -195,6 +221,9 @@ class Trainer:
 
     def train(self) -> dict:
         try:
+            if self.config.train.eval_at_start and self._step() == 0 and self.config.train.eval_every:
+                self.logger.log({"step": 0, "env_steps": 0, "grad_steps": 0, "iteration": 0,
+                                 "wall_time": 0.0, **self._eval_metrics()})
             if self.config.train.mode == "offline":
                 self._train_offline()
             else:

@@ -30,5 +30,6 @@ $PIP install -q -r requirements.txt -c constraints.txt
 $PIP install -q --no-deps -r requirements-clip.txt
 if [ $DEV = 1 ]; then
   $PIP install -q -r requirements-dev.txt -c constraints.txt
+  $PIP install -q -r requirements-ray.txt -c constraints.txt
 fi
 echo "[setup] done: $(.venv/bin/python -c 'import torch, metaworld, gradio; print("torch", torch.__version__, "| gradio", gradio.__version__)')"

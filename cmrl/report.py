@@ -1,0 +1,238 @@
+"""Results: aggregate shipped run directories into `results.json`, tables and README figures.
+
+`python -m cmrl report --root checkpoints/ml4 [--finetune DIR] [--figures assets]` reads every run
+directory under `root` (config.json + metrics.jsonl, and the evaluation files that `python -m cmrl eval`
+wrote there: `evaluation.json` for the project's evaluator, `metaworld_evaluation.json` for Meta-World's
+own protocol), groups them by agent, and writes `root/results.json`: per agent, split and task, the
+mean and sample std over seeds of success and return, with each seed's value, the commands, budgets
+and whether scripted prior data was used. Fine-tuning runs (`finetune.json`) add the learning-to-learn
+table. Figures need matplotlib (`requirements-dev.txt`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CONFIG_FILE
+from .logger import read_metrics
+
+EVAL_FILES = {"cmrl": "evaluation.json", "metaworld": "metaworld_evaluation.json"}
+RESULTS_FILE = "results.json"
+AGENT_ORDER = ("cmrl", "pearl", "sm")
+
+
+def find_runs(root: str | Path) -> dict[str, list[Path]]:
+    """Run directories under `root` grouped by agent kind, ordered by seed."""
+    runs: dict[str, list[tuple[int, Path]]] = {}
+    for cfg_path in sorted(Path(root).rglob(CONFIG_FILE)):
+        run = cfg_path.parent
+        if not (run / "model.safetensors").exists() or (run / "finetune.json").exists():
+            continue
+        cfg = json.loads(cfg_path.read_text())["config"]["train"]
+        runs.setdefault(cfg["agent"], []).append((cfg["seed"], run))
+    ordered = sorted(runs, key=lambda a: AGENT_ORDER.index(a) if a in AGENT_ORDER else 99)
+    return {a: [r for _, r in sorted(runs[a])] for a in ordered}
+
+
+def _mean_std(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "n": int(len(v)), "values": [float(x) for x in v]}
+
+
+def aggregate_evaluations(runs: dict[str, list[Path]]) -> dict:
+    out: dict = {}
+    for agent, dirs in runs.items():
+        entry: dict = {"runs": [], "protocols": {}}
+        for d in dirs:
+            info = json.loads((d / CONFIG_FILE).read_text())
+            t = info["config"]["train"]
+            entry["runs"].append({"dir": str(d), "seed": t["seed"], "mode": t["mode"],
+                                  "grad_steps": info.get("grad_steps"),
+                                  "env_steps": info.get("env_steps"),
+                                  "wall_time_s": info.get("wall_time_s"),
+                                  "prior_data": t["prior_data"],
+                                  "offline_data": (info.get("offline_data") or {}).get("command"),
+                                  "device": info.get("device")})
+        for proto, fname in EVAL_FILES.items():
+            evals = [(d, json.loads((d / fname).read_text())) for d in dirs if (d / fname).exists()]
+            if not evals:
+                continue
+            tasks: dict = {}
+            for _, ev in evals:
+                for split, part in ev["splits"].items():
+                    for task, r in part["tasks"].items():
+                        e = tasks.setdefault(task, {"split": split, "success": [], "return": []})
+                        e["success"].append(r["success_rate"])
+                        e["return"].append(r["mean_return"])
+            entry["protocols"][proto] = {
+                "protocol": evals[0][1].get("protocol"), "command": evals[0][1].get("command"),
+                "tasks": {task: {"split": e["split"], "success": _mean_std(e["success"]),
+                                 "return": _mean_std(e["return"])} for task, e in tasks.items()}}
+        out[agent] = entry
+    return out
+
+
+def finetune_table(dirs: list[Path]) -> list[dict]:
+    rows = []
+    for d in dirs:
+        f = Path(d) / "finetune.json"
+        if f.exists():
+            r = json.loads(f.read_text())
+            r["dir"] = str(d)
+            rows.append(r)
+    return rows
+
+
+def markdown(results: dict, protocol: str = "cmrl") -> str:
+    agents = [a for a in results["agents"] if protocol in results["agents"][a]["protocols"]]
+    if not agents:
+        return ""
+    tasks: list[str] = []
+    for a in agents:
+        for task, e in results["agents"][a]["protocols"][protocol]["tasks"].items():
+            if task not in tasks:
+                tasks.append(task)
+    tasks.sort(key=lambda t: next(results["agents"][a]["protocols"][protocol]["tasks"][t]["split"]
+                                  for a in agents
+                                  if t in results["agents"][a]["protocols"][protocol]["tasks"]) != "train")
+    lines = ["| agent | " + " | ".join(
+        f"{t}{' (held out)' if results['agents'][agents[0]]['protocols'][protocol]['tasks'].get(t, {}).get('split') == 'test' else ''}"
+        for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for a in agents:
+        cells = []
+        for t in tasks:
+            e = results["agents"][a]["protocols"][protocol]["tasks"].get(t)
+            cells.append(f"{e['success']['mean']:.2f} ± {e['success']['std']:.2f}" if e else "-")
+        n = max(e["success"]["n"] for e in results["agents"][a]["protocols"][protocol]["tasks"].values())
+        lines.append(f"| {a} (n={n}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def finetune_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["| agent | start | seed | budget (env steps) | steps to 50% | steps to 90% | final success |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["agent"], r["arm"], r["seed"])):
+        lines.append(f"| {r['agent']} | {r['arm']} | {r['seed']} | {r['env_step_budget']} | "
+                     f"{r['steps_to_50'] if r['steps_to_50'] is not None else 'not reached'} | "
+                     f"{r['steps_to_90'] if r['steps_to_90'] is not None else 'not reached'} | "
+                     f"{r['final_success']:.2f} |")
+    return "\n".join(lines)
+
+
+def training_curves(runs: dict[str, list[Path]]) -> dict:
+    """Per agent and seed: (step, mean eval success over meta-train tasks, per-task returns)."""
+    out: dict = {}
+    for agent, dirs in runs.items():
+        for d in dirs:
+            pts = []
+            for rec in read_metrics(d):
+                succ = [v for k, v in rec.items() if k.startswith("eval_train_success/")]
+                if succ:
+                    pts.append({"step": rec["step"], "success": float(np.mean(succ)),
+                                "returns": {k.split("/", 1)[1]: v for k, v in rec.items()
+                                            if k.startswith(("eval_train_return/",
+                                                             "eval_test_return/"))}})
+            out.setdefault(agent, []).append({"dir": str(d), "points": pts})
+    return out
+
+
+def steps_to_success(curves: dict, threshold: float = 0.9) -> dict:
+    """Per agent and run: the first logged step (gradient steps offline) whose mean meta-train
+    evaluation success reached `threshold`, or None."""
+    return {agent: [next((p["step"] for p in run["points"] if p["success"] >= threshold), None)
+                    for run in runs] for agent, runs in curves.items()}
+
+
+def report(root: str | Path, finetune_dirs: list[Path] | None = None,
+           command: str = "") -> dict:
+    root = Path(root)
+    runs = find_runs(root)
+    curves = training_curves(runs)
+    results = {"command": command, "root": str(root), "agents": aggregate_evaluations(runs),
+               "training_curves": curves, "steps_to_90": steps_to_success(curves, 0.9),
+               "finetune": finetune_table(finetune_dirs or [])}
+    (root / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def figures(results: dict, out_dir: str | Path) -> list[Path]:
+    """README figures: success per task per agent (both protocols), training curves, fine-tuning."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError("figures need matplotlib: pip install -r requirements-dev.txt") from e
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    agents = list(results["agents"])
+    colors = {"cmrl": "#1f77b4", "pearl": "#ff7f0e", "sm": "#2ca02c"}
+    for proto in ("cmrl", "metaworld"):
+        have = [a for a in agents if proto in results["agents"][a]["protocols"]]
+        if not have:
+            continue
+        tasks = list(results["agents"][have[0]]["protocols"][proto]["tasks"])
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        width = 0.8 / len(have)
+        for i, a in enumerate(have):
+            t = results["agents"][a]["protocols"][proto]["tasks"]
+            means = [t[k]["success"]["mean"] if k in t else 0 for k in tasks]
+            stds = [t[k]["success"]["std"] if k in t else 0 for k in tasks]
+            n = max(v["success"]["n"] for v in t.values())
+            ax.bar(np.arange(len(tasks)) + i * width - 0.4 + width / 2, means, width, yerr=stds,
+                   capsize=3, label=f"{a} (n={n})", color=colors.get(a))
+        ax.set_xticks(np.arange(len(tasks)),
+                      [k + ("\n(held out)" if results["agents"][have[0]]["protocols"][proto]["tasks"]
+                            [k]["split"] == "test" else "") for k in tasks])
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("success rate")
+        ax.set_title(f"ML4 success per task ({'project evaluator' if proto == 'cmrl' else 'Meta-World metalearning_evaluation'})")
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"ml4_success_{proto}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    curves = results["training_curves"]
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for a, runs in curves.items():
+            for j, run in enumerate(runs):
+                pts = run["points"]
+                ax.plot([p["step"] for p in pts], [p["success"] for p in pts], color=colors.get(a),
+                        alpha=0.8, label=a if j == 0 else None)
+        ax.set_xlabel("gradient steps (offline)")
+        ax.set_ylabel("mean meta-train success\n(2 fresh variations per task)")
+        ax.set_ylim(-0.02, 1.05)
+        ax.legend(fontsize=8)
+        ax.set_title("Training curves, one line per seed")
+        fig.tight_layout()
+        path = out_dir / "ml4_training_curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    if results["finetune"]:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for r in results["finetune"]:
+            ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]],
+                    color=colors.get(r["agent"]), linestyle="-" if r["arm"] != "scratch" else "--",
+                    marker="o", markersize=3, label=f"{r['agent']} {r['arm']} (seed {r['seed']})")
+        ax.set_xlabel("env steps on the new task")
+        ax.set_ylabel("success")
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_title(f"Fine-tuning on {results['finetune'][0]['task']}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / "finetune_curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,65 @@
+"""`cmrl eval` (both protocols) into run directories, then `cmrl report`: results.json, tables, figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import cmrl
+from cmrl.report import find_runs, report
+from tests.test_end_to_end import tiny
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "cmrl", *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ml4")
+    for kind, seed in (("pearl", 0), ("pearl", 1), ("sm", 0)):
+        cfg = tiny(kind, steps=180)
+        cfg.train.seed = seed
+        run = root / f"{kind}-s{seed}"
+        cmrl.train(cfg, run, progress=False)
+        r = _cli("eval", "--checkpoint", run, "--variations", 2, "--adaptation-episodes", 1,
+                 "--json", run / "evaluation.json")
+        assert r.returncode == 0, r.stderr
+    run = root / "pearl-s0"
+    r = _cli("eval", "--checkpoint", run, "--protocol", "metaworld", "--variations", 1,
+             "--adaptation-episodes", 1, "--json", run / "metaworld_evaluation.json")
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def test_metaworld_protocol_file(root):
+    ev = json.loads((root / "pearl-s0" / "metaworld_evaluation.json").read_text())
+    assert ev["protocol"]["name"] == "metaworld.evaluation.metalearning_evaluation"
+    assert set(ev["splits"]["train"]["tasks"]) == set(cmrl.tasks.ML4_TRAIN)
+    assert set(ev["splits"]["test"]["tasks"]) == {"window-close-v3"}
+    assert "--protocol metaworld" in ev["command"]
+
+
+def test_report_aggregates_over_seeds(root, tmp_path):
+    assert {k: len(v) for k, v in find_runs(root).items()} == {"pearl": 2, "sm": 1}
+    res = report(root)
+    assert json.loads((root / "results.json").read_text())["agents"].keys() == {"pearl", "sm"}
+    per_seed = [json.loads((root / f"pearl-s{s}" / "evaluation.json").read_text())
+                ["splits"]["test"]["tasks"]["window-close-v3"]["success_rate"] for s in (0, 1)]
+    wc = res["agents"]["pearl"]["protocols"]["cmrl"]["tasks"]["window-close-v3"]
+    assert wc["split"] == "test" and wc["success"]["n"] == 2
+    assert wc["success"]["values"] == per_seed
+    assert wc["success"]["mean"] == pytest.approx(sum(per_seed) / 2)
+    assert res["agents"]["pearl"]["protocols"]["metaworld"]["tasks"]["window-close-v3"]["success"]["n"] == 1
+    assert res["agents"]["sm"]["runs"][0]["mode"] == "online"
+    r = _cli("report", "--root", root, "--figures", tmp_path / "assets")
+    assert r.returncode == 0, r.stderr
+    assert "| pearl (n=2) |" in r.stdout and "window-close-v3 (held out)" in r.stdout
+    pytest.importorskip("matplotlib")
+    pngs = sorted(p.name for p in (tmp_path / "assets").glob("*.png"))
+    assert pngs == ["ml4_success_cmrl.png", "ml4_success_metaworld.png", "ml4_training_curves.png"]
+    assert all((tmp_path / "assets" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
