@@ -1,11 +1,11 @@
 """`python app.py`: the CMRL demo on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / _PORT honoured)."""
 import os
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no network
 
-from app.ui import build  # noqa: E402
+from app.ui import build, launch  # noqa: E402
+
+demo = build()
 
 if __name__ == "__main__":
-    build().queue(max_size=16).launch()
+    launch(demo)

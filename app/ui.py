@@ -1,112 +1,759 @@
-"""The demo UI. Adapt: type a goal, watch the arm adapt, see the routing live.
+"""The demo page: Adapt, Compare goals, Routing inspector, Train, Results.
 
-Only `cmrl`'s public functions are called here. Rollouts run in one dedicated thread per request
-(an EGL context belongs to the thread that made it current) and reach the page through a queue.
+Layout and event wiring; the work is in `adapt.py` (streamed rollouts), `jobs.py` (training
+processes), `results.py` (shipped results) and `cmrl` itself (rollouts, routing analysis). Every
+handler turns bad input into a `gr.Error` with a message that says what to do.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
-import threading
+import time
+import traceback
+import uuid
 from pathlib import Path
 
 import gradio as gr
 
-import cmrl
-from cmrl.tasks import ML4_TEST, ML4_TRAIN, all_env_names
+from cmrl.envs import CAMERAS
+from cmrl.routing_analysis import METRICS, NoRoutingError, similarity_matrix, task_routing
+from cmrl.tasks import GOAL_TEXTS, canonical_goal_text
 
-from .figures import posterior_figure, routing_figure
+from .adapt import (SCENE_LOCK, Rollout, RolloutWorker, Sessions, View, clean_old_videos, drain,
+                    routing_comparison)
+from .common import (FRAME_SIZES, GOAL_EXAMPLES, MAX_EPISODES, ML4_TASKS, NUM_VARIATIONS, ROOT,
+                     SCENES, AgentCache, InputError, default_checkpoint, describe_agent,
+                     display_path, find_checkpoints, parse_camera, parse_goal, parse_int,
+                     parse_scene, resolve_path)
+from .figures import (mean_routing_figure, message_figure, return_curves_figure,
+                      similarity_figure, success_bars_figure, training_figure)
+from .jobs import (AGENTS, DEVICES, PRIOR_DATA, JobError, JobManager, TrainSpec, device_summary,
+                   log_tail, read_metrics)
+from .results import DEFAULT_RESULTS_ROOT, load_results, table_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENES = list(ML4_TRAIN + ML4_TEST) + [e for e in all_env_names() if e not in ML4_TRAIN + ML4_TEST]
-EXAMPLES = ["close the window", "open the window", "open the drawer", "close the drawer"]
+log = logging.getLogger("cmrl.app")
+ROLLOUT_CONCURRENCY = 4
+QUEUE_SIZE = 32
+CANONICAL_TEXTS = {t for texts in GOAL_TEXTS.values() for t in texts}
+CSS = """
+#frame img, .cmp-frame img {width: 100%; height: 100%; object-fit: contain;}
+.small-md p {font-size: 0.92em;}
+"""
 
 
-def find_checkpoints() -> list[str]:
-    found = []
-    for base in (ROOT / "checkpoints", ROOT / "runs"):
-        found += sorted(str(p.parent.relative_to(ROOT)) for p in base.rglob("config.json")
-                        if (p.parent / "model.safetensors").exists())
-    return found
+class NumberInput(gr.Number):
+    """A gr.Number whose value reaches the handler as sent, so a non-number sent through the API
+    gets the handler's clear message instead of a type error."""
+
+    is_template = True  # rendered by the frontend as a plain Number
+
+    def preprocess(self, payload):
+        return payload
 
 
-def _threaded(gen_fn, stop: threading.Event):
-    """Run a generator in its own thread; yield its items here."""
-    q: queue.Queue = queue.Queue(maxsize=4)
-    done = object()
+def _error(e: Exception) -> gr.Error:
+    return gr.Error(str(e), duration=12)
 
-    def work():
+
+class App:
+    def __init__(self, checkpoint_roots: list[Path] | None = None, runs_dir: Path | None = None,
+                 results_root: Path | None = None, default: str | None = None,
+                 hosted: bool | None = None, max_train_steps: int | None = None):
+        self.jobs = JobManager(runs_dir, hosted=hosted, max_steps=max_train_steps)
+        self.hosted = self.jobs.hosted
+        roots = list(checkpoint_roots or [ROOT / "checkpoints", ROOT / "runs"])
+        if not any(_inside(self.jobs.runs_dir, r) for r in roots):
+            roots.append(self.jobs.runs_dir)
+        self.roots = roots
+        self.results_root = Path(results_root) if results_root else DEFAULT_RESULTS_ROOT
+        self.default = default
+        self.agents = AgentCache()
+        self.sessions = Sessions()
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def checkpoints(self) -> list[str]:
+        found = find_checkpoints(self.roots)
+        if self.default and self.default not in found:
+            found.insert(0, self.default)
+        return found
+
+    def default_checkpoint(self, found: list[str]) -> str | None:
+        return self.default or default_checkpoint(found)
+
+    def _agent(self, checkpoint):
+        allowed = self.checkpoints() if self.hosted else None
+        return self.agents.get(checkpoint, allowed)
+
+    def refresh_checkpoints(self, current):
+        found = self.checkpoints()
+        value = current if current in found else self.default_checkpoint(found)
+        return gr.update(choices=found, value=value)
+
+    def checkpoint_info(self, checkpoint) -> str:
+        if not checkpoint:
+            return ("**No checkpoint.** None was found in `checkpoints/` or `runs/`: train one in "
+                    "the **Train** tab (or with `python -m cmrl train ...`), then press ↻.")
         try:
-            for item in gen_fn():
-                q.put(item)
+            return describe_agent(self._agent(checkpoint))
+        except InputError as e:
+            return f"⚠️ {e}"
+
+    # -- Adapt ----------------------------------------------------------------------------------------
+    def _rollout_spec(self, scene, goal, variation, camera, episodes, eval_episodes, horizon,
+                      size, what: str = "The goal description") -> Rollout:
+        spec = Rollout(scene=parse_scene(scene), goal=parse_goal(goal, what),
+                       variation=parse_int(variation, "The goal variation", 0, NUM_VARIATIONS - 1),
+                       camera=parse_camera(camera),
+                       episodes=parse_int(episodes, "Adaptation episodes", 0, MAX_EPISODES),
+                       eval_episodes=parse_int(eval_episodes, "Evaluation episodes", 0, 5),
+                       horizon=parse_int(horizon, "The episode length", 10, 500),
+                       size=parse_int(size, "The frame size", 64, 640))
+        if spec.episodes + spec.eval_episodes == 0:
+            raise InputError("Nothing to run: ask for at least one adaptation or evaluation episode.")
+        return spec
+
+    def _busy_note(self) -> None:
+        busy = self.sessions.active()
+        if busy >= 1:
+            gr.Warning(f"{busy} other rollout{'s are' if busy > 1 else ' is'} running on this "
+                       "machine right now; they share its CPU, so yours may stream more slowly.")
+
+    def adapt(self, checkpoint, scene, goal, variation, camera, episodes, eval_episodes, horizon,
+              size, request: gr.Request):
+        try:
+            agent = self._agent(checkpoint)
+            spec = self._rollout_spec(scene, goal, variation, camera, episodes, eval_episodes,
+                                      horizon, size)
+        except InputError as e:
+            raise _error(e)
+        if agent.kind != "cmrl":
+            gr.Info(f"A {agent.kind} agent does not read the goal text: it adapts from "
+                    "transitions alone" if agent.kind == "pearl" else
+                    "The sm oracle does not read the goal text: it is told the task id (none for a "
+                    "held-out task).")
+        self._busy_note()
+        session = _session(request, "adapt")
+        stop = self.sessions.start(session)
+        q: queue.Queue = queue.Queue(maxsize=64)
+        worker = RolloutWorker(agent, spec, q, stop, on_exit=self.sessions.finisher(session, stop))
+        view = View(agent, spec)
+        clean_old_videos()
+        worker.start()
+        try:
+            yield (None, gr.skip(), gr.skip(), "building the scene and its renderer…", None, [], [])
+            ended = False
+            while not ended:
+                events = drain(q, 0.5)
+                if not events:
+                    if not worker.is_alive() and q.empty():
+                        break
+                    continue
+                new_video, error = False, None
+                for ev in events:
+                    if ev.kind == "end":
+                        ended = True
+                    elif ev.kind == "error":
+                        error = ev.error
+                    else:
+                        view.add(ev)
+                        new_video |= ev.kind == "video"
+                if error is not None:
+                    raise self._rollout_error(error)
+                if view.last is None:
+                    continue
+                figs = view.figures_due()
+                out = (view.new_frame() or gr.skip(), view.routing() if figs else gr.skip(),
+                       view.posterior() if figs else gr.skip(), view.status(),
+                       (view.videos()[-1][0] if view.videos() else None) if new_video else gr.skip(),
+                       view.videos() if new_video else gr.skip(),
+                       view.table() if new_video else gr.skip())
+                if figs:
+                    view.mark_figures()
+                yield out
+            cancelled = stop.is_set() and len(view.episodes) < view.total_episodes
+            if view.last is not None:
+                yield (gr.skip(), view.routing(), view.posterior(),
+                       view.status(done=True, cancelled=cancelled) + "  \n**Summary:** "
+                       + view.summary(), gr.skip(), view.videos(), view.table())
+        finally:
+            self.sessions.finish(session, stop)
+            view.close()
+
+    @staticmethod
+    def _rollout_error(e: BaseException) -> gr.Error:
+        if isinstance(e, (ValueError, InputError)):
+            return _error(e)
+        log.error("rollout failed: %s", "".join(traceback.format_exception(e)))
+        return gr.Error(f"The rollout failed: {type(e).__name__}: {e}", duration=15)
+
+    def cancel(self, request: gr.Request) -> str:
+        """Stops this page's Adapt rollout (the thread stops within a step)."""
+        return self._cancel(request, "adapt")
+
+    def cancel_compare(self, request: gr.Request) -> str:
+        return self._cancel(request, "compare")
+
+    def cancel_inspect(self, request: gr.Request) -> str:
+        return self._cancel(request, "inspect")
+
+    def _cancel(self, request, tab: str) -> str:
+        n = self.sessions.cancel(_session(request, tab, new=False))
+        return "cancelled" if n else "nothing was running"
+
+    # -- Compare goals --------------------------------------------------------------------------------
+    def compare(self, checkpoint, scene, goal_a, goal_b, variation, camera, episodes, horizon,
+                request: gr.Request):
+        try:
+            agent = self._agent(checkpoint)
+            spec_a = self._rollout_spec(scene, goal_a, variation, camera, episodes, 0, horizon, 224,
+                                        "Goal A")
+            spec_b = self._rollout_spec(scene, goal_b, variation, camera, episodes, 0, horizon, 224,
+                                        "Goal B")
+        except InputError as e:
+            raise _error(e)
+        spec_a.videos = spec_b.videos = False
+        if agent.kind != "cmrl":
+            gr.Warning(f"A {agent.kind} agent does not read goal texts: the two sides differ only "
+                       "by chance. Pick a cmrl checkpoint to see what the words change.")
+        self._busy_note()
+        session = _session(request, "compare")
+        stop = self.sessions.start(session)
+        q: queue.Queue = queue.Queue(maxsize=128)
+        done = self.sessions.finisher(session, stop, workers=2)
+        workers = {t: RolloutWorker(agent, s, q, stop, tag=t, on_exit=done)
+                   for t, s in (("A", spec_a), ("B", spec_b))}
+        views = {"A": View(agent, spec_a), "B": View(agent, spec_b)}
+        for w in workers.values():
+            w.start()
+        try:
+            yield (None, gr.skip(), "building the scene…", None, gr.skip(), "building the scene…",
+                   "running…")
+            ended: set[str] = set()
+            while len(ended) < 2:
+                events = drain(q, 0.5)
+                if not events:
+                    if not any(w.is_alive() for w in workers.values()) and q.empty():
+                        break
+                    continue
+                for ev in events:
+                    if ev.kind == "end":
+                        ended.add(ev.tag)
+                    elif ev.kind == "error":
+                        raise self._rollout_error(ev.error)
+                    else:
+                        views[ev.tag].add(ev)
+                out = []
+                for tag in ("A", "B"):
+                    v = views[tag]
+                    if v.last is None:
+                        out += [gr.skip(), gr.skip(), "building the scene…"]
+                        continue
+                    figs = v.figures_due()
+                    out += [v.new_frame() or gr.skip(), v.routing() if figs else gr.skip(),
+                            v.status()]
+                    if figs:
+                        v.mark_figures()
+                yield tuple(out) + ("running…",)
+            a, b = views["A"], views["B"]
+            outcome = (f"**Goal A** “{spec_a.goal}”: {a.summary()}  \n"
+                       f"**Goal B** “{spec_b.goal}”: {b.summary()}  \n{routing_comparison(a, b)}")
+            yield (gr.skip(), a.routing() if a.last is not None else gr.skip(),
+                   a.status(done=True) if a.last is not None else "no steps",
+                   gr.skip(), b.routing() if b.last is not None else gr.skip(),
+                   b.status(done=True) if b.last is not None else "no steps", outcome)
+        finally:
+            self.sessions.finish(session, stop)
+            for v in views.values():
+                v.close()
+
+    # -- Routing inspector ----------------------------------------------------------------------------
+    def inspect(self, checkpoint, tasks, episodes, variations, horizon, metric,
+                request: gr.Request):
+        try:
+            agent = self._agent(checkpoint)
+            if isinstance(tasks, str):
+                tasks = [tasks]
+            tasks = [parse_scene(t) for t in (tasks or [])]
+            if len(tasks) < 1:
+                raise InputError("Pick at least one task (two or more for a similarity matrix).")
+            if len(tasks) > 12:
+                raise InputError("Pick at most 12 tasks.")
+            episodes = parse_int(episodes, "Episodes per variation", 1, 5)
+            variations = parse_int(variations, "Goal variations per task", 1, 5)
+            horizon = parse_int(horizon, "The episode length", 10, 500)
+            if metric not in METRICS:
+                raise InputError(f"Unknown similarity {metric!r}; choose {' or '.join(METRICS)}.")
+        except InputError as e:
+            raise _error(e)
+        if agent.kind == "pearl":
+            raise gr.Error("A pearl agent's actor is a plain MLP: it has no routing to inspect. "
+                           "Pick a cmrl or sm checkpoint.")
+        session = _session(request, "inspect")
+        stop = self.sessions.start(session)
+        profiles, rows = {}, []
+        try:
+            for i, task in enumerate(tasks):
+                yield (gr.skip(), gr.skip(), gr.skip(),
+                       f"rolling out {task} ({i + 1}/{len(tasks)}): {variations} variation(s) x "
+                       f"{episodes} episode(s) of {horizon} steps…")
+                try:
+                    res = task_routing(agent, task, canonical_goal_text(task), episodes,
+                                       list(range(variations)), horizon, stop=stop,
+                                       scene_lock=SCENE_LOCK)
+                except NoRoutingError as e:
+                    raise _error(e)
+                except ValueError as e:
+                    raise _error(e)
                 if stop.is_set():
                     break
-        except Exception as e:  # surfaced in the UI below
-            q.put(e)
-        q.put(done)
+                profiles[task] = res.mean
+                rows.append([task, res.goal_text, res.steps, res.episodes,
+                             f"{res.success_rate:.2f}"])
+                sim = (similarity_figure(*similarity_matrix(profiles, metric), metric)
+                       if len(profiles) > 1 else message_figure("the similarity matrix needs two "
+                                                                "tasks or more", 420))
+                yield (mean_routing_figure(profiles), sim, rows,
+                       f"{len(profiles)}/{len(tasks)} tasks done")
+            yield (gr.skip(), gr.skip(), rows,
+                   f"**Done.** Mean actor routing over every step of {episodes} adaptation "
+                   f"episode(s) x {variations} goal variation(s) per task (goal text: the task's "
+                   f"canonical description); similarity: {metric} "
+                   + {"cosine": "(cosine of the flattened routing)",
+                      "centered-cosine": "(cosine of the flattened routing minus uniform routing "
+                                         "1/n: +1 same favourite modules, -1 opposite)",
+                      "jensen-shannon": "(1 - mean Jensen-Shannon divergence of corresponding "
+                                        "routing rows, base 2)"}[metric])
+        finally:
+            self.sessions.finish(session, stop)
 
-    threading.Thread(target=work, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, Exception):
-            raise item
-        yield item
+    # -- Train ----------------------------------------------------------------------------------------
+    def train_launch(self, agent, benchmark, steps, seed, prior_data, offline, device, name,
+                     horizon, envs_per_task, warmup_steps, updates_per_step, eval_every,
+                     checkpoint_every):
+        try:
+            def opt_int(v, what, lo):
+                if v is None or (isinstance(v, str) and not v.strip()):
+                    return None
+                return parse_int(v, what, lo, 10**9)
 
+            upd = None
+            if updates_per_step is not None and str(updates_per_step).strip():
+                try:
+                    upd = float(updates_per_step)
+                except (TypeError, ValueError):
+                    raise InputError(f"Updates per env step must be a number, got "
+                                     f"{str(updates_per_step)[:30]!r}.")
+            spec = TrainSpec(agent=agent, benchmark=(benchmark or "").strip(),
+                             steps=parse_int(steps, "Steps", 1, 10**9),
+                             seed=parse_int(seed, "The seed", 0, 2**31 - 1),
+                             prior_data=prior_data, offline=(offline or "").strip() or None,
+                             device=device, name=(name or "").strip() or None,
+                             horizon=opt_int(horizon, "The horizon", 1),
+                             envs_per_task=opt_int(envs_per_task, "Envs per task", 1),
+                             warmup_steps=opt_int(warmup_steps, "Warm-up steps", 0),
+                             updates_per_step=upd,
+                             eval_every=opt_int(eval_every, "Evaluate every", 0),
+                             checkpoint_every=opt_int(checkpoint_every, "Checkpoint every", 1))
+            st, notes = self.jobs.launch(spec)
+        except (InputError, JobError) as e:
+            raise _error(e)
+        for n in notes:
+            gr.Warning(n)
+        return (f"Launched **{st.name}** (pid {st.pid}): `{st.command}`  \nlogs: "
+                f"`{display_path(st.run_dir / 'train.log')}`",
+                gr.update(choices=self.run_choices(), value=st.name))
 
-def run_adapt(checkpoint, scene, goal, variation, episodes):
-    if not checkpoint:
-        raise gr.Error("No checkpoint: train one first (python -m cmrl train ...) or pick one.")
-    try:
-        variation = int(variation)
-        agent = cmrl.load_agent(ROOT / checkpoint)
-        goal = cmrl.text_encoders.validate_goal_text(goal)
-    except (ValueError, TypeError, cmrl.CheckpointError, cmrl.GoalTextError) as e:
-        raise gr.Error(str(e))
-    stop = threading.Event()
-    successes: list[bool] = []
-    try:
-        for rec in _threaded(lambda: agent.rollout(scene, goal, variation=variation,
-                                                   adaptation_episodes=int(episodes),
-                                                   render=True, stop=stop), stop):
-            if rec.done:
-                successes.append(rec.episode_success)
-            if rec.t % 5 == 0 or rec.done:
-                summary = (f"episode {rec.episode + 1} ({rec.phase}), step {rec.t}: reward "
-                           f"{rec.reward:.2f}, return {rec.episode_return:.1f}, success so far "
-                           f"{rec.episode_success}; finished episodes: "
-                           + ", ".join("✓" if s else "✗" for s in successes))
-                yield (rec.frame, routing_figure(rec.routing, f"{agent.kind} actor routing"),
-                       posterior_figure(rec.z_mean, rec.z_std, rec.num_transitions), summary)
-    finally:
-        stop.set()
+    def train_stop(self, run):
+        try:
+            st = self.jobs.stop(self._job_name(run))
+        except (InputError, JobError) as e:
+            raise _error(e)
+        return f"Stopping **{st.name}** (SIGINT to its process group; the last checkpoint is kept)."
 
+    def train_resume(self, run, steps, device):
+        try:
+            steps = None if steps is None or str(steps).strip() == "" else parse_int(
+                steps, "Steps", 1, 10**9)
+            st, notes = self.jobs.resume(self._job_name(run), steps,
+                                         device if device in DEVICES else None)
+        except (InputError, JobError) as e:
+            raise _error(e)
+        for n in notes:
+            gr.Warning(n)
+        return f"Resumed **{st.name}** (pid {st.pid}): `{st.command}`"
 
-def build() -> gr.Blocks:
-    ckpts = find_checkpoints()
-    with gr.Blocks(title="CMRL: compositional meta-RL") as demo:
-        gr.Markdown("# CMRL: type a goal, watch the Sawyer arm adapt\n"
-                    + ("" if ckpts else "**No checkpoint found.** Train one with "
-                       "`python -m cmrl train --agent cmrl --steps 20000 --run-dir runs/demo`, "
-                       "then reload this page."))
+    def _job_name(self, run) -> str:
+        if not run:
+            raise InputError("Pick a run in the list first.")
+        if run not in self.jobs.names():
+            raise InputError(f"{run!r} was not launched from this app: only app runs can be "
+                             "stopped or resumed here (use `python -m cmrl train --resume`).")
+        return run
+
+    def run_choices(self) -> list[str]:
+        names = self.jobs.names()
+        others = []
+        for c in find_checkpoints(self.roots):
+            p = resolve_path(c)
+            if not _inside(p, self.jobs.runs_dir) and (p / "metrics.jsonl").is_file():
+                others.append(c)
+        return names + others
+
+    def _run_dir(self, run) -> Path | None:
+        if not run:
+            return None
+        if run in self.jobs.names():
+            return self.jobs.run_dir(run)
+        if run in self.run_choices():
+            return resolve_path(run)
+        return None
+
+    def jobs_table(self) -> list[list]:
+        rows = []
+        for j in self.jobs.list():
+            rows.append([j.name, j.state, j.agent, j.benchmark, j.progress, j.device,
+                         time.strftime("%Y-%m-%d %H:%M", time.localtime(j.started))
+                         if j.started else "", j.pid or ""])
+        return rows
+
+    def train_refresh(self, run, shown, known):
+        """Timer tick: the job list and run choices (only when they changed, so an open dropdown
+        is not disturbed), the selected run's curves (only when its metrics.jsonl changed), its
+        status and log, and the checkpoint lists of the other tabs when a checkpoint appeared."""
+        known = dict(known or {})
+        choices = self.run_choices()
+        run_update = gr.skip()
+        if choices != known.get("runs"):
+            run_update = gr.update(choices=choices, value=run if run in choices else None)
+            known["runs"] = choices
+        table = self.jobs_table()
+        table_update = gr.skip()
+        if table != known.get("table"):
+            table_update = table
+            known["table"] = table
+        path = self._run_dir(run)
+        curves, status, logs = gr.skip(), "", ""
+        stamp = None
+        if path is not None:
+            try:
+                st = (path / "metrics.jsonl").stat()
+                stamp = f"{path}:{st.st_mtime_ns}:{st.st_size}"
+            except OSError:
+                stamp = f"{path}:none"
+            if stamp != shown:
+                rows = read_metrics(path)
+                x = "grad_steps" if rows and all(r.get("env_steps", 0) == 0 for r in rows) else "step"
+                curves = training_figure(rows, f"{run}: {len(rows)} metric rows", x)
+            if run in self.jobs.names():
+                j = self.jobs.status(run)
+                status = (f"**{j.name}**: {j.state} · {j.progress} steps · device {j.device} · "
+                          f"`{j.command}`" + (f"\n\n```\n{j.message}\n```" if j.message else ""))
+            else:
+                status = f"**{run}**: not launched from this app (curves only)."
+            logs = log_tail(path, 25)
+        elif shown is not None:
+            curves = message_figure("pick a run to see its curves", 420)
+        found = self.checkpoints()
+        ck_update = gr.skip()
+        if "ckpts" in known and found != known["ckpts"]:
+            ck_update = gr.update(choices=found)
+        known["ckpts"] = found
+        return (table_update, run_update, curves, status, logs, ck_update, ck_update, ck_update,
+                stamp if path is not None else None, known)
+
+    # -- Results --------------------------------------------------------------------------------------
+    def results(self, protocol):
+        res = load_results(self.results_root, protocol or "cmrl")
+        where = display_path(self.results_root)
+        if res.empty:
+            msg = (f"**No results shipped yet.** Nothing was found in `{where}/` (expected "
+                   "`results.json` and/or run directories with `evaluation.json` and "
+                   "`metrics.jsonl`, written by `python -m cmrl eval --json RUN/evaluation.json` "
+                   "and `python -m cmrl report`).")
+            if res.problems:
+                msg += "\n\nProblems: " + "; ".join(res.problems)
+            empty = message_figure("no shipped results", 300)
+            return msg, empty, empty, []
+        tasks = res.tasks()
+        lines = [f"Results from `{where}/`" + (f" ({len(res.success)} agents)" if res.success
+                                              else "") + ". Success: an evaluation episode with "
+                 "`info['success']` at any step, after adaptation episodes; error bars: std over "
+                 "seeds (n = seeds)."]
+        if res.commands:
+            lines.append("**Commands that produced these numbers:**")
+            lines += [f"- {who}: `{cmd}`" for who, cmd in res.commands]
+        lines += [f"> {n}" for n in res.notes]
+        if res.problems:
+            lines.append("Problems: " + "; ".join(res.problems))
+        bars = (success_bars_figure({a: v for a, v in res.success.items()}, tasks, res.held_out,
+                                    "success rate per task per agent (seed paper, Figure 4)")
+                if res.success else message_figure("no evaluation files shipped", 300))
+        curves = (return_curves_figure(res.curves, [t for t in tasks if any(
+            t in run["returns"] for runs in res.curves.values() for run in runs)], res.held_out,
+            res.x_label) if any(res.curves.values()) else message_figure(
+            "no training curves (metrics.jsonl) shipped", 300))
+        return "\n".join(lines), bars, curves, table_rows(res)
+
+    # -- layout ---------------------------------------------------------------------------------------
+    def build(self) -> gr.Blocks:
+        found = self.checkpoints()
+        default = self.default_checkpoint(found)
+        with gr.Blocks(title="CMRL: compositional meta-RL", delete_cache=(1800, 3600)) as demo:
+            gr.Markdown(
+                "# CMRL: type a goal, watch the arm adapt, see the routing\n"
+                "Compositional meta-RL on Meta-World: a PEARL context encoder, conditioned also on "
+                "the goal text, infers a context *z* that drives the routing between the modules "
+                "of a soft-modular SAC policy.")
+            if not found:
+                gr.Markdown("> **No checkpoint found** in `checkpoints/` or `runs/`. Train one in "
+                            "the **Train** tab (or `python -m cmrl train --agent cmrl --steps 20000 "
+                            "--run-dir runs/demo`), then press ↻ next to the checkpoint list.")
+            known_state = gr.State({"ckpts": found})
+            with gr.Tabs():
+                with gr.Tab("Adapt", id="adapt"):
+                    adapt = self._adapt_tab(found, default)
+                with gr.Tab("Compare goals", id="compare"):
+                    compare = self._compare_tab(found, default)
+                with gr.Tab("Routing inspector", id="inspect"):
+                    inspect_ck = self._inspect_tab(found, default)
+                with gr.Tab("Train", id="train"):
+                    train = self._train_tab()
+                with gr.Tab("Results", id="results"):
+                    results = self._results_tab()
+            ck_dropdowns = [adapt, compare, inspect_ck]
+            timer = gr.Timer(2.0)
+            timer.tick(self.train_refresh, [train["run"], train["shown"], known_state],
+                       [train["table"], train["run"], train["curves"], train["status"],
+                        train["log"], *ck_dropdowns, train["shown"], known_state],
+                       show_progress="hidden", concurrency_limit=None, api_name="train_refresh")
+            demo.load(self.results, [results["protocol"]],
+                      [results["md"], results["bars"], results["curves"], results["table"]],
+                      api_visibility="private")
+        return demo
+
+    def _ckpt_row(self, found, default):
+        with gr.Row(equal_height=True):
+            ck = gr.Dropdown(found, value=default, label="checkpoint (run directory)",
+                             allow_custom_value=True, scale=8)
+            refresh = gr.Button("↻", scale=0, min_width=50)
+        info = gr.Markdown(self.checkpoint_info(default) if default else self.checkpoint_info(None),
+                           elem_classes="small-md")
+        refresh.click(self.refresh_checkpoints, ck, ck, api_visibility="private")
+        ck.change(self.checkpoint_info, ck, info, api_visibility="private", show_progress="hidden")
+        return ck
+
+    def _adapt_tab(self, found, default):
+        ck = self._ckpt_row(found, default)
         with gr.Row():
-            checkpoint = gr.Dropdown(ckpts, value=ckpts[0] if ckpts else None, label="checkpoint",
-                                     allow_custom_value=True)
-            scene = gr.Dropdown(SCENES, value="window-close-v3", label="scene")
-            variation = gr.Number(0, label="goal variation (0-49)", precision=0)
-            episodes = gr.Slider(1, 5, value=2, step=1, label="adaptation episodes")
-        goal = gr.Textbox("close the window", label="goal description")
-        gr.Examples(EXAMPLES, inputs=goal)
-        run = gr.Button("Run", variant="primary")
+            scene = gr.Dropdown(SCENES, value="window-close-v3", allow_custom_value=True,
+                                label="scene (ML4 tasks first; window-close is held out)")
+            variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
+            camera = gr.Dropdown(list(CAMERAS), value="corner", label="camera")
+            episodes = gr.Slider(0, MAX_EPISODES, value=3, step=1, label="adaptation episodes")
+        goal = gr.Textbox("close the window", label="goal description (free text)", max_lines=2)
+        gr.Examples([[g] for g in GOAL_EXAMPLES], inputs=goal, label="example goals")
+        with gr.Accordion("more settings", open=False):
+            with gr.Row():
+                eval_eps = gr.Slider(0, 5, value=1, step=1,
+                                     label="evaluation episodes (posterior mean, deterministic)")
+                horizon = gr.Slider(10, 500, value=200, step=10, label="episode length (steps)")
+                size = gr.Dropdown(list(FRAME_SIZES), value=224, label="frame size (px)")
         with gr.Row():
-            frame = gr.Image(label="rollout", height=320)
+            run = gr.Button("Run", variant="primary")
+            cancel = gr.Button("Cancel", variant="stop")
+        status = gr.Markdown("Press **Run** to roll the agent out.")
+        with gr.Row():
+            frame = gr.Image(label="rollout", format="jpeg", height=360, elem_id="frame",
+                             interactive=False, buttons=[])
             with gr.Column():
-                routing = gr.Plot(label="routing")
+                routing = gr.Plot(label="routing (updated every 5 env steps)")
                 posterior = gr.Plot(label="context posterior")
-        status = gr.Markdown()
-        ev = run.click(run_adapt, [checkpoint, scene, goal, variation, episodes],
-                       [frame, routing, posterior, status], concurrency_limit=2,
+        with gr.Row():
+            video = gr.Video(label="last finished episode (mp4)", interactive=False, loop=True,
+                             height=320)
+            gallery = gr.Gallery(label="all episodes (click one to play it)", columns=4,
+                                 height=320, interactive=False, object_fit="contain")
+        table = gr.Dataframe(headers=["episode", "phase", "success", "return", "steps"],
+                             label="per-episode summary", interactive=False)
+        ev = run.click(self.adapt, [ck, scene, goal, variation, camera, episodes, eval_eps, horizon,
+                                    size],
+                       [frame, routing, posterior, status, video, gallery, table],
+                       concurrency_limit=ROLLOUT_CONCURRENCY, concurrency_id="rollout",
                        api_name="adapt")
-        gr.Button("Cancel").click(None, cancels=[ev])
-    return demo
+        cancel.click(self.cancel, None, None, cancels=[ev], api_name="cancel")
+        scene.change(lambda s, g: canonical_goal_text(s) if (not g or g in CANONICAL_TEXTS)
+                     and s in SCENES else gr.skip(), [scene, goal], goal, api_visibility="private",
+                     show_progress="hidden")
+        return ck
+
+    def _compare_tab(self, found, default):
+        gr.Markdown("The same scene and goal variation, two goal descriptions side by side: see "
+                    "how the words alone change the routing and the behaviour.")
+        ck = self._ckpt_row(found, default)
+        with gr.Row():
+            scene = gr.Dropdown(SCENES, value="window-close-v3", allow_custom_value=True,
+                                label="scene")
+            variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
+            camera = gr.Dropdown(list(CAMERAS), value="corner", label="camera")
+            episodes = gr.Slider(1, 5, value=2, step=1, label="adaptation episodes")
+            horizon = gr.Slider(10, 500, value=200, step=10, label="episode length")
+        with gr.Row():
+            goal_a = gr.Textbox("open the window", label="goal A")
+            goal_b = gr.Textbox("close the window", label="goal B")
+        with gr.Row():
+            run = gr.Button("Compare", variant="primary")
+            cancel = gr.Button("Cancel", variant="stop")
+        outcome = gr.Markdown()
+        with gr.Row():
+            with gr.Column():
+                frame_a = gr.Image(label="goal A", format="jpeg", height=300, interactive=False,
+                                   buttons=[], elem_classes="cmp-frame")
+                status_a = gr.Markdown(elem_classes="small-md")
+                routing_a = gr.Plot(label="routing, goal A")
+            with gr.Column():
+                frame_b = gr.Image(label="goal B", format="jpeg", height=300, interactive=False,
+                                   buttons=[], elem_classes="cmp-frame")
+                status_b = gr.Markdown(elem_classes="small-md")
+                routing_b = gr.Plot(label="routing, goal B")
+        ev = run.click(self.compare, [ck, scene, goal_a, goal_b, variation, camera, episodes,
+                                      horizon],
+                       [frame_a, routing_a, status_a, frame_b, routing_b, status_b, outcome],
+                       concurrency_limit=ROLLOUT_CONCURRENCY, concurrency_id="rollout",
+                       api_name="compare")
+        cancel.click(self.cancel_compare, None, None, cancels=[ev], api_visibility="private")
+        return ck
+
+    def _inspect_tab(self, found, default):
+        gr.Markdown("Mean actor routing per task over a few episodes, and how similar the tasks' "
+                    "routing is: which modules the tasks share (the compositional story).")
+        ck = self._ckpt_row(found, default)
+        with gr.Row():
+            tasks = gr.Dropdown(SCENES, value=ML4_TASKS, multiselect=True, label="tasks")
+            metric = gr.Radio(list(METRICS), value="centered-cosine", label="similarity",
+                              info="centered-cosine: cosine of the deviations from uniform "
+                                   "routing (a plain cosine of near-uniform routings is ~1)")
+        with gr.Row():
+            episodes = gr.Slider(1, 5, value=2, step=1, label="adaptation episodes per variation")
+            variations = gr.Slider(1, 5, value=1, step=1, label="goal variations per task")
+            horizon = gr.Slider(10, 500, value=100, step=10, label="episode length")
+        with gr.Row():
+            run = gr.Button("Inspect", variant="primary")
+            cancel = gr.Button("Cancel", variant="stop")
+        status = gr.Markdown()
+        sim = gr.Plot(label="routing similarity")
+        mean = gr.Plot(label="mean routing per task")
+        table = gr.Dataframe(headers=["task", "goal text", "steps", "episodes", "success rate"],
+                             label="rolled out", interactive=False)
+        ev = run.click(self.inspect, [ck, tasks, episodes, variations, horizon, metric],
+                       [mean, sim, table, status], concurrency_limit=ROLLOUT_CONCURRENCY,
+                       concurrency_id="rollout", api_name="inspect")
+        cancel.click(self.cancel_inspect, None, None, cancels=[ev], api_visibility="private")
+        return ck
+
+    def _train_tab(self):
+        hosted = ""
+        if self.hosted:
+            hosted = ("\n\n> **Hosted demo page: training is switched off here** (CMRL_HOSTED=1). "
+                      "Run the app locally to train.")
+        elif self.jobs.max_steps:
+            hosted = f"\n\n> Steps are capped at {self.jobs.max_steps:,} on this page."
+        gr.Markdown(f"Launch `python -m cmrl train` as a separate process (it keeps running if you "
+                    f"reload the page); runs go to `{display_path(self.jobs.runs_dir)}/<name>`. "
+                    f"One run at a time.  \n**Device here:** {device_summary()}{hosted}")
+        with gr.Row():
+            agent = gr.Dropdown(list(AGENTS), value="cmrl", label="agent")
+            bench = gr.Dropdown(["ml4", "ml10", "ml45", "ml1:window-close-v3"], value="ml4",
+                                allow_custom_value=True, label="benchmark (or ml1:<env>)")
+            steps = NumberInput(20000, precision=0, label="steps (env steps; gradient steps offline)")
+            seed = NumberInput(0, precision=0, label="seed")
+        with gr.Row():
+            prior = gr.Radio(list(PRIOR_DATA), value="none", label="prior data (scripted expert)")
+            device = gr.Radio(list(DEVICES), value="auto", label="device")
+            offline = gr.Textbox("", label="offline dataset dir (optional; `python -m cmrl data`)")
+            name = gr.Textbox("", label="run name (optional)")
+        with gr.Accordion("advanced (empty: the trainer's defaults)", open=False):
+            with gr.Row():
+                horizon = NumberInput(None, precision=0, label="horizon")
+                envs = NumberInput(None, precision=0, label="envs per task")
+                warmup = NumberInput(None, precision=0, label="warm-up steps")
+                upd = NumberInput(None, label="updates per env step")
+                eval_every = NumberInput(None, precision=0, label="evaluate every")
+                ckpt_every = NumberInput(None, precision=0, label="checkpoint every")
+        with gr.Row():
+            launch = gr.Button("Launch", variant="primary", interactive=not self.hosted)
+            run = gr.Dropdown(self.run_choices(), value=None, label="run", scale=3,
+                              allow_custom_value=False)
+            stop = gr.Button("Stop", variant="stop")
+            resume = gr.Button("Resume (steps above = new total)", interactive=not self.hosted)
+        status = gr.Markdown()
+        table = gr.Dataframe(headers=["run", "state", "agent", "benchmark", "progress", "device",
+                                      "started", "pid"], label="runs launched from the app",
+                             value=self.jobs_table(), interactive=False)
+        curves = gr.Plot(label="training curves (metrics.jsonl, refreshed every 2 s)")
+        logbox = gr.Textbox(label="log (last lines)", lines=8, max_lines=12, interactive=False)
+        shown = gr.State(None)
+        launch.click(self.train_launch, [agent, bench, steps, seed, prior, offline, device, name,
+                                         horizon, envs, warmup, upd, eval_every, ckpt_every],
+                     [status, run], api_name="train_launch", concurrency_limit=1)
+        stop.click(self.train_stop, run, status, api_name="train_stop")
+        resume.click(self.train_resume, [run, steps, device], status, api_name="train_resume",
+                     concurrency_limit=1)
+        return {"run": run, "table": table, "curves": curves, "status": status, "log": logbox,
+                "shown": shown}
+
+    def _results_tab(self):
+        gr.Markdown(f"From the evaluation files shipped in `{display_path(self.results_root)}/` "
+                    "(nothing is recomputed here).")
+        with gr.Row():
+            protocol = gr.Radio(["cmrl", "metaworld"], value="cmrl",
+                                label="evaluation protocol (when results.json has both)")
+            refresh = gr.Button("↻ reload", scale=0)
+        md = gr.Markdown()
+        bars = gr.Plot(label="success per task per agent")
+        curves = gr.Plot(label="return over training")
+        table = gr.Dataframe(headers=["agent", "task", "split", "success", "return", "n"],
+                             label="table", interactive=False)
+        outs = [md, bars, curves, table]
+        refresh.click(self.results, protocol, outs, api_name="results")
+        protocol.change(self.results, protocol, outs, api_visibility="private")
+        return {"protocol": protocol, "md": md, "bars": bars, "curves": curves, "table": table}
+
+
+def _session(request, tab: str, new: bool = True) -> str:
+    """The key of one tab's rollouts in one page (or API client) session."""
+    session = getattr(request, "session_hash", None)
+    if not session:
+        session = uuid.uuid4().hex if new else ""
+    return f"{session}:{tab}"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def build(**kwargs) -> gr.Blocks:
+    """The whole page (see `App` for the keyword arguments: checkpoint roots, runs dir, results
+    root, a default checkpoint, hosted mode, a step cap)."""
+    return App(**kwargs).build()
+
+
+def configure_runtime() -> None:
+    """One torch thread per rollout: several users' rollouts share the cores."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("CMRL_APP_TORCH_THREADS", "1")))
+
+
+def launch(demo: gr.Blocks | None = None, **kwargs):
+    """Queue settings for a public page, then serve (GRADIO_SERVER_NAME / _PORT are honoured by
+    gradio itself; 127.0.0.1:7860 by default)."""
+    configure_runtime()
+    demo = demo or build()
+    demo.queue(default_concurrency_limit=ROLLOUT_CONCURRENCY, max_size=QUEUE_SIZE)
+    return demo.launch(css=CSS, **kwargs)

@@ -15,6 +15,7 @@ from .config import (BenchmarkConfig, ConfigError, NetworkConfig, RunConfig, SAC
 from .tasks import GOAL_TEXTS, goal_texts, resolve_benchmark  # noqa: E402
 from .text_encoders import GoalTextError, TextEncoderError  # noqa: E402
 from .trainer import train  # noqa: E402
+from . import routing_analysis  # noqa: E402,F401
 
 __all__ = ["BenchmarkConfig", "CheckpointError", "ConfigError", "GOAL_TEXTS", "GoalTextError",
            "NetworkConfig", "RunConfig", "SACConfig", "TextEncoderError", "TrainConfig",

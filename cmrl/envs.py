@@ -13,6 +13,7 @@ rendering, and each env's GL context must be made current before it renders.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -77,14 +78,25 @@ class TaskPool:
         return TaskEnv(self.env_class(task, split), task, self.benchmark.horizon, **render_kw)
 
 
+_SCENE_LOCK = threading.Lock()
+_SCENES: dict[tuple[str, int], tuple[type, list]] = {}
+
+
 def make_scene(task: str, horizon: int = 200, seed: int = 0, **render_kw) -> tuple["TaskEnv", list]:
-    """An env of any Meta-World v3 task with its goal variations, outside any benchmark (for the app)."""
+    """An env of any Meta-World v3 task with its goal variations, outside any benchmark (for the app).
+
+    Meta-World draws the variations from numpy's global generator, so two threads building scenes at
+    once would corrupt each other's draws: construction is locked, and cached per (task, seed)."""
     import metaworld
 
     if task not in all_env_names():
         raise UnknownTaskError(task, all_env_names())
-    mw = metaworld.ML1(task, seed=seed)
-    return TaskEnv(mw.train_classes[task], task, horizon, **render_kw), list(mw.train_tasks)
+    with _SCENE_LOCK:
+        if (task, seed) not in _SCENES:
+            mw = metaworld.ML1(task, seed=seed)
+            _SCENES[(task, seed)] = (mw.train_classes[task], list(mw.train_tasks))
+        env_cls, variations = _SCENES[(task, seed)]
+    return TaskEnv(env_cls, task, horizon, **render_kw), list(variations)
 
 
 class TaskEnv:
@@ -102,6 +114,7 @@ class TaskEnv:
         self.env.max_path_length = horizon
         if render and not shadows:
             self.env.model.vis.quality.shadowsize = 0  # the slow part of software rendering
+            self.env.model.vis.quality.offsamples = 0  # no multisampling: ~2x faster, looks the same
         self._render = render
         self.t = 0
         self.variation = None

@@ -1,53 +1,426 @@
-"""The app starts in-process and its Adapt endpoint streams real renders and routing."""
+"""The app, launched in-process and driven through its API with gradio_client: Adapt streams real
+renders, routing and videos; four users at once; Cancel; Compare; the routing inspector; training
+launched, followed, stopped and resumed as separate processes; shipped results; bad input."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+HORIZON = 20
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+
+def tiny_app_run(tmp_path_factory) -> Path:
+    """A tiny trained cmrl run (3 module layers of 3: two 3 x 3 routing matrices), trained once per
+    test session and shared by the app tests and the browser test."""
     import cmrl
     from tests.test_end_to_end import tiny
 
-    run = tmp_path_factory.mktemp("app") / "cmrl"
-    cmrl.train(tiny("cmrl", steps=180), run, progress=False)
+    run = tmp_path_factory.getbasetemp() / "app-run" / "cmrl"
+    if not (run / "config.json").is_file():
+        cfg = tiny("cmrl", steps=180)
+        cfg.net.num_layers, cfg.net.num_modules = 3, 3
+        cfg.train.eval_every = 180
+        cmrl.train(cfg, run, progress=False)
     return run
 
 
-def test_app_adapt_streams(trained_run):
-    from gradio_client import Client, handle_file  # noqa: F401
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    from app.ui import build
 
-    demo = build()
-    demo.queue()
-    import socket
+def frame(path) -> np.ndarray:
+    from PIL import Image
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port)
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+
+
+def frames_of(outputs, index=0) -> list[np.ndarray]:
+    return [frame(o[index]) for o in outputs if isinstance(o[index], str)]
+
+
+def plot_json(value) -> dict:
+    assert isinstance(value, dict) and value.get("type") == "plotly", value
+    return json.loads(value["plot"])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    return tiny_app_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def results_root(tmp_path_factory, trained_run):
+    """A shipped-results folder like checkpoints/ml4/: an agent's run dir with evaluation.json (the
+    format `python -m cmrl eval --json` writes) and metrics.jsonl, plus a results.json."""
+    import cmrl
+
+    root = tmp_path_factory.mktemp("results") / "ml4"
+    run = root / "cmrl"
+    run.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "metrics.jsonl"):
+        shutil.copy(trained_run / f, run / f)
+    res = cmrl.load_agent(run).evaluate(num_variations=1, adaptation_episodes=1, eval_episodes=1)
+    res["command"] = f"python -m cmrl eval --checkpoint {run} --json {run}/evaluation.json"
+    (run / "evaluation.json").write_text(json.dumps(res))
+    (root / "results.json").write_text(json.dumps({
+        "agents": {"pearl": {"seeds": [0, 1], "tasks": {
+            t: {"success_mean": 0.25, "success_std": 0.1, "return_mean": 50.0, "return_std": 5.0}
+            for t in ("drawer-open-v3", "drawer-close-v3", "window-open-v3", "window-close-v3")}}},
+        "command": "python -m cmrl report --root checkpoints/ml4", "notes": "test fixture"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, results_root, tmp_path_factory):
+    from app.ui import App, launch
+
+    runs = tmp_path_factory.mktemp("app-runs")
+    app = App(checkpoint_roots=[trained_run.parent], runs_dir=runs, results_root=results_root,
+              default=str(trained_run), hosted=False)
+    demo = app.build()
+    _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1",
+                       server_port=free_port(), quiet=True)
+    yield app, url
+    for job in app.jobs.running():
+        try:
+            app.jobs.stop(job.name, grace_s=2)
+        except Exception:
+            pass
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[1], verbose=False)
+
+
+def adapt_args(run, scene="window-close-v3", goal="close the window", variation=3,
+               camera="corner", episodes=2, eval_episodes=0, horizon=HORIZON, size=224):
+    return [str(run), scene, goal, variation, camera, episodes, eval_episodes, horizon, size]
+
+
+def test_adapt_streams_frames_routing_posterior_and_videos(client, trained_run):
+    import imageio.v2 as imageio
+
+    job = client.submit(*adapt_args(trained_run, episodes=2, eval_episodes=1), api_name="/adapt")
+    outputs = list(job)
+    frames = frames_of(outputs)
+    assert len(outputs) >= 5 and len(frames) >= 5
+    assert all(f.shape == (224, 224, 3) for f in frames)
+    assert all(f.std() > 5 for f in frames)  # real renders, not blank
+    assert len({f.tobytes() for f in frames}) > len(frames) // 2  # the arm moves
+    # Routing: one n x n heatmap per routing layer (2 layers of 3 x 3 here), rows summing to 1;
+    # updated at least every 10 env steps.
+    routing = [o[1] for o in outputs if isinstance(o[1], dict) and "plot" in o[1]]
+    assert len(routing) >= 3 * HORIZON // 10
+    fig = plot_json(routing[-1])
+    heat = [t for t in fig["data"] if t["type"] == "heatmap"]
+    assert len(heat) == 2
+    for t in heat:
+        z = np.array(t["z"])
+        assert z.shape == (3, 3)
+        np.testing.assert_allclose(z.sum(1), 1.0, atol=2e-3)
+    # Posterior: mean and std per z dimension.
+    post = plot_json(next(o[2] for o in reversed(outputs) if isinstance(o[2], dict)
+                          and "plot" in o[2]))
+    bar = post["data"][0]
+    latent = json.loads((trained_run / "config.json").read_text())["config"]["net"]["latent_dim"]
+    assert len(bar["y"]) == latent and len(bar["error_y"]["array"]) == latent
+    assert f"after {2 * HORIZON} transitions" in post["layout"]["title"]["text"]  # 2 adapt. episodes
+    # Every episode's mp4 opens; the summary has one row per episode.
+    videos = [o[4] for o in outputs if isinstance(o[4], str) or (isinstance(o[4], dict)
+                                                                 and o[4].get("video"))]
+    assert len(videos) == 3, [o[4] for o in outputs]
+    video = videos[-1] if isinstance(videos[-1], str) else videos[-1]["video"]
+    assert video.endswith(".mp4")
+    reader = imageio.get_reader(video)
+    n = sum(1 for _ in reader)
+    reader.close()
+    assert n == HORIZON
+    gallery = next(o[5] for o in reversed(outputs) if isinstance(o[5], list) and o[5])
+    assert len(gallery) == 3 and all(g["video"].endswith(".mp4") for g in gallery)
+    table = outputs[-1][6]
+    assert [r[1] for r in table["data"]] == ["adapt", "adapt", "eval"]
+    status = outputs[-1][3]
+    assert "Done" in status and "Summary" in status and "evaluation episodes" in status
+
+
+def test_four_clients_at_once_get_their_own_frames(server, trained_run):
+    """Four users, four cameras, one at a time per render thread: every frame a user receives
+    matches that user's own camera (never another user's)."""
+    import cmrl
+    from gradio_client import Client
+
+    app, url = server
+    cameras = ["corner", "topview", "behindGripper", "corner2"]
+    agent = cmrl.load_agent(trained_run)
+    refs = {}
+    for cam in cameras:  # a reference render of each camera, made here
+        rec = next(iter(agent.rollout("drawer-open-v3", "open the drawer", 1, 1, 0, render=True,
+                                      camera=cam, horizon=HORIZON)))
+        refs[cam] = rec.frame.astype(np.float32)
+    results: dict[str, list] = {}
+
+    def user(cam):
+        c = Client(url, verbose=False)
+        results[cam] = list(c.submit(*adapt_args(trained_run, "drawer-open-v3", "open the drawer",
+                                                 1, cam, 1, 0), api_name="/adapt"))
+
+    threads = [threading.Thread(target=user, args=(c,)) for c in cameras]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert set(results) == set(cameras)
+    for cam in cameras:
+        frames = frames_of(results[cam])
+        assert len(frames) >= 5, cam
+        for f in frames:
+            dist = {c: np.abs(f - r).mean() for c, r in refs.items()}
+            assert min(dist, key=dist.get) == cam, (cam, dist)
+        assert "Done" in results[cam][-1][3]
+    assert app.sessions.active() == 0
+
+
+def test_cancel_stops_promptly(server, client, trained_run):
+    app, _ = server
+    job = client.submit(*adapt_args(trained_run, episodes=5, horizon=300), api_name="/adapt")
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(isinstance(o[0], str) for o in job.outputs()) < 3:
+        time.sleep(0.1)
+    assert app.sessions.active() == 1
+    t0 = time.time()
+    client.predict(api_name="/cancel")
+    while app.sessions.active() and time.time() - t0 < 10:
+        time.sleep(0.05)
+    assert app.sessions.active() == 0, "the rollout did not stop"
+    assert time.time() - t0 < 5
+    _wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("rollout-")
+                           and t.is_alive()], 5, "the rollout thread to end")
+    _wait_for(job.done, 20, "the cancelled job to end")
+    assert len(frames_of(job.outputs())) < 5 * 300  # it did not run to the end
+
+
+def test_compare_goals_side_by_side(client, trained_run):
+    outputs = list(client.submit(str(trained_run), "window-close-v3", "open the window",
+                                 "close the window", 2, "corner", 1, HORIZON, api_name="/compare"))
+    fa, fb = frames_of(outputs, 0), frames_of(outputs, 3)
+    assert len(fa) >= 5 and len(fb) >= 5
+    for idx in (1, 4):
+        fig = plot_json(next(o[idx] for o in reversed(outputs) if isinstance(o[idx], dict)
+                             and "plot" in o[idx]))
+        assert sum(t["type"] == "heatmap" for t in fig["data"]) == 2
+    outcome = outputs[-1][6]
+    assert "open the window" in outcome and "close the window" in outcome
+    assert "cosine similarity" in outcome
+
+
+def test_routing_inspector(client, trained_run):
+    tasks = ["drawer-open-v3", "window-open-v3", "window-close-v3"]
+    outputs = list(client.submit(str(trained_run), tasks, 1, 1, HORIZON, "jensen-shannon",
+                                 api_name="/inspect"))
+    mean_fig = plot_json(next(o[0] for o in reversed(outputs) if isinstance(o[0], dict)
+                              and "plot" in o[0]))
+    assert sum(t["type"] == "heatmap" for t in mean_fig["data"]) == 2 * len(tasks)
+    sim = plot_json(next(o[1] for o in reversed(outputs) if isinstance(o[1], dict)
+                         and "plot" in o[1]))
+    z = np.array(sim["data"][0]["z"])
+    assert z.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(z), 1.0)
+    np.testing.assert_allclose(z, z.T)
+    assert len(outputs[-1][2]["data"]) == 3 and "Done" in outputs[-1][3]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(goal=""), "empty"),
+    (dict(goal="   "), "empty"),
+    (dict(goal="x" * 10_000), "10000 characters"),
+    (dict(scene="no-such-scene-v3"), "Unknown scene"),
+    (dict(variation="abc"), "whole number"),
+    (dict(variation=None), "goal variation is empty"),
+    (dict(variation=99), "from 0 to 49"),
+    (dict(camera="fisheye"), "fisheye is not in the list of choices"),
+    (dict(run="/nonexistent/run"), "no such run directory"),
+    (dict(run=""), "No checkpoint selected"),
+    (dict(episodes=0, eval_episodes=0), "Nothing to run"),
+])
+def test_bad_adapt_input_gets_a_clear_message(client, trained_run, change, message):
+    args = dict(zip(["run", "scene", "goal", "variation", "camera", "episodes", "eval_episodes",
+                     "horizon", "size"], adapt_args(trained_run)))
+    args.update(change)
+    with pytest.raises(Exception, match=message):
+        client.submit(*args.values(), api_name="/adapt").result()
+
+
+def test_corrupt_checkpoint_gets_a_clear_message(client, tmp_path, trained_run):
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    shutil.copy(trained_run / "model.safetensors", bad)
+    with pytest.raises(Exception, match="not valid JSON"):
+        client.submit(*adapt_args(bad), api_name="/adapt").result()
+    truncated = tmp_path / "truncated"
+    shutil.copytree(trained_run, truncated, ignore=shutil.ignore_patterns("state"))
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match="safetensors"):
+        client.submit(*adapt_args(truncated), api_name="/adapt").result()
+    with pytest.raises(Exception, match="Pick at least one task"):
+        client.submit(str(trained_run), [], 1, 1, HORIZON, "cosine", api_name="/inspect").result()
+
+
+def _refresh(client, run):
+    out = client.predict(run, api_name="/train_refresh")
+    return out
+
+
+def _wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+TINY_TRAIN = dict(horizon=HORIZON, envs=1, warmup=0, upd=0.05, eval_every=120, ckpt_every=120)
+
+
+def train_args(name, steps, agent="pearl", **kw):
+    t = dict(TINY_TRAIN, **kw)
+    return [agent, "ml4", steps, 0, "none", "", "cpu", name, t["horizon"], t["envs"], t["warmup"],
+            t["upd"], t["eval_every"], t["ckpt_every"]]
+
+
+def test_train_launch_curves_stop_resume(server, client):
+    app, _ = server
+    status, _ = client.predict(*train_args("tiny", 240), api_name="/train_launch")
+    assert "Launched **tiny**" in status and "--steps 240" in status
+    # One run at a time: a second launch while it runs is refused.
+    with pytest.raises(Exception, match="already running"):
+        client.predict(*train_args("other", 240), api_name="/train_launch")
+    assert app.jobs.status("tiny").state == "running"
+    # Live curves from metrics.jsonl.
+    def curves():
+        out = _refresh(client, "tiny")
+        fig = out[2]
+        if isinstance(fig, dict) and "plot" in fig:
+            data = plot_json(fig)["data"]
+            return data if any(t.get("name", "").startswith("critic_loss") for t in data) else None
+        return None
+
+    data = _wait_for(curves, 150, "training curves")
+    assert any("eval test" in t.get("name", "") or "(train)" in t.get("name", "") for t in data)
+    _wait_for(lambda: app.jobs.status("tiny").state == "finished", 150, "the run to finish")
+    assert app.jobs_table()[0][:2] == ["tiny", "finished"]
+    assert any(c.endswith("tiny") for c in app.checkpoints())  # now pickable in Adapt
+    # Stop: SIGINT to the process group; the run is reported stopped and its process is gone.
+    client.predict(*train_args("long", 100_000), api_name="/train_launch")
+    _wait_for(lambda: (app.jobs.run_dir("long") / "train.log").stat().st_size > 0, 30, "a log")
+    msg = client.predict("long", api_name="/train_stop")
+    assert "Stopping" in msg
+    _wait_for(lambda: app.jobs.status("long").state == "stopped", 40, "the run to stop")
+    from app.jobs import pid_alive
+
+    assert not pid_alive(app.jobs.status("long").pid)
+    with pytest.raises(Exception, match="no checkpoint to resume from|not running"):
+        client.predict("long", None, "cpu", api_name="/train_resume")
+    # Resume continues the finished run to a larger budget.
+    msg = client.predict("tiny", 360, "cpu", api_name="/train_resume")
+    assert "Resumed **tiny**" in msg and "--resume" in msg
+    _wait_for(lambda: app.jobs.status("tiny").state == "finished", 150, "the resumed run")
+    from app.jobs import read_metrics
+
+    steps = [r["step"] for r in read_metrics(app.jobs.run_dir("tiny"))]
+    assert steps[-1] == 360 and steps == sorted(steps)
+
+
+def test_train_bad_input_and_hosted_mode(client, tmp_path):
+    from app.jobs import JobError, JobManager, TrainSpec
+
+    with pytest.raises(Exception, match="Unknown benchmark"):
+        client.predict(*train_args("x1", 100)[:1], "ml99", *train_args("x1", 100)[2:],
+                       api_name="/train_launch")
+    with pytest.raises(Exception, match="Steps must be a whole number"):
+        client.predict(*train_args("x2", "lots"), api_name="/train_launch")
+    with pytest.raises(Exception, match="Invalid run name"):
+        client.predict(*train_args("../escape", 100), api_name="/train_launch")
+    with pytest.raises(Exception, match="not a directory"):
+        args = train_args("x3", 100)
+        args[5] = str(tmp_path / "no-such-dataset")
+        client.predict(*args, api_name="/train_launch")
+    hosted = JobManager(tmp_path / "h", hosted=True)
+    with pytest.raises(JobError, match="switched off on this hosted demo"):
+        hosted.launch(TrainSpec(steps=10))
+    capped = JobManager(tmp_path / "c", max_steps=50)
+    spec, notes = capped.validate(TrainSpec(steps=10_000))
+    assert spec.steps == 50 and "capped" in notes[0]
+    argv = capped.build_argv(spec, tmp_path / "c" / "r")
+    assert argv[1:5] == ["-m", "cmrl", "train", "--run-dir"] and "--steps" in argv
+
+
+def test_results_tab(client, results_root, tmp_path):
+    from app.results import load_results
+
+    md, bars, curves, table = client.predict("cmrl", api_name="/results")
+    assert "python -m cmrl eval --checkpoint" in md and "python -m cmrl report" in md
+    fig = plot_json(bars)
+    agents = {t["name"].split(" ")[0] for t in fig["data"]}
+    assert agents == {"cmrl", "pearl"} and all(t["type"] == "bar" for t in fig["data"])
+    assert any("held out" in x for x in fig["data"][0]["x"])
+    lines = [t for t in plot_json(curves)["data"] if t["type"] == "scatter"]
+    assert lines and all(t["name"] == "cmrl" for t in lines)
+    assert {r[0] for r in table["data"]} == {"cmrl", "pearl"}
+    empty = load_results(tmp_path / "nothing")
+    assert empty.empty
+    from app.ui import App
+
+    msg, *_ = App(results_root=tmp_path / "nothing").results("cmrl")
+    assert "No results shipped yet" in msg
+
+
+def test_app_py_serves_and_no_checkpoint_message(tmp_path):
+    """`python app.py` serves the page (analytics off, GRADIO_SERVER_PORT honoured) even with no
+    checkpoint, pointing to the Train tab."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from app.ui import App
+
+    demo_md = App(checkpoint_roots=[tmp_path], runs_dir=tmp_path / "runs").checkpoint_info(None)
+    assert "Train" in demo_md
+    port = free_port()
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        client = Client(url, verbose=False)
-        job = client.submit(str(trained_run), "window-close-v3", "close the window", 3, 1,
-                            api_name="/adapt")
-        outputs = list(job)
-        assert len(outputs) >= 5
-        from PIL import Image
+        def up():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+            except OSError:
+                return False
 
-        frames = [np.asarray(Image.open(o[0])) for o in outputs[:6]]
-        assert frames[0].ndim == 3 and frames[0].std() > 5  # a real render, not blank
-        assert any(not np.array_equal(frames[0], f) for f in frames[1:])
-        routing = outputs[-1][1]
-        assert routing is not None
-        bad = client.submit(str(trained_run), "window-close-v3", "   ", 3, 1, api_name="/adapt")
-        with pytest.raises(Exception, match="empty"):
-            bad.result()
+        _wait_for(up, 90, "app.py to serve")
+        config = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config").read())
+        assert not config.get("analytics_enabled", False)
     finally:
-        demo.close()
+        proc.terminate()
+        proc.wait(timeout=30)

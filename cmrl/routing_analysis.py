@@ -1,0 +1,240 @@
+"""Routing analysis: which modules does an agent route through, per task, and how much do tasks share.
+
+A soft-modular actor's routing at one step is a list of L-1 row-stochastic [n, n] matrices (row j: how
+module j of the next layer mixes the modules of the layer below) followed by the final n-way output
+mix (see `cmrl.evaluation.StepRecord.routing`). This module averages routing over steps and episodes
+and compares tasks:
+
+- `RoutingMean`: a running mean of routing snapshots (the mean of row-stochastic matrices stays
+  row-stochastic);
+- `cosine_similarity`: cosine of the flattened routing (all layers and the final mix);
+- `centered_cosine_similarity`: the same after subtracting uniform routing (1/n): near-uniform
+  routings all have a plain cosine near 1, their deviations from uniform tell them apart;
+- `js_similarity`: 1 - the mean Jensen-Shannon divergence (base 2, so in [0, 1]) between
+  corresponding routing distributions (every row of every layer, and the final mix);
+- `similarity_matrix`: task x task similarities under either measure;
+- `task_routing` / `routing_profiles`: roll a `TrainedAgent` out (no rendering) and average.
+
+Pure functions over numpy arrays, plus the two rollout helpers over the public `TrainedAgent` API.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+Routing = Sequence[np.ndarray]
+METRICS = ("cosine", "centered-cosine", "jensen-shannon")
+
+
+class NoRoutingError(ValueError):
+    """The agent's actor has no routing (the pearl baseline's actor is a plain MLP)."""
+
+
+def _as_routing(routing: Routing) -> list[np.ndarray]:
+    if routing is None or len(routing) == 0:
+        raise NoRoutingError("no routing given (a pearl agent's actor is a plain MLP)")
+    return [np.asarray(p, dtype=np.float64) for p in routing]
+
+
+def _check_same_shape(a: list[np.ndarray], b: list[np.ndarray]) -> None:
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        raise ValueError("routings have different shapes: "
+                         f"{[x.shape for x in a]} vs {[y.shape for y in b]}")
+
+
+class RoutingMean:
+    """Running mean of routing snapshots (each a list of arrays of fixed shapes)."""
+
+    def __init__(self):
+        self._sum: list[np.ndarray] | None = None
+        self.count = 0
+
+    def add(self, routing: Routing) -> None:
+        r = _as_routing(routing)
+        if self._sum is None:
+            self._sum = [x.copy() for x in r]
+        else:
+            _check_same_shape(self._sum, r)
+            for s, x in zip(self._sum, r):
+                s += x
+        self.count += 1
+
+    def mean(self) -> list[np.ndarray]:
+        if self._sum is None:
+            raise ValueError("no routing has been added yet")
+        return [s / self.count for s in self._sum]
+
+
+def mean_routing(routings: Iterable[Routing]) -> list[np.ndarray]:
+    """Element-wise mean of routing snapshots."""
+    acc = RoutingMean()
+    for r in routings:
+        acc.add(r)
+    return acc.mean()
+
+
+def flatten_routing(routing: Routing) -> np.ndarray:
+    """All layers' matrices and the final mix as one vector."""
+    return np.concatenate([x.ravel() for x in _as_routing(routing)])
+
+
+def routing_distributions(routing: Routing) -> np.ndarray:
+    """Every routing distribution as a row: the rows of each [n, n] layer, then the final mix.
+    Shape [(L-1) * n + 1, n]."""
+    rows = []
+    for x in _as_routing(routing):
+        rows.extend(np.atleast_2d(x))
+    return np.stack(rows)
+
+
+def cosine_similarity(a: Routing, b: Routing) -> float:
+    """Cosine of the flattened routings (1: same pattern up to scale)."""
+    ra, rb = _as_routing(a), _as_routing(b)
+    _check_same_shape(ra, rb)
+    u, v = flatten_routing(ra), flatten_routing(rb)
+    denom = np.linalg.norm(u) * np.linalg.norm(v)
+    return float(u @ v / denom) if denom > 0 else 0.0
+
+
+def centered_cosine_similarity(a: Routing, b: Routing) -> float:
+    """Cosine of the flattened deviations from uniform routing (each distribution minus 1/n):
+    +1 when two tasks favour the same modules, -1 opposite ones, 0 when either is uniform."""
+    ra, rb = _as_routing(a), _as_routing(b)
+    _check_same_shape(ra, rb)
+    u = flatten_routing([x - 1.0 / x.shape[-1] for x in ra])
+    v = flatten_routing([x - 1.0 / x.shape[-1] for x in rb])
+    denom = np.linalg.norm(u) * np.linalg.norm(v)
+    return float(u @ v / denom) if denom > 1e-12 else 0.0
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Jensen-Shannon divergence in bits (in [0, 1]) between distributions along `axis`."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p = p / p.sum(axis=axis, keepdims=True)
+    q = q / q.sum(axis=axis, keepdims=True)
+    m = 0.5 * (p + q)
+
+    def kl(x, y):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(x > 0, x * np.log2(x / y), 0.0)
+        return terms.sum(axis=axis)
+
+    return np.clip(0.5 * kl(p, m) + 0.5 * kl(q, m), 0.0, 1.0)
+
+
+def js_similarity(a: Routing, b: Routing) -> float:
+    """1 - mean Jensen-Shannon divergence over corresponding routing distributions (1: identical)."""
+    ra, rb = _as_routing(a), _as_routing(b)
+    _check_same_shape(ra, rb)
+    return float(1.0 - js_divergence(routing_distributions(ra), routing_distributions(rb)).mean())
+
+
+def similarity(a: Routing, b: Routing, metric: str = "cosine") -> float:
+    if metric == "cosine":
+        return cosine_similarity(a, b)
+    if metric in ("centered-cosine", "centered"):
+        return centered_cosine_similarity(a, b)
+    if metric in ("jensen-shannon", "js"):
+        return js_similarity(a, b)
+    raise ValueError(f"unknown similarity {metric!r}; choose one of {', '.join(METRICS)}")
+
+
+def similarity_matrix(profiles: dict[str, Routing], metric: str = "cosine"
+                      ) -> tuple[list[str], np.ndarray]:
+    """Names and the symmetric [T, T] matrix of pairwise routing similarities (diagonal 1)."""
+    names = list(profiles)
+    T = len(names)
+    out = np.ones((T, T))
+    for i in range(T):
+        for j in range(i + 1, T):
+            out[i, j] = out[j, i] = similarity(profiles[names[i]], profiles[names[j]], metric)
+    return names, out
+
+
+@dataclass
+class TaskRouting:
+    """Mean actor routing of one task, averaged over every step of every episode rolled out."""
+
+    task: str
+    goal_text: str | None
+    mean: list[np.ndarray]
+    steps: int
+    episodes: int
+    episode_success: list[bool] = field(default_factory=list)
+    variations: list[int] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.episode_success)) if self.episode_success else float("nan")
+
+
+def _records(gen, scene_lock=None):
+    """The rollout's records; its first step (which builds the scene) under `scene_lock`."""
+    try:
+        if scene_lock is not None:
+            with scene_lock:
+                first = next(gen, None)
+            if first is None:
+                return
+            yield first
+        yield from gen
+    finally:
+        gen.close()
+
+
+def task_routing(agent, task: str, goal_text: str | None = None, episodes: int = 2,
+                 variations: Sequence[int] = (0,), horizon: int | None = None, seed: int = 0,
+                 eval_episodes: int = 0, stop: threading.Event | None = None,
+                 scene_lock=None) -> TaskRouting:
+    """Roll `agent` (a `cmrl.TrainedAgent`) out on `task` for each goal variation (no rendering):
+    `episodes` adaptation episodes then `eval_episodes`, and average the actor's routing over every
+    step. Raises NoRoutingError for an agent without routing. `scene_lock` (optional) is held while
+    each rollout builds its scene: Meta-World draws goal variations from numpy's global RNG, so
+    threads building scenes at once would corrupt each other's draws."""
+    if agent.kind == "pearl":
+        raise NoRoutingError("a pearl agent's actor is a plain MLP: it has no routing to inspect; "
+                             "pick a cmrl or sm checkpoint")
+    acc = RoutingMean()
+    successes: list[bool] = []
+    n_episodes = 0
+    for v in variations:
+        gen = agent.rollout(task, goal_text, variation=int(v), adaptation_episodes=episodes,
+                            eval_episodes=eval_episodes, render=False, seed=seed, horizon=horizon,
+                            stop=stop)
+        for rec in _records(gen, scene_lock):
+            if rec.routing is None:
+                raise NoRoutingError(f"a {agent.kind} agent returned no routing")
+            acc.add(rec.routing)
+            if rec.done:
+                successes.append(bool(rec.episode_success))
+                n_episodes += 1
+        if stop is not None and stop.is_set():
+            break
+    if acc.count == 0:
+        raise ValueError(f"no steps were rolled out on {task}")
+    return TaskRouting(task, goal_text, acc.mean(), acc.count, n_episodes, successes,
+                       [int(v) for v in variations])
+
+
+def routing_profiles(agent, tasks: Sequence[str], goal_texts: dict[str, str] | None = None,
+                     episodes: int = 2, variations: Sequence[int] = (0,),
+                     horizon: int | None = None, seed: int = 0, eval_episodes: int = 0,
+                     stop: threading.Event | None = None,
+                     on_task: Callable[[TaskRouting], None] | None = None,
+                     scene_lock=None) -> dict[str, TaskRouting]:
+    """`task_routing` for each task (goal text: `goal_texts[task]`, else the task's canonical one)."""
+    out: dict[str, TaskRouting] = {}
+    for task in tasks:
+        if stop is not None and stop.is_set():
+            break
+        res = task_routing(agent, task, (goal_texts or {}).get(task), episodes, variations,
+                           horizon, seed, eval_episodes, stop, scene_lock)
+        out[task] = res
+        if on_task is not None:
+            on_task(res)
+    return out
