@@ -2,13 +2,15 @@
 
 Sources under the results root (default `checkpoints/ml4/`), all optional:
 
-- `results.json`, the multi-seed table. Two layouts are read: `python -m cmrl report`'s
-  (`agents.<agent>.protocols.<protocol>.tasks.<task>.success.{mean,std,n}`) and the flat one
-  (`agents.<agent>.tasks.<task>.{success_mean,success_std,return_mean,return_std}`, `seeds`).
+- `results.json`, the multi-seed table `python -m cmrl report` writes
+  (`agents.<agent>.protocols.<protocol>.tasks.<task>.{split,success,return}.{mean,std,n}`).
 - run directories (config.json + model.safetensors) anywhere below the root, e.g. `cmrl/`, `pearl/`,
-  `sm/` or `cmrl-s0/`..., each with `evaluation.json` (`python -m cmrl eval --json`) and
-  `metrics.jsonl` (training curves). Their evaluations are averaged over seeds when results.json
-  has no entry for that agent.
+  `sm/` or `seeds/cmrl-s1/`..., each with its evaluation files (`evaluation.json`,
+  `metaworld_evaluation.json`: `python -m cmrl eval --json`) and `metrics.jsonl` (training curves).
+  For an agent and protocol that results.json lacks, they are averaged over seeds by
+  `cmrl.report.aggregate_evaluations`, the same code that writes results.json.
+
+Unreadable files become `Results.problems`, never exceptions.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from cmrl.report import AGENT_ORDER, RESULTS_FILE, aggregate_evaluations, find_runs
 
 from .common import ML4_TASKS, ROOT, display_path
 from .jobs import read_metrics
 
 DEFAULT_RESULTS_ROOT = ROOT / "checkpoints" / "ml4"
-AGENT_ORDER = ("cmrl", "pearl", "sm")
 
 
 @dataclass
@@ -68,136 +69,103 @@ def _num(x):
         x) else None
 
 
-def find_run_dirs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p.parent for p in root.rglob("config.json")
-                  if (p.parent / "model.safetensors").is_file())
+def _dig(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
 
 
-def _agent_of(run: Path, problems: list[str]) -> tuple[str, int | None, dict]:
-    info = _load_json(run / "config.json", problems) or {}
-    train = (info.get("config") or {}).get("train") or {}
-    return str(info.get("agent") or train.get("agent") or run.name), train.get("seed"), info
+def _add_agents(res: Results, agents: dict, protocol: str) -> None:
+    """Agents in `aggregate_evaluations`' format (results.json's `agents`): their `protocol` table,
+    for the agents `res` does not have yet."""
+    for agent, entry in agents.items():
+        p = _dig(entry, "protocols", protocol)
+        if agent in res.success or not isinstance(_dig(p, "tasks"), dict):
+            continue
+        per_task: dict[str, dict] = {}
+        for task, e in p["tasks"].items():
+            n = _dig(e, "success", "n")
+            per_task[task] = {"mean": _num(_dig(e, "success", "mean")),
+                              "std": _num(_dig(e, "success", "std")) or 0.0,
+                              "n": n if isinstance(n, int) and n > 0 else 1,
+                              "return_mean": _num(_dig(e, "return", "mean")),
+                              "return_std": _num(_dig(e, "return", "std")),
+                              "split": _dig(e, "split")}
+            if per_task[task]["split"] == "test":
+                res.held_out.add(task)
+        if per_task:
+            res.success[agent] = per_task
+            if p.get("command"):
+                res.commands.append((f"{agent} evaluation", str(p["command"])))
 
 
-def _from_results_json(res: Results, data: dict, protocol: str) -> None:
-    agents = data.get("agents") if isinstance(data, dict) else None
+def _from_results_json(res: Results, data, protocol: str) -> list[str]:
+    """Add results.json's agents; return the names of all agents it lists."""
+    agents = _dig(data, "agents")
     if not isinstance(agents, dict):
         res.problems.append("results.json has no 'agents' object")
-        return
+        return []
     if data.get("command"):
         res.commands.append(("results.json", str(data["command"])))
     if data.get("notes"):
         res.notes.append(str(data["notes"]))
+    _add_agents(res, agents, protocol)
+    return list(agents)
+
+
+def _curves(res: Results, agents: dict) -> None:
+    """Training curves from the metrics.jsonl of every run `aggregate_evaluations` listed."""
+    offline = total = 0
     for agent, entry in agents.items():
-        if not isinstance(entry, dict):
-            continue
-        per_task: dict[str, dict] = {}
-        protos = entry.get("protocols")
-        if isinstance(protos, dict) and protos:
-            p = protos.get(protocol) or next(iter(protos.values()))
-            if p.get("command"):
-                res.commands.append((f"{agent} evaluation", str(p["command"])))
-            for task, e in (p.get("tasks") or {}).items():
-                s, r = e.get("success") or {}, e.get("return") or {}
-                per_task[task] = {"mean": _num(s.get("mean")), "std": _num(s.get("std")) or 0.0,
-                                  "n": int(s.get("n") or 1), "return_mean": _num(r.get("mean")),
-                                  "return_std": _num(r.get("std")), "split": e.get("split")}
-        elif isinstance(entry.get("tasks"), dict):
-            n = len(entry.get("seeds") or []) or 1
-            for task, e in entry["tasks"].items():
-                per_task[task] = {"mean": _num(e.get("success_mean")),
-                                  "std": _num(e.get("success_std")) or 0.0, "n": n,
-                                  "return_mean": _num(e.get("return_mean")),
-                                  "return_std": _num(e.get("return_std")), "split": e.get("split")}
-        if per_task:
-            res.success[agent] = per_task
-            for task, e in per_task.items():
-                if e.get("split") == "test":
-                    res.held_out.add(task)
-
-
-def _from_evaluations(res: Results, runs: list[tuple[str, int | None, Path, dict]]) -> None:
-    by_agent: dict[str, list[tuple[Path, dict]]] = {}
-    for agent, _seed, run, _info in runs:
-        if agent in res.success:
-            continue  # results.json already has this agent's multi-seed numbers
-        path = run / "evaluation.json"
-        if path.is_file():
-            ev = _load_json(path, res.problems)
-            if isinstance(ev, dict) and isinstance(ev.get("splits"), dict):
-                by_agent.setdefault(agent, []).append((run, ev))
-                if ev.get("command"):
-                    res.commands.append((f"{agent} ({display_path(run)})", str(ev["command"])))
-    for agent, evals in by_agent.items():
-        acc: dict[str, dict[str, list]] = {}
-        for _run, ev in evals:
-            for split, part in ev["splits"].items():
-                for task, r in ((part or {}).get("tasks") or {}).items():
-                    a = acc.setdefault(task, {"s": [], "r": [], "split": split})
-                    if _num(r.get("success_rate")) is not None:
-                        a["s"].append(r["success_rate"])
-                    if _num(r.get("mean_return")) is not None:
-                        a["r"].append(r["mean_return"])
-                    if split == "test":
-                        res.held_out.add(task)
-        res.success[agent] = {
-            task: {"mean": float(np.mean(a["s"])) if a["s"] else None,
-                   "std": float(np.std(a["s"], ddof=1)) if len(a["s"]) > 1 else 0.0,
-                   "n": len(a["s"]), "return_mean": float(np.mean(a["r"])) if a["r"] else None,
-                   "return_std": float(np.std(a["r"], ddof=1)) if len(a["r"]) > 1 else None,
-                   "split": a["split"]}
-            for task, a in acc.items()}
-
-
-def _curves(res: Results, runs: list[tuple[str, int | None, Path, dict]]) -> None:
-    offline = 0
-    for agent, seed, run, info in runs:
-        rows = read_metrics(run)
-        if not rows:
-            continue
-        mode = ((info.get("config") or {}).get("train") or {}).get("mode", "online")
-        offline += mode == "offline"
-        xkey = "grad_steps" if mode == "offline" else "env_steps"
-        xs, returns = [], {}
-        evals = [r for r in rows if any(k.startswith(("eval_train_return/", "eval_test_return/"))
-                                        for k in r)]
-        for r in evals:
-            xs.append(r.get(xkey, r.get("step")))
-        for r_i, r in enumerate(evals):
-            for k, v in r.items():
-                if k.startswith(("eval_train_return/", "eval_test_return/")):
-                    task = k.split("/", 1)[1]
-                    returns.setdefault(task, [None] * len(evals))[r_i] = _num(v)
-                    if k.startswith("eval_test"):
-                        res.held_out.add(task)
-        if xs:
-            res.curves.setdefault(agent, []).append(
-                {"label": f"seed {seed}" if seed is not None else run.name, "x": xs,
-                 "returns": returns, "dir": display_path(run)})
+        for run in entry["runs"]:
+            rows = read_metrics(Path(run["dir"]))
+            if not rows:
+                continue
+            total += 1
+            mode = run.get("mode", "online")
+            offline += mode == "offline"
+            xkey = "grad_steps" if mode == "offline" else "env_steps"
+            evals = [r for r in rows if any(k.startswith(("eval_train_return/", "eval_test_return/"))
+                                            for k in r)]
+            xs, returns = [r.get(xkey, r.get("step")) for r in evals], {}
+            for r_i, r in enumerate(evals):
+                for k, v in r.items():
+                    if k.startswith(("eval_train_return/", "eval_test_return/")):
+                        task = k.split("/", 1)[1]
+                        returns.setdefault(task, [None] * len(evals))[r_i] = _num(v)
+                        if k.startswith("eval_test"):
+                            res.held_out.add(task)
+            if xs:
+                seed = run.get("seed")
+                res.curves.setdefault(agent, []).append(
+                    {"label": f"seed {seed}" if seed is not None else Path(run["dir"]).name,
+                     "x": xs, "returns": returns, "dir": display_path(Path(run["dir"]))})
     if offline:
-        res.x_label = "gradient steps (offline)" if offline == len(runs) else "env / gradient steps"
+        res.x_label = "gradient steps (offline)" if offline == total else "env / gradient steps"
 
 
 def load_results(root: Path | str | None = None, protocol: str = "cmrl") -> Results:
+    """What is shipped under `root`, with the success table of evaluation `protocol` (a key of
+    `cmrl.report.EVAL_FILES`: "cmrl" or "metaworld")."""
     root = Path(root) if root else DEFAULT_RESULTS_ROOT
     res = Results(root)
     if not root.is_dir():
         return res
-    rj = root / "results.json"
+    listed: list[str] = []
+    rj = root / RESULTS_FILE
     if rj.is_file():
         data = _load_json(rj, res.problems)
         if data is not None:
-            _from_results_json(res, data, protocol)
-    runs = []
-    for run in find_run_dirs(root):
-        agent, seed, info = _agent_of(run, res.problems)
-        runs.append((agent, seed, run, info))
-    order = {a: i for i, a in enumerate(AGENT_ORDER)}
-    runs.sort(key=lambda r: (order.get(r[0], 99), r[0], r[1] if r[1] is not None else -1))
-    _from_evaluations(res, runs)
+            listed = _from_results_json(res, data, protocol)
+    runs = aggregate_evaluations(find_runs(root, res.problems), res.problems)
+    _add_agents(res, runs, protocol)
     _curves(res, runs)
+    missing = [a for a in dict.fromkeys(listed + list(runs)) if a not in res.success]
+    if missing:
+        res.notes.append(f"No `{protocol}` evaluation shipped for: {', '.join(missing)}.")
+    order = {a: i for i, a in enumerate(AGENT_ORDER)}
     res.success = dict(sorted(res.success.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
     return res
 

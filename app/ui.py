@@ -708,7 +708,7 @@ class App:
                     "(nothing is recomputed here).")
         with gr.Row():
             protocol = gr.Radio(["cmrl", "metaworld"], value="cmrl",
-                                label="evaluation protocol (when results.json has both)")
+                                label="evaluation protocol")
             refresh = gr.Button("↻ reload", scale=0)
         md = gr.Markdown()
         bars = gr.Plot(label="success per task per agent")

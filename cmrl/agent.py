@@ -26,6 +26,7 @@ from torch import nn
 from .config import RunConfig
 from .context_encoder import MIN_VAR, ContextEncoder
 from .networks import Actor, ActorOutput, TwinCritic
+from .normalizer import ObsNormalizer
 
 
 class MetaAgent(nn.Module):
@@ -56,6 +57,16 @@ class MetaAgent(nn.Module):
         num_alpha = len(self.train_tasks) if config.sac.per_task_alpha else 1
         self.log_alpha = nn.Parameter(torch.full((num_alpha,), float(np.log(config.sac.init_alpha))))
 
+    def set_obs_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Freeze the observation standardisation of every network (see `normalizer.py`)."""
+        for m in self.modules():
+            if isinstance(m, ObsNormalizer):
+                m.set(mean, std)
+
+    @property
+    def obs_normalized(self) -> bool:
+        return not self.actor.obs_norm.is_identity
+
     @property
     def device(self) -> torch.device:
         return self.log_alpha.device
@@ -67,10 +78,12 @@ class MetaAgent(nn.Module):
         return self.encoder.posterior(context, goal if self.uses_text else None, mask)
 
     @staticmethod
-    def sample_z(mu: torch.Tensor, var: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+    def sample_z(mu: torch.Tensor, var: torch.Tensor, deterministic: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         if deterministic:
             return mu
-        return mu + var.sqrt() * torch.randn_like(mu)
+        return mu + var.sqrt() * torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
+                                             device=mu.device)
 
     def task_id(self, task: str) -> int:
         """The sm oracle's id of a task: its one-hot slot, or -1 (all zeros) for a task it lacks."""
@@ -85,20 +98,24 @@ class MetaAgent(nn.Module):
 
     # -- acting ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, cond: torch.Tensor,
-            deterministic: bool = False) -> ActorOutput:
+    def act(self, obs: np.ndarray | torch.Tensor, cond: torch.Tensor, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> ActorOutput:
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        return self.actor(obs_t, cond, deterministic=deterministic, with_log_prob=False)
+        return self.actor(obs_t, cond, deterministic=deterministic, with_log_prob=False,
+                          generator=generator)
 
 
 class TaskBelief:
     """Per-env belief state for E environments at once (E may be 1).
 
-    `goal` [E, text_dim] embeddings (cmrl), `task_ids` [E] (sm; -1 for an unknown task)."""
+    `goal` [E, text_dim] embeddings (cmrl), `task_ids` [E] (sm; -1 for an unknown task).
+    `generator` (on the agent's device) draws z and the actions' noise; torch's global RNG when None."""
 
     def __init__(self, agent: MetaAgent, num_envs: int, goal: np.ndarray | None = None,
-                 task_ids: np.ndarray | list[int] | None = None):
+                 task_ids: np.ndarray | list[int] | None = None,
+                 generator: torch.Generator | None = None):
         self.agent = agent
+        self.generator = generator
         self.E = num_envs
         dev = agent.device
         self.goal = (torch.as_tensor(goal, dtype=torch.float32, device=dev).reshape(num_envs, -1)
@@ -167,7 +184,7 @@ class TaskBelief:
         if not self.agent.uses_context:
             return
         mu, var = self.infer_posterior()
-        z = self.agent.sample_z(mu, var, deterministic)
+        z = self.agent.sample_z(mu, var, deterministic, generator=self.generator)
         if self.z is None or env_mask is None:
             self.z = z
         else:
@@ -181,7 +198,8 @@ class TaskBelief:
         return self.agent.task_condition(self.task_ids)
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> ActorOutput:
-        return self.agent.act(obs, self.condition(), deterministic=deterministic)
+        return self.agent.act(obs, self.condition(), deterministic=deterministic,
+                              generator=self.generator)
 
     def posterior_numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) [E, L] as numpy; zeros for the sm oracle."""

@@ -143,6 +143,12 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     expected = module.state_dict()
+    # Checkpoints from before observation standardisation have no normaliser buffers: they were
+    # trained on raw observations, which is what the identity statistics the module starts with give.
+    tensors = dict(tensors)
+    for k in set(expected) - set(tensors):
+        if k.endswith(("obs_norm.mean", "obs_norm.std")):
+            tensors[k] = expected[k].clone()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

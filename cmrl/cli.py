@@ -43,6 +43,10 @@ def _add_config_flags(p) -> None:
     p.add_argument("--bc-weight", type=float, help="behaviour-regularisation weight (offline default 2.5)")
     p.add_argument("--bc-only", action="store_true", default=None,
                    help="actor loss is behaviour cloning alone (a baseline; checks the data path)")
+    p.add_argument("--lr", type=float, help="Adam learning rate of every network")
+    p.add_argument("--obs-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise observations with statistics of the first training data "
+                        "(default on)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", choices=("fp32", "bf16"))
     p.add_argument("--envs-per-task", type=int)
@@ -67,7 +71,7 @@ _FLAG_TO_FIELD = {
     "eval_every": "train.eval_every", "threads": "train.threads", "horizon": "benchmark.horizon",
     "precision": "sac.precision", "batch_size": "sac.batch_size", "bc_weight": "sac.bc_weight", "bc_only": "sac.bc_only",
     "module_width": "net.module_width", "num_layers": "net.num_layers",
-    "num_modules": "net.num_modules",
+    "num_modules": "net.num_modules", "lr": "sac.lr", "obs_norm": "net.obs_norm",
 }
 
 
@@ -169,6 +173,10 @@ def _add_finetune(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=2000, help="env steps between evaluations")
     p.add_argument("--eval-variations", type=int, default=10)
+    p.add_argument("--critic-warmup", type=int, default=0,
+                   help="first N gradient updates train the critics only (both arms alike)")
+    p.add_argument("--bc-weight", type=float, default=0.0,
+                   help="keep a TD3+BC term towards the replay's own actions (0: plain SAC)")
     p.add_argument("--envs-per-task", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -183,7 +191,8 @@ def cmd_finetune(args) -> int:
                    scratch=args.scratch, resume=args.resume, progress=not args.no_progress,
                    **({} if args.resume else dict(
                        eval_every=args.eval_every, eval_variations=args.eval_variations,
-                       envs_per_task=args.envs_per_task, device=args.device, threads=args.threads)))
+                       envs_per_task=args.envs_per_task, device=args.device, threads=args.threads,
+                       critic_warmup=args.critic_warmup, bc_weight=args.bc_weight)))
     out.pop("curve")
     print(json.dumps(out))
     return 0
@@ -282,9 +291,10 @@ def cmd_report(args) -> int:
     res = report(args.root, [Path(d) for d in args.finetune], command="python -m cmrl " + " ".join(
         shlex.quote(a) for a in sys.argv[1:]))
     for proto in ("cmrl", "metaworld"):
-        table = markdown(res, proto)
-        if table:
-            print(f"success ({proto} protocol), mean ± std over seeds\n{table}\n")
+        for metric in ("success", "return"):
+            table = markdown(res, proto, metric)
+            if table:
+                print(f"{metric} ({proto} protocol), mean ± std over seeds\n{table}\n")
     print("gradient steps to 90% mean meta-train success:", json.dumps(res["steps_to_90"]))
     if res["finetune"]:
         print(finetune_markdown(res["finetune"]))

@@ -63,6 +63,10 @@ class NetworkConfig:
     obs_takes_context: bool = True
     """Modular nets also see the condition (z or one-hot) beside the observation, as Soft-Module's
     conditioned variant does; routing is driven by the condition either way."""
+    obs_norm: bool = True
+    """Standardise observations with per-dimension mean/std of the data a run first trains on
+    (offline dataset, prior data or warm-up buffer), frozen then and saved with the weights
+    (`normalizer.py`). Checkpoints from before this option load with identity statistics."""
     task_id_names: list[str] = field(default_factory=list)
     """sm oracle: the tasks that own a slot of its one-hot id (empty: the meta-train tasks). A
     fine-tuned sm keeps its source's slots, so a new task gets the all-zeros id, as at meta-test."""
@@ -147,6 +151,10 @@ class TrainConfig:
     """Evaluation period (same unit); 0 disables evaluation during training."""
     eval_variations: int = 2
     """Goal variations per task in each evaluation during training."""
+    critic_warmup_updates: int = 0
+    """The first N gradient updates train the critics and encoder only; actor and temperatures
+    wait. Fine-tuning uses it so a pretrained policy is not steered by critics that have not yet
+    seen the new task's rewards."""
     init_from: str | None = None
     """Run directory whose weights initialise this run (fine-tuning, `python -m cmrl finetune`);
     same agent kind and architecture. Per-task temperatures start at the mean of the source's."""

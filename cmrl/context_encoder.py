@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import mlp
+from .normalizer import ObsNormalizer
 
 MIN_VAR = 1e-7
 
@@ -55,6 +56,8 @@ class ContextEncoder(nn.Module):
                  text_dim: int = 0, goal_proj_dim: int = 32, goal_factor: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
+        self.obs_dim = obs_dim
+        self.obs_norm = ObsNormalizer(obs_dim)
         self.transition_dim = 2 * obs_dim + act_dim + 1
         self.uses_text = text_dim > 0
         self.goal_proj = nn.Linear(text_dim, goal_proj_dim) if self.uses_text else None
@@ -67,8 +70,10 @@ class ContextEncoder(nn.Module):
         return mu, F.softplus(raw) + MIN_VAR
 
     def transition_factors(self, context: torch.Tensor, goal: torch.Tensor | None = None):
-        """context [T, N, transition_dim], goal [T, text_dim] -> mu, var [T, N, L]."""
-        x = context
+        """context [T, N, transition_dim] as raw (s, a, r, s') rows, goal [T, text_dim] -> mu, var [T, N, L]."""
+        d = self.obs_dim
+        x = context = torch.cat([self.obs_norm(context[..., :d]), context[..., d:-d],
+                                 self.obs_norm(context[..., -d:])], dim=-1)
         if self.uses_text:
             if goal is None:
                 raise ValueError("this context encoder is goal-conditioned: pass the goal embedding")

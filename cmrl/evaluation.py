@@ -66,33 +66,33 @@ def rollout(agent: MetaAgent, env: TaskEnv, variation, goal_embedding: np.ndarra
             task_id: int = -1, adaptation_episodes: int = 3, eval_episodes: int = 1,
             render: bool = False, seed: int = 0,
             stop: threading.Event | None = None) -> Iterator[StepRecord]:
-    """Adapt to one goal variation step by step, yielding every step. `stop` ends it early."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        belief = TaskBelief(agent, 1, goal=goal_embedding, task_ids=[task_id])
-        for episode in range(adaptation_episodes + eval_episodes):
-            phase = "adapt" if episode < adaptation_episodes else "eval"
-            deterministic = phase == "eval"
-            belief.sample_z(deterministic=deterministic)
-            obs = env.reset(variation, seed=seed + episode)
-            ep_success, ep_return, done = False, 0.0, False
-            while not done:
-                if stop is not None and stop.is_set():
-                    return
-                out = belief.act(obs[None], deterministic=deterministic)
-                action = out.action[0].cpu().numpy()
-                next_obs, reward, success, done = env.step(action)
-                if phase == "adapt":
-                    belief.observe(obs[None], action[None], np.array([reward]), next_obs[None])
-                ep_success |= success
-                ep_return += reward
-                mu, std = belief.posterior_numpy()
-                yield StepRecord(episode, phase, env.t, obs, action, reward, success, ep_success,
-                                 ep_return, done, mu[0], std[0], _routing_numpy(out.routing),
-                                 int(belief.num_transitions[0]),
-                                 env.render() if render else None)
-                obs = next_obs
+    """Adapt to one goal variation step by step, yielding every step. `stop` ends it early.
+    z and the actions are drawn from the rollout's own generator seeded with `seed`, so the same seed
+    gives the same rollout whatever runs beside it, and torch's global RNG is left alone."""
+    gen = torch.Generator(device=agent.device).manual_seed(seed)
+    belief = TaskBelief(agent, 1, goal=goal_embedding, task_ids=[task_id], generator=gen)
+    for episode in range(adaptation_episodes + eval_episodes):
+        phase = "adapt" if episode < adaptation_episodes else "eval"
+        deterministic = phase == "eval"
+        belief.sample_z(deterministic=deterministic)
+        obs = env.reset(variation, seed=seed + episode)
+        ep_success, ep_return, done = False, 0.0, False
+        while not done:
+            if stop is not None and stop.is_set():
+                return
+            out = belief.act(obs[None], deterministic=deterministic)
+            action = out.action[0].cpu().numpy()
+            next_obs, reward, success, done = env.step(action)
+            if phase == "adapt":
+                belief.observe(obs[None], action[None], np.array([reward]), next_obs[None])
+            ep_success |= success
+            ep_return += reward
+            mu, std = belief.posterior_numpy()
+            yield StepRecord(episode, phase, env.t, obs, action, reward, success, ep_success,
+                             ep_return, done, mu[0], std[0], _routing_numpy(out.routing),
+                             int(belief.num_transitions[0]),
+                             env.render() if render else None)
+            obs = next_obs
 
 
 @dataclass
@@ -127,28 +127,27 @@ def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encod
     envs = [pool.make_env(task, split) for _ in range(E)]
     adapt_succ, adapt_ret, eval_succ, eval_ret = [], [], [], []
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            belief = TaskBelief(agent, E, goal=goal, task_ids=[task_id] * E)
-            for episode in range(adaptation_episodes + eval_episodes):
-                deterministic = episode >= adaptation_episodes
-                belief.sample_z(deterministic=deterministic)
-                obs = np.stack([env.reset(v, seed=seed * 1000 + episode)
-                                for env, v in zip(envs, chosen)])
-                succ, ret, done = np.zeros(E, bool), np.zeros(E), False
-                while not done:
-                    actions = belief.act(obs, deterministic=deterministic).action.cpu().numpy()
-                    steps = [env.step(a) for env, a in zip(envs, actions)]
-                    next_obs = np.stack([s[0] for s in steps])
-                    rewards = np.array([s[1] for s in steps], np.float32)
-                    succ |= np.array([s[2] for s in steps])
-                    ret += rewards
-                    done = steps[0][3]
-                    if not deterministic:
-                        belief.observe(obs, actions, rewards, next_obs)
-                    obs = next_obs
-                (eval_succ if deterministic else adapt_succ).append(succ.mean())
-                (eval_ret if deterministic else adapt_ret).append(ret.mean())
+        gen = torch.Generator(device=agent.device).manual_seed(seed)
+        belief = TaskBelief(agent, E, goal=goal, task_ids=[task_id] * E, generator=gen)
+        for episode in range(adaptation_episodes + eval_episodes):
+            deterministic = episode >= adaptation_episodes
+            belief.sample_z(deterministic=deterministic)
+            obs = np.stack([env.reset(v, seed=seed * 1000 + episode)
+                            for env, v in zip(envs, chosen)])
+            succ, ret, done = np.zeros(E, bool), np.zeros(E), False
+            while not done:
+                actions = belief.act(obs, deterministic=deterministic).action.cpu().numpy()
+                steps = [env.step(a) for env, a in zip(envs, actions)]
+                next_obs = np.stack([s[0] for s in steps])
+                rewards = np.array([s[1] for s in steps], np.float32)
+                succ |= np.array([s[2] for s in steps])
+                ret += rewards
+                done = steps[0][3]
+                if not deterministic:
+                    belief.observe(obs, actions, rewards, next_obs)
+                obs = next_obs
+            (eval_succ if deterministic else adapt_succ).append(succ.mean())
+            (eval_ret if deterministic else adapt_ret).append(ret.mean())
     finally:
         for env in envs:
             env.close()

@@ -27,7 +27,8 @@ SUMMARY_FILE = "finetune.json"
 def finetune_config(checkpoint: str | Path, task: str, steps: int, seed: int = 0,
                     scratch: bool = False, eval_every: int = 2000, eval_variations: int = 10,
                     envs_per_task: int | None = None, device: str | None = None,
-                    threads: int | None = None) -> RunConfig:
+                    threads: int | None = None, critic_warmup: int = 0,
+                    bc_weight: float = 0.0) -> RunConfig:
     """The run config of fine-tuning `checkpoint`'s agent on `task` (or of training the same network
     from scratch there, with `scratch=True`)."""
     if task not in all_env_names():
@@ -46,6 +47,7 @@ def finetune_config(checkpoint: str | Path, task: str, steps: int, seed: int = 0
     t.steps, t.seed = steps, seed
     t.eval_every, t.eval_variations, t.eval_at_start = eval_every, eval_variations, True
     t.checkpoint_every = eval_every
+    t.critic_warmup_updates = critic_warmup  # the same for both arms
     if envs_per_task:
         t.envs_per_task = envs_per_task
     t.warmup_steps = t.envs_per_task * cfg.benchmark.horizon  # one round, the same for both arms
@@ -55,7 +57,9 @@ def finetune_config(checkpoint: str | Path, task: str, steps: int, seed: int = 0
         t.threads = threads
     if info.get("text_encoder", {}).get("name") not in (None, "none"):
         t.text_encoder = info["text_encoder"]["name"]
-    cfg.sac.bc_weight, cfg.sac.bc_only = 0.0, False
+    # bc_weight > 0: the TD3+BC term towards the fine-tuning replay's own actions (the agent's
+    # earlier behaviour on the new task; there is no expert data for it), Q normalised by |Q|.
+    cfg.sac.bc_weight, cfg.sac.bc_only = bc_weight, False
     cfg.validate()
     return cfg
 
@@ -81,6 +85,8 @@ def summarize(run_dir: str | Path, task: str) -> dict:
     curve = success_curve(run_dir, task)
     out = {"task": task, "agent": cfg["train"]["agent"],
            "arm": "scratch" if not cfg["train"]["init_from"] else "meta-trained",
+           "bc_weight": cfg["sac"]["bc_weight"],
+           "critic_warmup_updates": cfg["train"].get("critic_warmup_updates", 0),
            "init_from": cfg["train"]["init_from"], "seed": cfg["train"]["seed"],
            "env_step_budget": cfg["train"]["steps"],
            "eval": f"{cfg['train']['eval_variations']} goal variations not trained on, 1 adaptation "

@@ -16,6 +16,7 @@ from torch import nn
 from .config import NetworkConfig
 from .layers import EnsembleMLP
 from .modular_net import Routing, SoftModularNet
+from .normalizer import ObsNormalizer
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -60,18 +61,22 @@ class Actor(nn.Module):
     def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig):
         super().__init__()
         self.act_dim = act_dim
+        self.obs_norm = ObsNormalizer(obs_dim)
         self.body = Backbone(modular, obs_dim, cond_dim, 2 * act_dim, cfg, ensemble=1)
 
     def forward(self, obs: torch.Tensor, cond: torch.Tensor, deterministic: bool = False,
-                with_log_prob: bool = True) -> ActorOutput:
-        out, routing = self.body(obs, cond)
+                with_log_prob: bool = True,
+                generator: torch.Generator | None = None) -> ActorOutput:
+        """`generator` draws the action noise (torch's global RNG when None)."""
+        out, routing = self.body(self.obs_norm(obs), cond)
         mean, log_std = out[0].float().split(self.act_dim, dim=-1)
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         mean_action = torch.tanh(mean)
         if deterministic:
             pre_tanh = mean
         else:
-            pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+            pre_tanh = mean + log_std.exp() * torch.randn(
+                mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         action = torch.tanh(pre_tanh)
         log_prob = None
         if with_log_prob:
@@ -89,8 +94,9 @@ class TwinCritic(nn.Module):
 
     def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig):
         super().__init__()
+        self.obs_norm = ObsNormalizer(obs_dim)
         self.body = Backbone(modular, obs_dim + act_dim, cond_dim, 1, cfg, ensemble=2)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        q, _ = self.body(torch.cat([obs, action], dim=-1), cond)
+        q, _ = self.body(torch.cat([self.obs_norm(obs), action], dim=-1), cond)
         return q[..., 0].float()

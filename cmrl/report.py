@@ -24,15 +24,30 @@ RESULTS_FILE = "results.json"
 AGENT_ORDER = ("cmrl", "pearl", "sm")
 
 
-def find_runs(root: str | Path) -> dict[str, list[Path]]:
-    """Run directories under `root` grouped by agent kind, ordered by seed."""
+def _load(path: Path, parse, problems: list[str] | None):
+    """`parse(json of path)`. With a `problems` list, a file that cannot be read, decoded or parsed
+    (missing keys, wrong types) is noted there and None returned; without one, the error propagates."""
+    try:
+        return parse(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as e:
+        if problems is None:
+            raise
+        problems.append(f"{path}: skipped, unreadable ({type(e).__name__}: {e})")
+        return None
+
+
+def find_runs(root: str | Path, problems: list[str] | None = None) -> dict[str, list[Path]]:
+    """Run directories under `root` grouped by agent kind, ordered by seed. A run whose config.json
+    is unreadable raises, or is skipped and noted in `problems` when that list is given."""
     runs: dict[str, list[tuple[int, Path]]] = {}
     for cfg_path in sorted(Path(root).rglob(CONFIG_FILE)):
         run = cfg_path.parent
         if not (run / "model.safetensors").exists() or (run / "finetune.json").exists():
             continue
-        cfg = json.loads(cfg_path.read_text())["config"]["train"]
-        runs.setdefault(cfg["agent"], []).append((cfg["seed"], run))
+        found = _load(cfg_path, lambda c: (str(c["config"]["train"]["agent"]),
+                                           int(c["config"]["train"]["seed"])), problems)
+        if found is not None:
+            runs.setdefault(found[0], []).append((found[1], run))
     ordered = sorted(runs, key=lambda a: AGENT_ORDER.index(a) if a in AGENT_ORDER else 99)
     return {a: [r for _, r in sorted(runs[a])] for a in ordered}
 
@@ -43,33 +58,49 @@ def _mean_std(values: list[float]) -> dict:
             "n": int(len(v)), "values": [float(x) for x in v]}
 
 
-def aggregate_evaluations(runs: dict[str, list[Path]]) -> dict:
+def _run_entry(info: dict, d: Path) -> dict:
+    t = info["config"]["train"]
+    return {"dir": str(d), "seed": t["seed"], "mode": t["mode"],
+            "grad_steps": info.get("grad_steps"), "env_steps": info.get("env_steps"),
+            "wall_time_s": info.get("wall_time_s"), "prior_data": t["prior_data"],
+            "offline_data": (info.get("offline_data") or {}).get("command"),
+            "device": info.get("device")}
+
+
+def _evaluation(ev: dict) -> tuple[dict, list[tuple[str, str, float, float]]]:
+    """An evaluation file's header and its (split, task, success_rate, mean_return) rows."""
+    rows = [(split, task, float(r["success_rate"]), float(r["mean_return"]))
+            for split, part in ev["splits"].items() for task, r in part["tasks"].items()]
+    return {"protocol": ev.get("protocol"), "command": ev.get("command")}, rows
+
+
+def aggregate_evaluations(runs: dict[str, list[Path]], problems: list[str] | None = None) -> dict:
+    """Per agent: its runs and, per protocol (`EVAL_FILES`), per task the split and the mean and
+    sample std over seeds of success and return. An unreadable config.json or evaluation file
+    raises, or, when a `problems` list is given, is noted there and left out (a run whose config.json
+    is unreadable is left out entirely)."""
     out: dict = {}
     for agent, dirs in runs.items():
         entry: dict = {"runs": [], "protocols": {}}
+        kept = []
         for d in dirs:
-            info = json.loads((d / CONFIG_FILE).read_text())
-            t = info["config"]["train"]
-            entry["runs"].append({"dir": str(d), "seed": t["seed"], "mode": t["mode"],
-                                  "grad_steps": info.get("grad_steps"),
-                                  "env_steps": info.get("env_steps"),
-                                  "wall_time_s": info.get("wall_time_s"),
-                                  "prior_data": t["prior_data"],
-                                  "offline_data": (info.get("offline_data") or {}).get("command"),
-                                  "device": info.get("device")})
+            run = _load(d / CONFIG_FILE, lambda info: _run_entry(info, d), problems)
+            if run is not None:
+                entry["runs"].append(run)
+                kept.append(d)
         for proto, fname in EVAL_FILES.items():
-            evals = [(d, json.loads((d / fname).read_text())) for d in dirs if (d / fname).exists()]
+            evals = [ev for ev in (_load(d / fname, _evaluation, problems)
+                                   for d in kept if (d / fname).exists()) if ev is not None]
             if not evals:
                 continue
             tasks: dict = {}
-            for _, ev in evals:
-                for split, part in ev["splits"].items():
-                    for task, r in part["tasks"].items():
-                        e = tasks.setdefault(task, {"split": split, "success": [], "return": []})
-                        e["success"].append(r["success_rate"])
-                        e["return"].append(r["mean_return"])
+            for _, rows in evals:
+                for split, task, success, ret in rows:
+                    e = tasks.setdefault(task, {"split": split, "success": [], "return": []})
+                    e["success"].append(success)
+                    e["return"].append(ret)
             entry["protocols"][proto] = {
-                "protocol": evals[0][1].get("protocol"), "command": evals[0][1].get("command"),
+                **evals[0][0],
                 "tasks": {task: {"split": e["split"], "success": _mean_std(e["success"]),
                                  "return": _mean_std(e["return"])} for task, e in tasks.items()}}
         out[agent] = entry
@@ -87,7 +118,8 @@ def finetune_table(dirs: list[Path]) -> list[dict]:
     return rows
 
 
-def markdown(results: dict, protocol: str = "cmrl") -> str:
+def markdown(results: dict, protocol: str = "cmrl", metric: str = "success") -> str:
+    """The per-task table of `metric` (`success` or `return`), mean ± sample std over seeds."""
     agents = [a for a in results["agents"] if protocol in results["agents"][a]["protocols"]]
     if not agents:
         return ""
@@ -106,19 +138,27 @@ def markdown(results: dict, protocol: str = "cmrl") -> str:
         cells = []
         for t in tasks:
             e = results["agents"][a]["protocols"][protocol]["tasks"].get(t)
-            cells.append(f"{e['success']['mean']:.2f} ± {e['success']['std']:.2f}" if e else "-")
+            fmt = ".2f" if metric == "success" else ".0f"
+            cells.append(f"{e[metric]['mean']:{fmt}} ± {e[metric]['std']:{fmt}}" if e else "-")
         n = max(e["success"]["n"] for e in results["agents"][a]["protocols"][protocol]["tasks"].values())
         lines.append(f"| {a} (n={n}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _finetune_method(r: dict) -> str:
+    bc, warm = r.get("bc_weight") or 0, r.get("critic_warmup_updates") or 0
+    method = f"SAC + BC to own replay ({bc:g})" if bc else "SAC"
+    return method + (f", critic warm-up {warm}" if warm else "")
+
+
 def finetune_markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
-    lines = ["| agent | start | seed | budget (env steps) | steps to 50% | steps to 90% | final success |",
-             "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["agent"], r["arm"], r["seed"])):
-        lines.append(f"| {r['agent']} | {r['arm']} | {r['seed']} | {r['env_step_budget']} | "
+    lines = ["| agent | start | fine-tuning | seed | budget (env steps) | steps to 50% | steps to 90% "
+             "| final success |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["agent"], r["arm"], r.get("bc_weight") or 0, r["seed"])):
+        lines.append(f"| {r['agent']} | {r['arm']} | {_finetune_method(r)} | {r['seed']} | "
+                     f"{r['env_step_budget']} | "
                      f"{r['steps_to_50'] if r['steps_to_50'] is not None else 'not reached'} | "
                      f"{r['steps_to_90'] if r['steps_to_90'] is not None else 'not reached'} | "
                      f"{r['final_success']:.2f} |")
@@ -220,16 +260,18 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     if results["finetune"]:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
+        fig, ax = plt.subplots(figsize=(10, 3.8))
         for r in results["finetune"]:
             ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]],
-                    color=colors.get(r["agent"]), linestyle="-" if r["arm"] != "scratch" else "--",
-                    marker="o", markersize=3, label=f"{r['agent']} {r['arm']} (seed {r['seed']})")
+                    color=colors.get(r["agent"]), linestyle=("--" if r["arm"] == "scratch" else
+                                                              ":" if r.get("bc_weight") else "-"),
+                    marker="o", markersize=3,
+                    label=f"{r['agent']} {r['arm']}, {_finetune_method(r)} (seed {r['seed']})")
         ax.set_xlabel("env steps on the new task")
         ax.set_ylabel("success")
         ax.set_ylim(-0.02, 1.05)
         ax.set_title(f"Fine-tuning on {results['finetune'][0]['task']}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         path = out_dir / "finetune_curves.png"
         fig.savefig(path, dpi=110)

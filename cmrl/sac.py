@@ -48,10 +48,11 @@ class SACLearner:
 
     def update(self, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
                goal: torch.Tensor | None, task_ids: torch.Tensor,
-               cond_ids: torch.Tensor | None = None) -> dict[str, float]:
+               cond_ids: torch.Tensor | None = None, update_actor: bool = True) -> dict[str, float]:
         """batch fields [T, B, ...]; context [T, N, D] (None for sm); goal [T, text] (cmrl);
         task_ids [T] indices of the batch's tasks among the agent's train tasks (their temperatures);
-        cond_ids [T] the sm oracle's one-hot ids of those tasks (default: task_ids)."""
+        cond_ids [T] the sm oracle's one-hot ids of those tasks (default: task_ids).
+        `update_actor=False`: critics, encoder and targets only (the critic warm-up of fine-tuning)."""
         agent, cfg = self.agent, self.cfg
         T, B = batch["rewards"].shape
         flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in batch.items()}
@@ -90,48 +91,52 @@ class SACLearner:
         self._clip(self.critic_opt)
         self.critic_opt.step()
 
-        # ---- actor ------------------------------------------------------------------------------
-        for p in self._critic_params:
-            p.requires_grad_(False)
-        with self._autocast():
-            pi = agent.actor(flat["obs"], cond_detached)
-            q_pi = agent.critic(flat["obs"], pi.action, cond_detached).min(0).values
-            per_row = alpha_rows * pi.log_prob - q_pi
-            if cfg.bc_only:
-                bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
-                per_row = bc
-                metrics["bc_mse"] = bc.mean().item()
-            elif cfg.bc_weight > 0:
-                scale = 1.0 / q_pi.abs().mean().detach().clamp(min=1e-6)
-                bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
-                per_row = scale * per_row + cfg.bc_weight * bc
-                metrics["bc_mse"] = bc.mean().item()
-            actor_loss = per_row.view(T, B).mean(-1).sum()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self._clip(self.actor_opt)
-        self.actor_opt.step()
-        for p in self._critic_params:
-            p.requires_grad_(True)
+        if update_actor:
+            # ---- actor ----------------------------------------------------------------------------
+            for p in self._critic_params:
+                p.requires_grad_(False)
+            with self._autocast():
+                pi = agent.actor(flat["obs"], cond_detached)
+                q_pi = agent.critic(flat["obs"], pi.action, cond_detached).min(0).values
+                per_row = alpha_rows * pi.log_prob - q_pi
+                if cfg.bc_only:
+                    bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
+                    per_row = bc
+                    metrics["bc_mse"] = bc.mean().item()
+                elif cfg.bc_weight > 0:
+                    # TD3+BC's normalisation of the Q term by its magnitude, floored at 1: at the start
+                    # Q is ~0 and 1/|Q| would blow the entropy and Q terms up over the BC term.
+                    scale = 1.0 / q_pi.abs().mean().detach().clamp(min=1.0)
+                    bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
+                    per_row = scale * per_row + cfg.bc_weight * bc
+                    metrics["bc_mse"] = bc.mean().item()
+                actor_loss = per_row.view(T, B).mean(-1).sum()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self._clip(self.actor_opt)
+            self.actor_opt.step()
+            for p in self._critic_params:
+                p.requires_grad_(True)
 
-        # ---- temperatures -----------------------------------------------------------------------
-        entropy_gap = (pi.log_prob.detach() + self.target_entropy).view(T, B).mean(-1)  # [T]
-        if log_alpha.numel() == 1:
-            alpha_loss = -(log_alpha * entropy_gap.mean()).sum()
-        else:
-            alpha_loss = -(log_alpha * entropy_gap).sum()
-        self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_opt.step()
+            # ---- temperatures ---------------------------------------------------------------------
+            entropy_gap = (pi.log_prob.detach() + self.target_entropy).view(T, B).mean(-1)  # [T]
+            if log_alpha.numel() == 1:
+                alpha_loss = -(log_alpha * entropy_gap.mean()).sum()
+            else:
+                alpha_loss = -(log_alpha * entropy_gap).sum()
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
 
         # ---- targets ----------------------------------------------------------------------------
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
         self.updates += 1
 
-        metrics.update(critic_loss=critic_loss.item() / T, actor_loss=actor_loss.item() / T,
-                       q_mean=q.mean().item(), alpha=agent.log_alpha.exp().mean().item(),
-                       entropy=-pi.log_prob.mean().item())
+        metrics.update(critic_loss=critic_loss.item() / T, q_mean=q.mean().item(),
+                       alpha=agent.log_alpha.exp().mean().item())
+        if update_actor:
+            metrics.update(actor_loss=actor_loss.item() / T, entropy=-pi.log_prob.mean().item())
         return metrics
 
     def _clip(self, opt: torch.optim.Optimizer) -> None:

@@ -33,6 +33,7 @@ from .config import RunConfig
 from .envs import ACTION_DIM, OBS_DIM, TaskPool
 from .evaluation import evaluate
 from .logger import CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter
+from .normalizer import observation_stats
 from .replay import MultiTaskReplay
 from .sac import SACLearner
 from .tasks import HeldOutTaskError, goal_texts, resolve_benchmark
@@ -204,11 +205,27 @@ class Trainer:
         pick = torch.as_tensor(self.rng.integers(self.goal_bank.shape[1], size=len(self.tasks)))
         return self.goal_bank[torch.arange(len(self.tasks)), pick]
 
+    def _fix_obs_stats(self) -> None:
+        """Before the first gradient step of a fresh run: freeze the observation standardisation
+        from the data it trains on first (offline dataset, else the replay: prior data and warm-up).
+        Fine-tuned runs keep their source's statistics; resumed runs restore theirs."""
+        cfg = self.config
+        if (not cfg.net.obs_norm or self.grad_steps > 0 or cfg.train.init_from
+                or self.agent.obs_normalized):
+            return
+        source = self.offline_data if self.offline_data is not None else self.replay
+        obs = np.concatenate([source.obs[i, :source.size[i]] for i in range(len(self.tasks))])
+        self.agent.set_obs_stats(*observation_stats(obs))
+
     def _updates(self, n: int) -> dict[str, float]:
+        if n:
+            self._fix_obs_stats()
         sums: dict[str, float] = {}
         for _ in range(n):
             batch, context = self._batch()
-            m = self.learner.update(batch, context, self._goal(), self.task_ids, self.cond_ids)
+            actor = self.grad_steps >= self.config.train.critic_warmup_updates
+            m = self.learner.update(batch, context, self._goal(), self.task_ids, self.cond_ids,
+                                    update_actor=actor)
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
             self.grad_steps += 1

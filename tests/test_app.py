@@ -61,10 +61,16 @@ def trained_run(tmp_path_factory):
     return tiny_app_run(tmp_path_factory)
 
 
+def _stat(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)), "n": len(values),
+            "values": values}
+
+
 @pytest.fixture(scope="module")
 def results_root(tmp_path_factory, trained_run):
-    """A shipped-results folder like checkpoints/ml4/: an agent's run dir with evaluation.json (the
-    format `python -m cmrl eval --json` writes) and metrics.jsonl, plus a results.json."""
+    """A shipped-results folder like checkpoints/ml4/: a cmrl run dir with evaluation.json (what
+    `python -m cmrl eval --json` writes) and metrics.jsonl, and a results.json in the format
+    `python -m cmrl report` writes, holding pearl (two seeds, both protocols) but not cmrl."""
     import cmrl
 
     root = tmp_path_factory.mktemp("results") / "ml4"
@@ -75,11 +81,20 @@ def results_root(tmp_path_factory, trained_run):
     res = cmrl.load_agent(run).evaluate(num_variations=1, adaptation_episodes=1, eval_episodes=1)
     res["command"] = f"python -m cmrl eval --checkpoint {run} --json {run}/evaluation.json"
     (run / "evaluation.json").write_text(json.dumps(res))
+    tasks = {"drawer-open-v3": "train", "drawer-close-v3": "train", "window-open-v3": "train",
+             "window-close-v3": "test"}
+    protocols = {
+        proto: {"protocol": {"name": proto}, "command": f"python -m cmrl eval --checkpoint "
+                f"checkpoints/ml4/pearl --protocol {proto} --json checkpoints/ml4/pearl/x.json",
+                "tasks": {t: {"split": split, "success": _stat(success), "return": _stat([40.0, 60.0])}
+                          for t, split in tasks.items()}}
+        for proto, success in (("cmrl", [0.2, 0.3]), ("metaworld", [0.5, 0.7]))}
     (root / "results.json").write_text(json.dumps({
-        "agents": {"pearl": {"seeds": [0, 1], "tasks": {
-            t: {"success_mean": 0.25, "success_std": 0.1, "return_mean": 50.0, "return_std": 5.0}
-            for t in ("drawer-open-v3", "drawer-close-v3", "window-open-v3", "window-close-v3")}}},
-        "command": "python -m cmrl report --root checkpoints/ml4", "notes": "test fixture"}))
+        "command": "python -m cmrl report --root checkpoints/ml4", "root": "checkpoints/ml4",
+        "agents": {"pearl": {"runs": [{"dir": f"checkpoints/ml4/pearl-s{s}", "seed": s,
+                                       "mode": "offline"} for s in (0, 1)],
+                             "protocols": protocols}},
+        "training_curves": {}, "steps_to_90": {}, "finetune": []}))
     return root
 
 
@@ -375,6 +390,10 @@ def test_train_bad_input_and_hosted_mode(client, tmp_path):
     assert argv[1:5] == ["-m", "cmrl", "train", "--run-dir"] and "--steps" in argv
 
 
+def _rows(table) -> dict[tuple[str, str], list]:
+    return {(r[0], r[1]): r for r in table["data"]}
+
+
 def test_results_tab(client, results_root, tmp_path):
     from app.results import load_results
 
@@ -384,15 +403,62 @@ def test_results_tab(client, results_root, tmp_path):
     agents = {t["name"].split(" ")[0] for t in fig["data"]}
     assert agents == {"cmrl", "pearl"} and all(t["type"] == "bar" for t in fig["data"])
     assert any("held out" in x for x in fig["data"][0]["x"])
+    pearl_bar = next(t for t in fig["data"] if t["name"] == "pearl (n=2)")
+    assert pearl_bar["y"] == pytest.approx([0.25] * 4)
     lines = [t for t in plot_json(curves)["data"] if t["type"] == "scatter"]
     assert lines and all(t["name"] == "cmrl" for t in lines)
-    assert {r[0] for r in table["data"]} == {"cmrl", "pearl"}
+    rows = _rows(table)
+    assert {a for a, _ in rows} == {"cmrl", "pearl"}
+    # pearl from results.json (report format), cmrl averaged from its run dir's evaluation.json.
+    assert rows["pearl", "drawer-open-v3"][2:] == ["meta-train", "0.25 ± 0.07", "50.0 ± 14.1", 2]
+    assert rows["pearl", "window-close-v3"][2] == "held out"
+    ev = json.loads((results_root / "cmrl" / "evaluation.json").read_text())["splits"]
+    for split, part in ev.items():
+        for task, r in part["tasks"].items():
+            assert rows["cmrl", task][2:] == [
+                "held out" if split == "test" else "meta-train", f"{r['success_rate']:.2f}",
+                f"{r['mean_return']:.1f}", 1]
+    # The other protocol: only what was evaluated with it, and which agents lack it.
+    md, bars, _, table = client.predict("metaworld", api_name="/results")
+    rows = _rows(table)
+    assert {a for a, _ in rows} == {"pearl"}
+    assert rows["pearl", "drawer-open-v3"][3] == "0.60 ± 0.14"
+    assert "--protocol metaworld" in md and "No `metaworld` evaluation shipped for: cmrl" in md
+    assert {t["name"] for t in plot_json(bars)["data"]} == {"pearl (n=2)"}
     empty = load_results(tmp_path / "nothing")
     assert empty.empty
     from app.ui import App
 
     msg, *_ = App(results_root=tmp_path / "nothing").results("cmrl")
     assert "No results shipped yet" in msg
+
+
+def test_results_unreadable_files_become_problems(results_root, tmp_path):
+    """A corrupt results.json, evaluation file or config.json is reported, never raised; the
+    rest is still shown."""
+    from app.results import load_results
+    from app.ui import App
+
+    root = tmp_path / "ml4"
+    shutil.copytree(results_root, root)
+    good = load_results(results_root).success["cmrl"]
+    (root / "results.json").write_text('{"agents": ')
+    for name in ("cmrl-s1", "cmrl-s2"):
+        shutil.copytree(root / "cmrl", root / "seeds" / name)
+    (root / "seeds" / "cmrl-s1" / "evaluation.json").write_text("{not json")
+    (root / "seeds" / "cmrl-s1" / "metaworld_evaluation.json").write_text(
+        json.dumps({"splits": {"train": {"tasks": {"drawer-open-v3": {"success_rate": 1.0}}}}}))
+    (root / "seeds" / "cmrl-s2" / "config.json").write_text("[]")
+    res = load_results(root, "cmrl")
+    assert len(res.problems) == 4, res.problems
+    for bad in ("results.json", "cmrl-s1/evaluation.json", "cmrl-s1/metaworld_evaluation.json",
+                "cmrl-s2/config.json"):
+        assert any(bad in p for p in res.problems), (bad, res.problems)
+    assert res.success == {"cmrl": good}  # the corrupt seed is left out of the mean
+    assert len(res.curves["cmrl"]) == 2  # its metrics.jsonl still counts; cmrl-s2 is skipped
+    assert load_results(root, "metaworld").success == {}
+    md, *_ = App(results_root=root).results("cmrl")
+    assert "Problems:" in md and "cmrl-s2/config.json" in md
 
 
 def test_app_py_serves_and_no_checkpoint_message(tmp_path):

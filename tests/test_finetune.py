@@ -68,7 +68,8 @@ def test_finetune_resume_and_scratch_via_cli(meta_runs, tmp_path):
     base = [sys.executable, "-m", "cmrl", "finetune", "--checkpoint", str(meta_runs["pearl"]),
             "--task", HELD_OUT, "--run-dir", str(run), "--no-progress"]
     r = subprocess.run(base + ["--steps", "60", "--scratch", "--eval-every", "60",
-                               "--eval-variations", "1", "--envs-per-task", "1"],
+                               "--eval-variations", "1", "--envs-per-task", "1",
+                               "--critic-warmup", "7", "--bc-weight", "1.5"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["arm"] == "scratch"
@@ -77,6 +78,8 @@ def test_finetune_resume_and_scratch_via_cli(meta_runs, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads((run / "finetune.json").read_text())
     assert [s for s, _ in out["curve"]] == [0, 60, 120] and out["env_step_budget"] == 120
+    # The fine-tuning method is recorded, and kept on resume.
+    assert out["critic_warmup_updates"] == 7 and out["bc_weight"] == 1.5
 
 
 def test_finetune_bad_input(meta_runs, tmp_path):

@@ -63,3 +63,27 @@ def test_report_aggregates_over_seeds(root, tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "assets").glob("*.png"))
     assert pngs == ["ml4_success_cmrl.png", "ml4_success_metaworld.png", "ml4_training_curves.png"]
     assert all((tmp_path / "assets" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_unreadable_files_raise_or_become_problems(root, tmp_path):
+    """`cmrl report` stops at a corrupt file; with a `problems` list (the app) it is noted and left
+    out of the mean."""
+    import shutil
+
+    from cmrl.report import aggregate_evaluations
+
+    for s in (0, 1, 2):
+        shutil.copytree(root / f"pearl-s{min(s, 1)}", tmp_path / f"pearl-s{s}")
+    (tmp_path / "pearl-s1" / "evaluation.json").write_text("{not json")
+    with pytest.raises(ValueError):
+        aggregate_evaluations(find_runs(tmp_path))
+    (tmp_path / "pearl-s2" / "config.json").write_text('{"config": {}}')
+    with pytest.raises(KeyError):
+        find_runs(tmp_path)
+    problems: list[str] = []
+    agg = aggregate_evaluations(find_runs(tmp_path, problems), problems)
+    assert len(problems) == 2 and "pearl-s2" in problems[0] and "pearl-s1" in problems[1]
+    assert [r["seed"] for r in agg["pearl"]["runs"]] == [0, 1]
+    s0 = json.loads((root / "pearl-s0" / "evaluation.json").read_text())["splits"]["test"]["tasks"]
+    wc = agg["pearl"]["protocols"]["cmrl"]["tasks"]["window-close-v3"]["success"]
+    assert wc["n"] == 1 and wc["values"] == [s0["window-close-v3"]["success_rate"]]
