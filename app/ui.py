@@ -606,17 +606,15 @@ class App:
             run = gr.Button("Compare", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
         outcome = gr.Markdown()
+        columns = []
         with gr.Row():
-            with gr.Column():
-                frame_a = gr.Image(label="goal A", format="jpeg", height=300, interactive=False,
-                                   buttons=[], elem_classes="cmp-frame")
-                status_a = gr.Markdown(elem_classes="small-md")
-                routing_a = gr.Plot(label="routing, goal A")
-            with gr.Column():
-                frame_b = gr.Image(label="goal B", format="jpeg", height=300, interactive=False,
-                                   buttons=[], elem_classes="cmp-frame")
-                status_b = gr.Markdown(elem_classes="small-md")
-                routing_b = gr.Plot(label="routing, goal B")
+            for side in ("A", "B"):
+                with gr.Column():
+                    columns.append((gr.Image(label=f"goal {side}", format="jpeg", height=300,
+                                             interactive=False, buttons=[], elem_classes="cmp-frame"),
+                                    gr.Markdown(elem_classes="small-md"),
+                                    gr.Plot(label=f"routing, goal {side}")))
+        (frame_a, status_a, routing_a), (frame_b, status_b, routing_b) = columns
         ev = run.click(self.compare, [ck, scene, goal_a, goal_b, variation, camera, episodes,
                                       horizon],
                        [frame_a, routing_a, status_a, frame_b, routing_b, status_b, outcome],

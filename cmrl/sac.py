@@ -92,41 +92,7 @@ class SACLearner:
         self.critic_opt.step()
 
         if update_actor:
-            # ---- actor ----------------------------------------------------------------------------
-            for p in self._critic_params:
-                p.requires_grad_(False)
-            with self._autocast():
-                pi = agent.actor(flat["obs"], cond_detached)
-                q_pi = agent.critic(flat["obs"], pi.action, cond_detached).min(0).values
-                per_row = alpha_rows * pi.log_prob - q_pi
-                if cfg.bc_only:
-                    bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
-                    per_row = bc
-                    metrics["bc_mse"] = bc.mean().item()
-                elif cfg.bc_weight > 0:
-                    # TD3+BC's normalisation of the Q term by its magnitude, floored at 1: at the start
-                    # Q is ~0 and 1/|Q| would blow the entropy and Q terms up over the BC term.
-                    scale = 1.0 / q_pi.abs().mean().detach().clamp(min=1.0)
-                    bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
-                    per_row = scale * per_row + cfg.bc_weight * bc
-                    metrics["bc_mse"] = bc.mean().item()
-                actor_loss = per_row.view(T, B).mean(-1).sum()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self._clip(self.actor_opt)
-            self.actor_opt.step()
-            for p in self._critic_params:
-                p.requires_grad_(True)
-
-            # ---- temperatures ---------------------------------------------------------------------
-            entropy_gap = (pi.log_prob.detach() + self.target_entropy).view(T, B).mean(-1)  # [T]
-            if log_alpha.numel() == 1:
-                alpha_loss = -(log_alpha * entropy_gap.mean()).sum()
-            else:
-                alpha_loss = -(log_alpha * entropy_gap).sum()
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
+            metrics.update(self._actor_step(flat, cond_detached, alpha_rows, log_alpha, T, B))
 
         # ---- targets ----------------------------------------------------------------------------
         with torch.no_grad():
@@ -135,8 +101,48 @@ class SACLearner:
 
         metrics.update(critic_loss=critic_loss.item() / T, q_mean=q.mean().item(),
                        alpha=agent.log_alpha.exp().mean().item())
-        if update_actor:
-            metrics.update(actor_loss=actor_loss.item() / T, entropy=-pi.log_prob.mean().item())
+        return metrics
+
+    def _actor_step(self, flat: dict[str, torch.Tensor], cond_detached: torch.Tensor,
+                    alpha_rows: torch.Tensor, log_alpha: torch.Tensor, T: int, B: int) -> dict:
+        """One step of the actor and of the temperatures, the critics frozen."""
+        agent, cfg = self.agent, self.cfg
+        metrics: dict[str, float] = {}
+        for p in self._critic_params:
+            p.requires_grad_(False)
+        with self._autocast():
+            pi = agent.actor(flat["obs"], cond_detached)
+            q_pi = agent.critic(flat["obs"], pi.action, cond_detached).min(0).values
+            per_row = alpha_rows * pi.log_prob - q_pi
+            if cfg.bc_only:
+                bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
+                per_row = bc
+                metrics["bc_mse"] = bc.mean().item()
+            elif cfg.bc_weight > 0:
+                # TD3+BC's normalisation of the Q term by its magnitude, floored at 1: at the start
+                # Q is ~0 and 1/|Q| would blow the entropy and Q terms up over the BC term.
+                scale = 1.0 / q_pi.abs().mean().detach().clamp(min=1.0)
+                bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
+                per_row = scale * per_row + cfg.bc_weight * bc
+                metrics["bc_mse"] = bc.mean().item()
+            actor_loss = per_row.view(T, B).mean(-1).sum()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self._clip(self.actor_opt)
+        self.actor_opt.step()
+        for p in self._critic_params:
+            p.requires_grad_(True)
+
+        # temperatures
+        entropy_gap = (pi.log_prob.detach() + self.target_entropy).view(T, B).mean(-1)  # [T]
+        if log_alpha.numel() == 1:
+            alpha_loss = -(log_alpha * entropy_gap.mean()).sum()
+        else:
+            alpha_loss = -(log_alpha * entropy_gap).sum()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        metrics.update(actor_loss=actor_loss.item() / T, entropy=-pi.log_prob.mean().item())
         return metrics
 
     def _clip(self, opt: torch.optim.Optimizer) -> None:
