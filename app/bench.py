@@ -98,7 +98,7 @@ def main(argv=None) -> int:
 
     from gradio_client import Client
 
-    from .common import AgentCache, default_checkpoint, find_checkpoints
+    from .common import AgentCache, default_checkpoint, find_checkpoints, resolve_path
     from .ui import build, configure_runtime, launch
 
     configure_runtime()
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             full = _stream(client, http, ckpt, args.episodes, args.horizon)
     finally:
         demo.close()
-    agent = AgentCache().get(ckpt)
+    agent = AgentCache().get(resolve_path(ckpt))
     bare = bare_rollout_rate(agent, args.horizon)
     import torch
 

@@ -6,8 +6,10 @@ the UI layer shows it with `gr.Error`. Only `cmrl`'s public functions are called
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 
@@ -26,6 +28,10 @@ DEFAULT_CHECKPOINT = "checkpoints/ml4/cmrl"
 NUM_VARIATIONS = 50
 MAX_EPISODES = 10
 FRAME_SIZES = (224, 320, 480)
+MAX_TEXT = 500
+"""Longest path or name accepted from a text field."""
+APP_MAX_MODEL_BYTES = int(os.environ.get("CMRL_APP_MAX_MODEL_MB", "256")) << 20
+"""Budget of the networks of a checkpoint the page loads (`cmrl.load_agent(max_bytes=...)`)."""
 
 
 class InputError(ValueError):
@@ -75,11 +81,16 @@ def default_checkpoint(found: list[str]) -> str | None:
 
 
 class AgentCache:
-    """Loaded agents by run directory, reloaded when the files change (a run still training)."""
+    """Loaded agents by run directory, reloaded when the files change (a run still training).
 
-    def __init__(self, size: int = 4):
-        self.size = size
+    Loading holds only that checkpoint's own lock (two requests for it load it once); the cache's
+    lock is held just to look up and store, so a slow or refused load never blocks other users'
+    rollouts. The caller checks that the run directory may be read (`roots.Roots`)."""
+
+    def __init__(self, size: int = 4, max_bytes: int | None = APP_MAX_MODEL_BYTES):
+        self.size, self.max_bytes = size, max_bytes
         self._items: OrderedDict[str, tuple[tuple, cmrl.TrainedAgent]] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -89,38 +100,51 @@ class AgentCache:
             try:
                 st = (run / name).stat()
                 out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
+            except (OSError, ValueError):
                 out.append(None)
         return tuple(out)
 
-    def get(self, checkpoint: str, allowed: list[str] | None = None) -> cmrl.TrainedAgent:
-        if checkpoint is None or not str(checkpoint).strip():
-            raise InputError("No checkpoint selected. Train one in the Train tab (or with "
-                             "`python -m cmrl train ...`), then press ↻ next to the checkpoint list.")
-        if allowed is not None and str(checkpoint).strip() not in allowed:
-            raise InputError(f"Checkpoint {checkpoint!r} is not one of the checkpoints this page "
-                             "offers; pick one from the list.")
-        run = resolve_path(checkpoint)
-        key = str(run.resolve())
+    def _cached(self, key: str, stamp: tuple) -> cmrl.TrainedAgent | None:
         with self._lock:
-            stamp = self._stamp(run)
             hit = self._items.get(key)
             if hit is not None and hit[0] == stamp:
                 self._items.move_to_end(key)
                 return hit[1]
+            return None
+
+    def get(self, run: Path, label: str | None = None) -> cmrl.TrainedAgent:
+        run = Path(run).resolve()
+        key, label = str(run), label or display_path(run)
+        stamp = self._stamp(run)
+        agent = self._cached(key, stamp)
+        if agent is not None:
+            return agent
+        with self._lock:
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            agent = self._cached(key, stamp)  # loaded by another request meanwhile
+            if agent is not None:
+                return agent
             try:
-                agent = cmrl.load_agent(run)
+                agent = cmrl.load_agent(run, max_bytes=self.max_bytes)
                 if agent.kind == "cmrl":
                     agent.encode_goal("warm up")  # load the text encoder now, not mid-rollout
             except (cmrl.CheckpointError, cmrl.ConfigError, TextEncoderError) as e:
-                raise InputError(f"Cannot load checkpoint {checkpoint!r}: {e}") from e
+                raise InputError(f"Cannot load checkpoint {shown(label)}: "
+                                 f"{_relative(str(e), run)}") from e
             except (OSError, ValueError, RuntimeError) as e:
-                raise InputError(f"Cannot load checkpoint {checkpoint!r}: "
-                                 f"{type(e).__name__}: {e}") from e
-            self._items[key] = (stamp, agent)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+                raise InputError(f"Cannot load checkpoint {shown(label)}: {type(e).__name__}: "
+                                 f"{_relative(str(e), run)}") from e
+            with self._lock:
+                self._items[key] = (stamp, agent)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
             return agent
+
+
+def _relative(message: str, run: Path) -> str:
+    """A library message with the server's absolute path of the run shortened for the page."""
+    return message.replace(str(run), display_path(run))
 
 
 def describe_agent(agent: cmrl.TrainedAgent) -> str:
@@ -136,22 +160,76 @@ def describe_agent(agent: cmrl.TrainedAgent) -> str:
 
 
 # -- inputs -----------------------------------------------------------------------------------------
+def shown(value, limit: int = 60) -> str:
+    """A value as echoed in a message: repr, cut to `limit` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        return f"a {value.bit_length() * 3 // 10 + 1}-digit number"
+    text = repr(value) if isinstance(value, str) else repr(value) if not isinstance(
+        value, (list, dict, tuple)) else f"a {type(value).__name__} of {len(value)}"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def clean_text(value, what: str, max_chars: int = MAX_TEXT) -> str:
+    """A short single-line text (a path or a name): stripped, printable, valid Unicode."""
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be text, got {type(value).__name__}.")
+    text = value.strip()
+    if not text:
+        raise InputError(f"{what} is empty.")
+    if len(text) > max_chars:
+        raise InputError(f"{what} has {len(text)} characters; at most {max_chars} are accepted.")
+    kinds = {unicodedata.category(c) for c in text}
+    if "Cs" in kinds:
+        raise InputError(f"{what} holds invalid Unicode (a lone surrogate).")
+    if kinds & {"Cc", "Cf", "Zl", "Zp"}:
+        raise InputError(f"{what} holds control or invisible characters (such as NUL).")
+    return text
+
+
+def _number(value, what: str, expected: str) -> float | int:
+    """A finite int or float from a number or a text, or InputError."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"{what} is empty: enter {expected}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{what} must be {expected}, got {shown(value)}.")
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 40:
+            raise InputError(f"{what} must be {expected}, got {shown(value)}.")
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise InputError(f"{what} must be {expected}, got {shown(text)}.") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{what} must be {expected}, got {value}.")
+    return value
+
+
 def parse_int(value, what: str, lo: int, hi: int) -> int:
     """A whole number in [lo, hi] from a number or text, or InputError saying what is expected."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise InputError(f"{what} is empty: enter a whole number from {lo} to {hi}.")
-    if isinstance(value, bool):
-        raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}.")
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {str(value)[:40]!r}.")
-    if f != f or f in (float("inf"), float("-inf")) or f != int(f):
-        raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {str(value)[:40]!r}.")
-    n = int(f)
+    expected = f"a whole number from {lo} to {hi}"
+    n = _number(value, what, expected)
+    if isinstance(n, float):
+        if not n.is_integer():
+            raise InputError(f"{what} must be {expected}, got {n}.")
+        n = int(n)
     if not lo <= n <= hi:
-        raise InputError(f"{what} must be from {lo} to {hi}, got {n}.")
+        raise InputError(f"{what} must be from {lo} to {hi}, got {shown(n)}.")
     return n
+
+
+def parse_float(value, what: str, lo: float, hi: float) -> float:
+    """A finite number in (lo, hi] from a number or text, or InputError."""
+    expected = f"a number above {lo:g} and at most {hi:g}"
+    x = _number(value, what, expected)
+    if isinstance(x, int) and abs(x) > 10**15:
+        raise InputError(f"{what} must be {expected}, got {shown(x)}.")
+    if not lo < x <= hi:
+        raise InputError(f"{what} must be {expected}, got {x:g}.")
+    return float(x)
 
 
 def parse_scene(scene) -> str:
@@ -159,15 +237,23 @@ def parse_scene(scene) -> str:
         raise InputError("No scene selected: pick a Meta-World v3 environment, e.g. window-close-v3.")
     scene = scene.strip()
     if scene not in SCENES:
-        raise InputError(f"Unknown scene {scene[:60]!r}: pick a Meta-World v3 environment from the "
+        raise InputError(f"Unknown scene {shown(scene)}: pick a Meta-World v3 environment from the "
                          f"list (the ML4 tasks are {', '.join(ML4_TASKS)}).")
     return scene
 
 
 def parse_camera(camera) -> str:
-    if camera not in CAMERAS:
-        raise InputError(f"Unknown camera {str(camera)[:40]!r}; choose one of {', '.join(CAMERAS)}.")
+    if not isinstance(camera, str) or camera not in CAMERAS:
+        raise InputError(f"Unknown camera {shown(camera, 40)}; choose one of {', '.join(CAMERAS)}.")
     return camera
+
+
+def parse_choice(value, what: str, choices) -> str:
+    """One of `choices` (strings), or InputError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"{what} must be one of {', '.join(map(str, choices))}; got "
+                         f"{shown(value, 40)}.")
+    return value
 
 
 def parse_goal(goal, what: str = "The goal description") -> str:

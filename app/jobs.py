@@ -10,8 +10,11 @@ So the job list is rebuilt from disk on every refresh: it survives page reloads 
 A process is alive if its pid exists, is not a zombie and its command line names its run directory.
 Processes start in their own session (`start_new_session=True`): Stop sends SIGINT to the process
 group (the CLI leaves the last checkpoint intact and exits), then SIGTERM and SIGKILL if it lingers.
-One run at a time per app; a hosted page (CMRL_HOSTED=1) launches nothing and CMRL_MAX_TRAIN_STEPS
-caps the budget.
+One run at a time per app; a hosted page (CMRL_HOSTED=1) launches nothing. Every launch is capped
+even without settings: at most DEFAULT_MAX_STEPS steps (CMRL_MAX_TRAIN_STEPS changes it) and
+DEFAULT_MAX_SECONDS of wall time (CMRL_MAX_TRAIN_SECONDS), after which the run is stopped like Stop
+does (its last checkpoint kept). Every numeric field has a range (`LIMITS`), and an offline dataset
+must be one made by `python -m cmrl data` inside the page's allowed roots (`roots.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import ROOT, display_path, env_flag, resolve_path
+from .common import ROOT, InputError, display_path, env_flag
+from .roots import Roots
 
 JOB_FILE = "app_job.json"
 LOG_FILE = "train.log"
@@ -37,6 +41,13 @@ AGENTS = ("cmrl", "pearl", "sm")
 BENCHMARKS = ("ml4", "ml10", "ml45")
 DEVICES = ("auto", "cpu", "cuda")
 PRIOR_DATA = ("none", "expert")
+DEFAULT_MAX_STEPS = 100_000
+DEFAULT_MAX_SECONDS = 4 * 3600
+LIMITS = {"horizon": (10, 500), "envs_per_task": (1, 16), "warmup_steps": (0, None),
+          "eval_every": (0, None), "checkpoint_every": (1, None), "seed": (0, 2**31 - 1)}
+"""Ranges of the whole-number fields of a launch; None: the step cap."""
+UPDATES_PER_STEP = (0.0, 16.0)
+"""updates_per_step must be above the first and at most the second."""
 
 
 class JobError(RuntimeError):
@@ -83,6 +94,15 @@ class TrainSpec:
     extra: list[str] = field(default_factory=list)
 
 
+def _env_cap(name: str, default: int) -> int:
+    """A positive whole number from the environment, else `default`."""
+    try:
+        value = int(os.environ.get(name, "").strip())
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
 @dataclass
 class JobStatus:
     name: str
@@ -108,6 +128,10 @@ class JobStatus:
         if self.target_steps:
             return f"{self.step:,}/{self.target_steps:,} ({100 * self.step / self.target_steps:.0f}%)"
         return f"{self.step:,}"
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_json(path: Path) -> dict:
@@ -182,15 +206,13 @@ def log_tail(run_dir: Path, lines: int = 30, max_bytes: int = 64_000) -> str:
 
 class JobManager:
     def __init__(self, runs_dir: Path | None = None, hosted: bool | None = None,
-                 max_steps: int | None = None, python: str | None = None):
+                 max_steps: int | None = None, python: str | None = None,
+                 max_seconds: float | None = None, roots: Roots | None = None):
         self.runs_dir = Path(runs_dir) if runs_dir else ROOT / "runs" / "app"
         self.hosted = env_flag("CMRL_HOSTED") if hosted is None else hosted
-        if max_steps is None and os.environ.get("CMRL_MAX_TRAIN_STEPS", "").strip():
-            try:
-                max_steps = int(os.environ["CMRL_MAX_TRAIN_STEPS"])
-            except ValueError:
-                max_steps = None
-        self.max_steps = max_steps
+        self.max_steps = max_steps or _env_cap("CMRL_MAX_TRAIN_STEPS", DEFAULT_MAX_STEPS)
+        self.max_seconds = max_seconds or _env_cap("CMRL_MAX_TRAIN_SECONDS", DEFAULT_MAX_SECONDS)
+        self.roots = roots or Roots()
         self.python = python or sys.executable
         self._lock = threading.Lock()
         self._file_lock = threading.Lock()
@@ -226,6 +248,11 @@ class JobManager:
             job = _read_json(run / JOB_FILE)
             last = (job.get("launches") or [{}])[-1]
         alive = pid_alive(pid, run) and last.get("exit_code") is None
+        if (alive and not last.get("stop_requested") and not last.get("time_limit")
+                and time.time() > last.get("deadline", float("inf"))):
+            self._stop_at_time_limit(name)  # its watcher is gone (the app was restarted)
+            job = _read_json(run / JOB_FILE)
+            last = (job.get("launches") or [{}])[-1]
         rows = read_metrics(run, max_rows=3)
         step = int(rows[-1].get("step", 0)) if rows else 0
         info = _read_json(run / "config.json")
@@ -239,6 +266,9 @@ class JobManager:
                       else asked)
         exit_code = last.get("exit_code")
         message = ""
+        if last.get("time_limit"):
+            message = (f"stopped at this page's time limit of {self.max_seconds / 3600:g} h "
+                       "(CMRL_MAX_TRAIN_SECONDS); its last checkpoint is kept")
         if alive:
             state = "stopping" if last.get("stop_requested") else "running"
         elif last.get("stop_requested"):
@@ -284,10 +314,15 @@ class JobManager:
                            f"steps). This app runs one at a time: stop it or wait for it to finish.")
 
     def _cap(self, steps: int) -> tuple[int, str]:
-        if self.max_steps and steps > self.max_steps:
+        if steps > self.max_steps:
             return self.max_steps, (f"steps capped at {self.max_steps:,} on this page "
                                     "(CMRL_MAX_TRAIN_STEPS)")
         return steps, ""
+
+    def limits(self, name: str) -> tuple[int, int]:
+        """The range of a whole-number field of a launch (`LIMITS`, None there: the step cap)."""
+        lo, hi = LIMITS[name]
+        return lo, self.max_steps if hi is None else hi
 
     def build_argv(self, spec: TrainSpec, run_dir: Path) -> list[str]:
         argv = [self.python, "-m", "cmrl", "train", "--run-dir", str(run_dir), "--agent", spec.agent,
@@ -326,29 +361,41 @@ class JobManager:
         if spec.device == "cuda" and not cuda_available():
             raise JobError("Device cuda was asked for, but torch sees no CUDA device on this "
                            "machine: choose auto or cpu.")
-        if not isinstance(spec.steps, int) or spec.steps < 1:
-            raise JobError(f"Steps must be a whole number >= 1, got {spec.steps!r}.")
+        if not _whole(spec.steps) or spec.steps < 1:
+            raise JobError(f"Steps must be a whole number >= 1, got {str(spec.steps)[:30]}.")
         spec.steps, note = self._cap(spec.steps)
         if note:
             notes.append(note)
-        if spec.offline:
-            path = resolve_path(spec.offline)
-            if not path.is_dir():
-                raise JobError(f"Offline dataset {spec.offline!r} is not a directory (make one "
-                               "with `python -m cmrl data --out DIR`).")
-            spec.offline = str(path)
-        else:
-            spec.offline = None
-        for name in ("horizon", "envs_per_task", "eval_every", "checkpoint_every"):
+        spec.offline = self._dataset(spec.offline) if spec.offline else None
+        for name in LIMITS:
             v = getattr(spec, name)
-            if v is not None and (not isinstance(v, int) or v < (0 if name == "eval_every" else 1)):
-                raise JobError(f"{name.replace('_', ' ')} must be a whole number >= "
-                               f"{0 if name == 'eval_every' else 1}, got {v!r}.")
-        if spec.warmup_steps is not None and spec.warmup_steps < 0:
-            raise JobError(f"warmup steps must be >= 0, got {spec.warmup_steps!r}.")
-        if spec.updates_per_step is not None and not spec.updates_per_step > 0:
-            raise JobError(f"updates per env step must be > 0, got {spec.updates_per_step!r}.")
+            lo, hi = self.limits(name)
+            if (v is not None or name == "seed") and not (_whole(v) and lo <= v <= hi):
+                raise JobError(f"{name.replace('_', ' ').capitalize()} must be a whole number from "
+                               f"{lo:,} to {hi:,}, got {str(v)[:30]}.")
+        lo, hi = UPDATES_PER_STEP
+        u = spec.updates_per_step
+        if u is not None and not (isinstance(u, (int, float)) and not isinstance(u, bool)
+                                  and lo < u <= hi):
+            raise JobError(f"Updates per env step must be a number above {lo:g} and at most "
+                           f"{hi:g}, got {str(u)[:30]}.")
         return spec, notes
+
+    def _dataset(self, offline: str) -> str:
+        """The offline dataset's folder, if it lies inside the allowed roots and is a dataset made
+        by `python -m cmrl data`."""
+        from cmrl.data import DatasetError, read_manifest
+
+        try:
+            path = self.roots.dataset(offline)
+        except InputError as e:
+            raise JobError(str(e)) from None
+        try:
+            read_manifest(path)
+        except DatasetError as e:
+            raise JobError(f"{display_path(path)} is not a dataset made by `python -m cmrl data`: "
+                           f"{str(e).replace(str(path), display_path(path))[:300]}") from None
+        return str(path)
 
     def launch(self, spec: TrainSpec) -> tuple[JobStatus, list[str]]:
         with self._lock:
@@ -379,8 +426,8 @@ class JobManager:
                                "first checkpoint): launch a new run instead.")
             notes = []
             if steps is not None:
-                if not isinstance(steps, int) or steps < 1:
-                    raise JobError(f"Steps must be a whole number >= 1, got {steps!r}.")
+                if not _whole(steps) or steps < 1:
+                    raise JobError(f"Steps must be a whole number >= 1, got {str(steps)[:30]}.")
                 steps, note = self._cap(steps)
                 if note:
                     notes.append(note)
@@ -388,6 +435,8 @@ class JobManager:
             if target and st.step >= target:
                 raise JobError(f"{name} has already reached {st.step:,} of {target:,} steps: raise "
                                "the steps field above that to train it further, then Resume.")
+            if device is not None and device not in DEVICES:
+                raise JobError(f"Device must be auto, cpu or cuda, not {str(device)[:30]!r}.")
             if device == "cuda" and not cuda_available():
                 raise JobError("Device cuda was asked for, but torch sees no CUDA device here.")
             argv = [self.python, "-m", "cmrl", "train", "--resume", "--run-dir", str(run),
@@ -418,10 +467,12 @@ class JobManager:
                                         start_new_session=True)
             except OSError as e:
                 raise JobError(f"Could not start the training process: {e}") from e
+        started = time.time()
         with self._file_lock:
             job = _read_json(run / JOB_FILE) or job
             job.setdefault("launches", []).append({"pid": proc.pid, "pgid": proc.pid, "argv": argv,
-                                                   "command": command, "started": time.time(),
+                                                   "command": command, "started": started,
+                                                   "deadline": started + self.max_seconds,
                                                    "steps": steps, "exit_code": None})
             _write_json(run / JOB_FILE, job)
         self._procs[name] = proc
@@ -429,8 +480,24 @@ class JobManager:
                          name=f"job-{name}").start()
 
     def _wait(self, name: str, proc: subprocess.Popen) -> None:
-        rc = proc.wait()  # reaps the child: no zombie
-        self._record_exit(name, rc, proc.pid)
+        try:
+            rc = proc.wait(timeout=self.max_seconds)
+        except subprocess.TimeoutExpired:
+            self._stop_at_time_limit(name)
+            rc = proc.wait()
+        self._record_exit(name, rc, proc.pid)  # reaped: no zombie
+
+    def _stop_at_time_limit(self, name: str) -> None:
+        path = self.runs_dir / name / JOB_FILE
+        with self._file_lock:
+            job = _read_json(path)
+            if job.get("launches"):
+                job["launches"][-1]["time_limit"] = True
+                _write_json(path, job)
+        try:
+            self.stop(name)
+        except JobError:
+            pass  # it ended meanwhile
 
     def _record_exit(self, name: str, rc: int, pid: int | None = None) -> None:
         with self._file_lock:

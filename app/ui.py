@@ -2,7 +2,9 @@
 
 Layout and event wiring; the work is in `adapt.py` (streamed rollouts), `jobs.py` (training
 processes), `results.py` (shipped results) and `cmrl` itself (rollouts, routing analysis). Every
-handler turns bad input into a `gr.Error` with a message that says what to do.
+handler turns bad input into a `gr.Error` with a message that says what to do (logged as one line,
+no traceback); every input reaches its handler as sent (`inputs.py`), checkpoints and datasets are
+read only from the allowed roots (`roots.py`).
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ from cmrl.tasks import GOAL_TEXTS, canonical_goal_text
 
 from .adapt import (SCENE_LOCK, Rollout, RolloutWorker, Sessions, View, clean_old_videos, drain,
                     routing_comparison)
-from .common import (FRAME_SIZES, GOAL_EXAMPLES, MAX_EPISODES, ML4_TASKS, NUM_VARIATIONS, ROOT,
-                     SCENES, AgentCache, InputError, default_checkpoint, describe_agent,
-                     display_path, find_checkpoints, parse_camera, parse_goal, parse_int,
-                     parse_scene, resolve_path)
+from .common import (FRAME_SIZES, GOAL_EXAMPLES, MAX_EPISODES, ML4_TASKS, NUM_VARIATIONS,
+                     SCENES, AgentCache, InputError, clean_text, default_checkpoint,
+                     describe_agent, display_path, find_checkpoints, parse_camera, parse_choice,
+                     parse_float, parse_goal, parse_int, parse_scene, resolve_path, shown)
 from .figures import (mean_routing_figure, message_figure, return_curves_figure,
                       similarity_figure, success_bars_figure, training_figure)
-from .jobs import (AGENTS, DEVICES, PRIOR_DATA, JobError, JobManager, TrainSpec, device_summary,
-                   log_tail, read_metrics)
+from .inputs import DropdownInput, NumberInput, RadioInput, SliderInput
+from .jobs import (AGENTS, DEVICES, PRIOR_DATA, UPDATES_PER_STEP, JobError, JobManager, TrainSpec,
+                   device_summary, log_tail, read_metrics)
 from .results import DEFAULT_RESULTS_ROOT, load_results, table_rows
+from .roots import CHECKPOINT_UNAVAILABLE, Roots, inside
 
 log = logging.getLogger("cmrl.app")
 ROLLOUT_CONCURRENCY = 4
@@ -43,30 +47,34 @@ CSS = """
 """
 
 
-class NumberInput(gr.Number):
-    """A gr.Number whose value reaches the handler as sent, so a non-number sent through the API
-    gets the handler's clear message instead of a type error."""
-
-    is_template = True  # rendered by the frontend as a plain Number
-
-    def preprocess(self, payload):
-        return payload
+MAX_MESSAGE = 800
+"""Longest error message shown (a safety net: messages cut what they echo far shorter)."""
 
 
 def _error(e: Exception) -> gr.Error:
-    return gr.Error(str(e), duration=12)
+    """The page's answer to an input it cannot use: logged as one line, shown without traceback."""
+    msg = str(e)
+    msg = msg if len(msg) <= MAX_MESSAGE else msg[:MAX_MESSAGE - 1] + "…"
+    log.info("refused: %s", " ".join(msg.split())[:300])
+    return gr.Error(msg, duration=12, print_exception=False)
 
 
 class App:
     def __init__(self, checkpoint_roots: list[Path] | None = None, runs_dir: Path | None = None,
                  results_root: Path | None = None, default: str | None = None,
-                 hosted: bool | None = None, max_train_steps: int | None = None):
-        self.jobs = JobManager(runs_dir, hosted=hosted, max_steps=max_train_steps)
+                 hosted: bool | None = None, max_train_steps: int | None = None,
+                 extra_roots: list[Path] | None = None, max_train_seconds: float | None = None):
+        """`checkpoint_roots`: where run directories are listed and loaded from (default
+        checkpoints/ and runs/); `extra_roots` add to them and to the dataset roots (default:
+        CMRL_ALLOWED_ROOTS). The runs dir and the `default` checkpoint are always allowed."""
+        self.access = Roots(checkpoint_roots, extra_roots)
+        self.jobs = JobManager(runs_dir, hosted=hosted, max_steps=max_train_steps,
+                               max_seconds=max_train_seconds, roots=self.access)
         self.hosted = self.jobs.hosted
-        roots = list(checkpoint_roots or [ROOT / "checkpoints", ROOT / "runs"])
-        if not any(_inside(self.jobs.runs_dir, r) for r in roots):
-            roots.append(self.jobs.runs_dir)
-        self.roots = roots
+        self.access.add_checkpoint_root(self.jobs.runs_dir)
+        if default:
+            self.access.add_checkpoint_root(resolve_path(default))
+        self.roots = self.access.checkpoints
         self.results_root = Path(results_root) if results_root else DEFAULT_RESULTS_ROOT
         self.default = default
         self.agents = AgentCache()
@@ -83,11 +91,21 @@ class App:
         return self.default or default_checkpoint(found)
 
     def _agent(self, checkpoint):
-        allowed = self.checkpoints() if self.hosted else None
-        return self.agents.get(checkpoint, allowed)
+        """The agent of a checkpoint a visitor named: only run directories under the allowed roots
+        (on a hosted page: only those listed), one neutral message for anything else."""
+        if checkpoint is None or (isinstance(checkpoint, str) and not checkpoint.strip()):
+            raise InputError("No checkpoint selected. Train one in the Train tab (or with "
+                             "`python -m cmrl train ...`), then press ↻ next to the checkpoint list.")
+        if self.hosted and (not isinstance(checkpoint, str)
+                            or checkpoint.strip() not in self.checkpoints()):
+            raise InputError(CHECKPOINT_UNAVAILABLE.format(
+                roots=", ".join(f"{display_path(r)}/" for r in self.roots)))
+        run = self.access.checkpoint(checkpoint)
+        return self.agents.get(run, checkpoint.strip())
 
     def refresh_checkpoints(self, current):
         found = self.checkpoints()
+        current = current if isinstance(current, str) else None
         value = current if current in found else self.default_checkpoint(found)
         return gr.update(choices=found, value=value)
 
@@ -186,7 +204,8 @@ class App:
         if isinstance(e, (ValueError, InputError)):
             return _error(e)
         log.error("rollout failed: %s", "".join(traceback.format_exception(e)))
-        return gr.Error(f"The rollout failed: {type(e).__name__}: {e}", duration=15)
+        return gr.Error(f"The rollout failed: {type(e).__name__}: {str(e)[:MAX_MESSAGE]}",
+                        duration=15, print_exception=False)
 
     def cancel(self, request: gr.Request) -> str:
         """Stops this page's Adapt rollout (the thread stops within a step)."""
@@ -275,16 +294,17 @@ class App:
             agent = self._agent(checkpoint)
             if isinstance(tasks, str):
                 tasks = [tasks]
-            tasks = [parse_scene(t) for t in (tasks or [])]
+            if tasks is not None and not isinstance(tasks, list):
+                raise InputError(f"Tasks must be a list of scene names, got {shown(tasks)}.")
+            if len(tasks or []) > 12:
+                raise InputError("Pick at most 12 tasks.")
+            tasks = list(dict.fromkeys(parse_scene(t) for t in (tasks or [])))
             if len(tasks) < 1:
                 raise InputError("Pick at least one task (two or more for a similarity matrix).")
-            if len(tasks) > 12:
-                raise InputError("Pick at most 12 tasks.")
             episodes = parse_int(episodes, "Episodes per variation", 1, 5)
             variations = parse_int(variations, "Goal variations per task", 1, 5)
             horizon = parse_int(horizon, "The episode length", 10, 500)
-            if metric not in METRICS:
-                raise InputError(f"Unknown similarity {metric!r}; choose {' or '.join(METRICS)}.")
+            metric = parse_choice(metric, "The similarity", list(METRICS))
         except InputError as e:
             raise _error(e)
         if agent.kind == "pearl":
@@ -333,29 +353,31 @@ class App:
                      horizon, envs_per_task, warmup_steps, updates_per_step, eval_every,
                      checkpoint_every):
         try:
-            def opt_int(v, what, lo):
-                if v is None or (isinstance(v, str) and not v.strip()):
-                    return None
-                return parse_int(v, what, lo, 10**9)
+            def blank(v) -> bool:
+                return v is None or (isinstance(v, str) and not v.strip())
 
-            upd = None
-            if updates_per_step is not None and str(updates_per_step).strip():
-                try:
-                    upd = float(updates_per_step)
-                except (TypeError, ValueError):
-                    raise InputError(f"Updates per env step must be a number, got "
-                                     f"{str(updates_per_step)[:30]!r}.")
-            spec = TrainSpec(agent=agent, benchmark=(benchmark or "").strip(),
+            def opt_int(v, what, field):
+                return None if blank(v) else parse_int(v, what, *self.jobs.limits(field))
+
+            def opt_text(v, what):
+                return None if blank(v) else clean_text(v, what)
+
+            spec = TrainSpec(agent=parse_choice(agent, "The agent", AGENTS),
+                             benchmark=clean_text(benchmark, "The benchmark", 80),
                              steps=parse_int(steps, "Steps", 1, 10**9),
-                             seed=parse_int(seed, "The seed", 0, 2**31 - 1),
-                             prior_data=prior_data, offline=(offline or "").strip() or None,
-                             device=device, name=(name or "").strip() or None,
-                             horizon=opt_int(horizon, "The horizon", 1),
-                             envs_per_task=opt_int(envs_per_task, "Envs per task", 1),
-                             warmup_steps=opt_int(warmup_steps, "Warm-up steps", 0),
-                             updates_per_step=upd,
-                             eval_every=opt_int(eval_every, "Evaluate every", 0),
-                             checkpoint_every=opt_int(checkpoint_every, "Checkpoint every", 1))
+                             seed=parse_int(seed, "The seed", *self.jobs.limits("seed")),
+                             prior_data=parse_choice(prior_data, "Prior data", PRIOR_DATA),
+                             offline=opt_text(offline, "The offline dataset"),
+                             device=parse_choice(device, "The device", DEVICES),
+                             name=opt_text(name, "The run name"),
+                             horizon=opt_int(horizon, "The horizon", "horizon"),
+                             envs_per_task=opt_int(envs_per_task, "Envs per task", "envs_per_task"),
+                             warmup_steps=opt_int(warmup_steps, "Warm-up steps", "warmup_steps"),
+                             updates_per_step=None if blank(updates_per_step) else parse_float(
+                                 updates_per_step, "Updates per env step", *UPDATES_PER_STEP),
+                             eval_every=opt_int(eval_every, "Evaluate every", "eval_every"),
+                             checkpoint_every=opt_int(checkpoint_every, "Checkpoint every",
+                                                      "checkpoint_every"))
             st, notes = self.jobs.launch(spec)
         except (InputError, JobError) as e:
             raise _error(e)
@@ -374,10 +396,11 @@ class App:
 
     def train_resume(self, run, steps, device):
         try:
-            steps = None if steps is None or str(steps).strip() == "" else parse_int(
-                steps, "Steps", 1, 10**9)
-            st, notes = self.jobs.resume(self._job_name(run), steps,
-                                         device if device in DEVICES else None)
+            name = self._job_name(run)
+            blank = steps is None or (isinstance(steps, str) and not steps.strip())
+            steps = None if blank else parse_int(steps, "Steps", 1, 10**9)
+            device = None if device is None else parse_choice(device, "The device", DEVICES)
+            st, notes = self.jobs.resume(name, steps, device)
         except (InputError, JobError) as e:
             raise _error(e)
         for n in notes:
@@ -385,10 +408,12 @@ class App:
         return f"Resumed **{st.name}** (pid {st.pid}): `{st.command}`"
 
     def _job_name(self, run) -> str:
-        if not run:
+        """A run launched by this app (by any client, listed or not on its page), or InputError."""
+        if run is None or (isinstance(run, str) and not run.strip()):
             raise InputError("Pick a run in the list first.")
+        run = clean_text(run, "The run name", 100)
         if run not in self.jobs.names():
-            raise InputError(f"{run!r} was not launched from this app: only app runs can be "
+            raise InputError(f"{shown(run)} was not launched from this app: only app runs can be "
                              "stopped or resumed here (use `python -m cmrl train --resume`).")
         return run
 
@@ -397,12 +422,12 @@ class App:
         others = []
         for c in find_checkpoints(self.roots):
             p = resolve_path(c)
-            if not _inside(p, self.jobs.runs_dir) and (p / "metrics.jsonl").is_file():
+            if not inside(p, self.jobs.runs_dir) and (p / "metrics.jsonl").is_file():
                 others.append(c)
         return names + others
 
     def _run_dir(self, run) -> Path | None:
-        if not run:
+        if not run or not isinstance(run, str):
             return None
         if run in self.jobs.names():
             return self.jobs.run_dir(run)
@@ -465,7 +490,12 @@ class App:
 
     # -- Results --------------------------------------------------------------------------------------
     def results(self, protocol):
-        res = load_results(self.results_root, protocol or "cmrl")
+        try:
+            protocol = parse_choice(protocol or "cmrl", "The evaluation protocol",
+                                    ("cmrl", "metaworld"))
+        except InputError as e:
+            raise _error(e)
+        res = load_results(self.results_root, protocol)
         where = display_path(self.results_root)
         if res.empty:
             msg = (f"**No results shipped yet.** Nothing was found in `{where}/` (expected "
@@ -535,7 +565,7 @@ class App:
 
     def _ckpt_row(self, found, default):
         with gr.Row(equal_height=True):
-            ck = gr.Dropdown(found, value=default, label="checkpoint (run directory)",
+            ck = DropdownInput(found, value=default, label="checkpoint (run directory)",
                              allow_custom_value=True, scale=8)
             refresh = gr.Button("↻", scale=0, min_width=50)
         info = gr.Markdown(self.checkpoint_info(default) if default else self.checkpoint_info(None),
@@ -547,19 +577,19 @@ class App:
     def _adapt_tab(self, found, default):
         ck = self._ckpt_row(found, default)
         with gr.Row():
-            scene = gr.Dropdown(SCENES, value="window-close-v3", allow_custom_value=True,
+            scene = DropdownInput(SCENES, value="window-close-v3", allow_custom_value=True,
                                 label="scene (ML4 tasks first; window-close is held out)")
             variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
-            camera = gr.Dropdown(list(CAMERAS), value="corner", label="camera")
-            episodes = gr.Slider(0, MAX_EPISODES, value=3, step=1, label="adaptation episodes")
+            camera = DropdownInput(list(CAMERAS), value="corner", label="camera")
+            episodes = SliderInput(0, MAX_EPISODES, value=3, step=1, label="adaptation episodes")
         goal = gr.Textbox("close the window", label="goal description (free text)", max_lines=2)
         gr.Examples([[g] for g in GOAL_EXAMPLES], inputs=goal, label="example goals")
         with gr.Accordion("more settings", open=False):
             with gr.Row():
-                eval_eps = gr.Slider(0, 5, value=1, step=1,
+                eval_eps = SliderInput(0, 5, value=1, step=1,
                                      label="evaluation episodes (posterior mean, deterministic)")
-                horizon = gr.Slider(10, 500, value=200, step=10, label="episode length (steps)")
-                size = gr.Dropdown(list(FRAME_SIZES), value=224, label="frame size (px)")
+                horizon = SliderInput(10, 500, value=200, step=10, label="episode length (steps)")
+                size = DropdownInput(list(FRAME_SIZES), value=224, label="frame size (px)")
         with gr.Row():
             run = gr.Button("Run", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
@@ -593,12 +623,12 @@ class App:
                     "how the words alone change the routing and the behaviour.")
         ck = self._ckpt_row(found, default)
         with gr.Row():
-            scene = gr.Dropdown(SCENES, value="window-close-v3", allow_custom_value=True,
+            scene = DropdownInput(SCENES, value="window-close-v3", allow_custom_value=True,
                                 label="scene")
             variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
-            camera = gr.Dropdown(list(CAMERAS), value="corner", label="camera")
-            episodes = gr.Slider(1, 5, value=2, step=1, label="adaptation episodes")
-            horizon = gr.Slider(10, 500, value=200, step=10, label="episode length")
+            camera = DropdownInput(list(CAMERAS), value="corner", label="camera")
+            episodes = SliderInput(1, 5, value=2, step=1, label="adaptation episodes")
+            horizon = SliderInput(10, 500, value=200, step=10, label="episode length")
         with gr.Row():
             goal_a = gr.Textbox("open the window", label="goal A")
             goal_b = gr.Textbox("close the window", label="goal B")
@@ -628,14 +658,14 @@ class App:
                     "routing is: which modules the tasks share (the compositional story).")
         ck = self._ckpt_row(found, default)
         with gr.Row():
-            tasks = gr.Dropdown(SCENES, value=ML4_TASKS, multiselect=True, label="tasks")
-            metric = gr.Radio(list(METRICS), value="centered-cosine", label="similarity",
+            tasks = DropdownInput(SCENES, value=ML4_TASKS, multiselect=True, label="tasks")
+            metric = RadioInput(list(METRICS), value="centered-cosine", label="similarity",
                               info="centered-cosine: cosine of the deviations from uniform "
                                    "routing (a plain cosine of near-uniform routings is ~1)")
         with gr.Row():
-            episodes = gr.Slider(1, 5, value=2, step=1, label="adaptation episodes per variation")
-            variations = gr.Slider(1, 5, value=1, step=1, label="goal variations per task")
-            horizon = gr.Slider(10, 500, value=100, step=10, label="episode length")
+            episodes = SliderInput(1, 5, value=2, step=1, label="adaptation episodes per variation")
+            variations = SliderInput(1, 5, value=1, step=1, label="goal variations per task")
+            horizon = SliderInput(10, 500, value=100, step=10, label="episode length")
         with gr.Row():
             run = gr.Button("Inspect", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
@@ -655,20 +685,21 @@ class App:
         if self.hosted:
             hosted = ("\n\n> **Hosted demo page: training is switched off here** (CMRL_HOSTED=1). "
                       "Run the app locally to train.")
-        elif self.jobs.max_steps:
-            hosted = f"\n\n> Steps are capped at {self.jobs.max_steps:,} on this page."
+        else:
+            hosted = (f"\n\n> Each run is capped at {self.jobs.max_steps:,} steps and "
+                      f"{self.jobs.max_seconds / 3600:g} h of wall time on this page.")
         gr.Markdown(f"Launch `python -m cmrl train` as a separate process (it keeps running if you "
                     f"reload the page); runs go to `{display_path(self.jobs.runs_dir)}/<name>`. "
                     f"One run at a time.  \n**Device here:** {device_summary()}{hosted}")
         with gr.Row():
-            agent = gr.Dropdown(list(AGENTS), value="cmrl", label="agent")
-            bench = gr.Dropdown(["ml4", "ml10", "ml45", "ml1:window-close-v3"], value="ml4",
+            agent = DropdownInput(list(AGENTS), value="cmrl", label="agent")
+            bench = DropdownInput(["ml4", "ml10", "ml45", "ml1:window-close-v3"], value="ml4",
                                 allow_custom_value=True, label="benchmark (or ml1:<env>)")
             steps = NumberInput(20000, precision=0, label="steps (env steps; gradient steps offline)")
             seed = NumberInput(0, precision=0, label="seed")
         with gr.Row():
-            prior = gr.Radio(list(PRIOR_DATA), value="none", label="prior data (scripted expert)")
-            device = gr.Radio(list(DEVICES), value="auto", label="device")
+            prior = RadioInput(list(PRIOR_DATA), value="none", label="prior data (scripted expert)")
+            device = RadioInput(list(DEVICES), value="auto", label="device")
             offline = gr.Textbox("", label="offline dataset dir (optional; `python -m cmrl data`)")
             name = gr.Textbox("", label="run name (optional)")
         with gr.Accordion("advanced (empty: the trainer's defaults)", open=False):
@@ -681,8 +712,10 @@ class App:
                 ckpt_every = NumberInput(None, precision=0, label="checkpoint every")
         with gr.Row():
             launch = gr.Button("Launch", variant="primary", interactive=not self.hosted)
-            run = gr.Dropdown(self.run_choices(), value=None, label="run", scale=3,
-                              allow_custom_value=False)
+            # Custom values: a run launched after this page was built (or by another client)
+            # can be stopped and resumed by name; the handlers check the name.
+            run = DropdownInput(self.run_choices(), value=None, label="run", scale=3,
+                                allow_custom_value=True)
             stop = gr.Button("Stop", variant="stop")
             resume = gr.Button("Resume (steps above = new total)", interactive=not self.hosted)
         status = gr.Markdown()
@@ -705,7 +738,7 @@ class App:
         gr.Markdown(f"From the evaluation files shipped in `{display_path(self.results_root)}/` "
                     "(nothing is recomputed here).")
         with gr.Row():
-            protocol = gr.Radio(["cmrl", "metaworld"], value="cmrl",
+            protocol = RadioInput(["cmrl", "metaworld"], value="cmrl",
                                 label="evaluation protocol")
             refresh = gr.Button("↻ reload", scale=0)
         md = gr.Markdown()
@@ -727,14 +760,6 @@ def _session(request, tab: str, new: bool = True) -> str:
     return f"{session}:{tab}"
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(root).resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def build(**kwargs) -> gr.Blocks:
     """The whole page (see `App` for the keyword arguments: checkpoint roots, runs dir, results
     root, a default checkpoint, hosted mode, a step cap)."""
@@ -742,10 +767,17 @@ def build(**kwargs) -> gr.Blocks:
 
 
 def configure_runtime() -> None:
-    """One torch thread per rollout: several users' rollouts share the cores."""
+    """One torch thread per rollout: several users' rollouts share the cores. The page's own log
+    (refused inputs, one line each; failed rollouts with their traceback) goes to stderr."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("CMRL_APP_TORCH_THREADS", "1")))
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def launch(demo: gr.Blocks | None = None, **kwargs):

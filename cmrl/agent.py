@@ -25,6 +25,7 @@ from torch import nn
 
 from .config import RunConfig
 from .context_encoder import MIN_VAR, ContextEncoder
+from .goal_text import goal_dim
 from .networks import Actor, ActorOutput, TwinCritic
 from .normalizer import ObsNormalizer
 
@@ -42,17 +43,27 @@ class MetaAgent(nn.Module):
         modular = self.kind in ("cmrl", "sm")
         self.uses_context = self.kind in ("cmrl", "pearl")
         self.uses_text = self.kind == "cmrl"
+        # cmrl's goal vectors: the text encoder's embedding, or [verb ; object] (`goal_text.py`).
+        self.goal_dim = goal_dim(text_dim, net.goal_encoding) if self.uses_text else 0
+        self.text_routing = self.uses_text and net.text_routing
+        cond_parts = None
         if self.uses_context:
             self.encoder = ContextEncoder(obs_dim, act_dim, net.latent_dim, list(net.encoder_hidden),
-                                          text_dim=text_dim if self.uses_text else 0,
+                                          text_dim=self.goal_dim,
                                           goal_proj_dim=net.goal_proj_dim,
                                           goal_factor=net.goal_factor and self.uses_text)
-            self.cond_dim = net.latent_dim
+            # The condition of actor and critics: z, or [z ; goal vector] with text routing.
+            self.cond_dim = net.latent_dim + (self.goal_dim if self.text_routing else 0)
+            if self.text_routing and net.goal_encoding == "verb_object":
+                z_cols, half = list(range(net.latent_dim)), self.goal_dim // 2
+                verb = [net.latent_dim + i for i in range(half)]
+                obj = [net.latent_dim + half + i for i in range(half)]
+                cond_parts = (z_cols + obj, z_cols + verb)  # object -> first routing, verb -> later
         else:
             self.encoder = None
             self.cond_dim = len(self.id_tasks)
-        self.actor = Actor(modular, obs_dim, act_dim, self.cond_dim, net)
-        self.critic = TwinCritic(modular, obs_dim, act_dim, self.cond_dim, net)
+        self.actor = Actor(modular, obs_dim, act_dim, self.cond_dim, net, cond_parts)
+        self.critic = TwinCritic(modular, obs_dim, act_dim, self.cond_dim, net, cond_parts)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         num_alpha = len(self.train_tasks) if config.sac.per_task_alpha else 1
         self.log_alpha = nn.Parameter(torch.full((num_alpha,), float(np.log(config.sac.init_alpha))))
@@ -85,6 +96,14 @@ class MetaAgent(nn.Module):
         return mu + var.sqrt() * torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
                                              device=mu.device)
 
+    def context_condition(self, z: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """What actor and critics read for a context agent: z, or [z ; goal] with text routing."""
+        if not self.text_routing:
+            return z
+        if goal is None:
+            raise ValueError("this agent routes on the goal text: pass the goal embedding")
+        return torch.cat([z, goal.to(z.dtype)], dim=-1)
+
     def task_id(self, task: str) -> int:
         """The sm oracle's id of a task: its one-hot slot, or -1 (all zeros) for a task it lacks."""
         return self.id_tasks.index(task) if task in self.id_tasks else -1
@@ -108,7 +127,7 @@ class MetaAgent(nn.Module):
 class TaskBelief:
     """Per-env belief state for E environments at once (E may be 1).
 
-    `goal` [E, text_dim] embeddings (cmrl), `task_ids` [E] (sm; -1 for an unknown task).
+    `goal` [E, goal_dim] goal vectors (cmrl; `goal_text.embed_goals`), `task_ids` [E] (sm; -1 for an unknown task).
     `generator` (on the agent's device) draws z and the actions' noise; torch's global RNG when None."""
 
     def __init__(self, agent: MetaAgent, num_envs: int, goal: np.ndarray | None = None,
@@ -194,7 +213,7 @@ class TaskBelief:
     def condition(self) -> torch.Tensor:
         """What the actor and critics are conditioned on, [E, cond_dim]."""
         if self.agent.uses_context:
-            return self.z
+            return self.agent.context_condition(self.z, self.goal)
         return self.agent.task_condition(self.task_ids)
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> ActorOutput:

@@ -16,10 +16,11 @@ import torch
 
 from . import checkpoint as ckpt
 from .agent import MetaAgent
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, check_bounds
 from .envs import TaskEnv, TaskPool, make_scene
 from .evaluation import StepRecord, evaluate, rollout
 from .tasks import canonical_goal_text, resolve_benchmark
+from .goal_text import embed_goals
 from .text_encoders import encoder_for_checkpoint, validate_goal_text
 
 
@@ -48,7 +49,9 @@ class TrainedAgent:
     def encode_goal(self, text: str) -> np.ndarray | None:
         """Embedding of a goal description (validated: non-empty, not too long)."""
         text = validate_goal_text(text)
-        return self.text_encoder.encode(text) if self.agent.uses_text else None
+        if not self.agent.uses_text:
+            return None
+        return embed_goals(self.text_encoder, text, self.agent.config.net.goal_encoding)
 
     def task_pool(self) -> TaskPool:
         return TaskPool(resolve_benchmark(self.config.benchmark))
@@ -92,20 +95,32 @@ class TrainedAgent:
         return MetaWorldAgent(self, goal_texts or {}, env_tasks)
 
 
-def load_agent(run_dir: str | Path, device: str = "cpu") -> TrainedAgent:
+def load_agent(run_dir: str | Path, device: str = "cpu",
+               max_bytes: int | None = ckpt.MAX_MODEL_BYTES) -> TrainedAgent:
     """Load a run directory (config.json + model.safetensors). Raises CheckpointError naming the
-    file for anything missing, truncated, tampered with or inconsistent."""
+    file for anything missing, truncated, tampered with or inconsistent, and for networks bigger
+    than `max_bytes` (None: no budget); sizes are checked before the networks are built."""
     run_dir = Path(run_dir)
     info = ckpt.read_run_info(run_dir)
     path = run_dir / ckpt.CONFIG_FILE
     try:
         config = RunConfig.from_dict(info["config"])
+        check_bounds(config)
     except ConfigError as e:
         raise ckpt.CheckpointError(f"{path}: invalid run config ({e})") from e
     try:
         text_dim = int(info["text_encoder"].get("dim", 0)) if config.train.agent == "cmrl" else 0
-        agent = MetaAgent(config, int(info["obs_dim"]), int(info["act_dim"]), text_dim,
-                          [str(t) for t in info["train_tasks"]])
+
+        def build() -> MetaAgent:
+            return MetaAgent(config, int(info["obs_dim"]), int(info["act_dim"]), text_dim,
+                             [str(t) for t in info["train_tasks"]])
+
+        expected = ckpt.expected_tensors(build)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ckpt.CheckpointError(f"{path}: cannot build the agent it describes ({e})") from e
+    ckpt.check_model_file(run_dir / ckpt.MODEL_FILE, expected, max_bytes)
+    try:
+        agent = build()
     except (ValueError, TypeError, RuntimeError) as e:
         raise ckpt.CheckpointError(f"{path}: cannot build the agent it describes ({e})") from e
     tensors, meta = ckpt.read_tensors(run_dir / ckpt.MODEL_FILE)

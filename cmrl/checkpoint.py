@@ -11,13 +11,21 @@
 Loading never executes code from the files: safetensors holds only tensors, JSON only data, and every
 file is checked (format marker, keys, shapes, dtypes) before use. Any problem raises `CheckpointError`
 naming the file.
+
+A run directory may come from anyone, so loading is bounded before anything big is allocated:
+config.json's size, nesting and numbers are capped (and every config value by `config.check_bounds`),
+the networks it describes are built on PyTorch's "meta" device (shapes only, no memory) and their
+size checked against a budget (`MAX_MODEL_BYTES`), and the safetensors header is read on its own and
+compared tensor by tensor with those shapes before a single weight is read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,22 @@ import torch
 
 FORMAT = "cmrl-run-v1"
 MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "state"
+
+MAX_CONFIG_BYTES = 1 << 20
+"""config.json larger than this is refused unread (a real one is a few KB)."""
+MAX_JSON_DEPTH = 16
+"""Nesting depth allowed in config.json (a real one nests 4 deep)."""
+MAX_JSON_INT = 2**63
+"""Integers in config.json beyond this (in magnitude) are refused."""
+MAX_IO_DIM = 4096
+"""Bound on obs_dim, act_dim and the text encoder's dim recorded in config.json."""
+MAX_TASKS = 64
+"""Bound on the train_tasks / test_tasks lists (ML45 has 45 meta-train tasks)."""
+MAX_MODEL_BYTES = 512 << 20
+"""Default budget of `load_agent`: the described networks (weights and buffers) may take at most
+this much memory. A run directory describing bigger networks is refused before they are built."""
+MAX_HEADER_BYTES = 16 << 20
+"""A safetensors header (its JSON table of tensors) larger than this is refused."""
 
 
 class CheckpointError(RuntimeError):
@@ -56,14 +80,44 @@ def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) ->
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, max_bytes: int | None = None, max_depth: int | None = None) -> Any:
+    """A JSON file's content, or CheckpointError: missing, too big, not JSON, nested too deep, or
+    holding a number out of range."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes, more than the "
+                              f"{max_bytes:,} allowed for this file")
     try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+        data = json.loads(path.read_text())
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: also ints of too many digits
+        raise CheckpointError(f"{path}: not valid JSON ({str(e)[:200]})") from None
+    if max_depth is not None:
+        _check_json_values(data, max_depth, path)
+    return data
+
+
+def _check_json_values(data: Any, max_depth: int, path: Path) -> None:
+    """Walk a parsed JSON value without recursion: depth, integer size, finite floats."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > max_depth:
+            raise CheckpointError(f"{path}: nested more than {max_depth} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and abs(value) > MAX_JSON_INT:
+            raise CheckpointError(f"{path}: holds an integer with {value.bit_length()} bits, "
+                                  f"beyond +-2^63")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"{path}: holds a non-finite number ({value})")
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -130,15 +184,117 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     if run_dir.is_file():
         raise CheckpointError(f"{run_dir}: expected a run directory (holding {CONFIG_FILE} and "
                               f"{MODEL_FILE}), got a file")
-    info = read_json(run_dir / CONFIG_FILE)
     path = run_dir / CONFIG_FILE
+    info = read_json(path, MAX_CONFIG_BYTES, MAX_JSON_DEPTH)
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a CMRL run config (format marker {FORMAT!r} missing)")
     for key, kind in (("config", dict), ("obs_dim", int), ("act_dim", int), ("text_encoder", dict),
                       ("train_tasks", list), ("test_tasks", list)):
         if not isinstance(info.get(key), kind):
             raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+    _check_info_bounds(info, path)
     return info
+
+
+def _check_info_bounds(info: dict[str, Any], path: Path) -> None:
+    for key in ("obs_dim", "act_dim"):
+        if isinstance(info[key], bool) or not 1 <= info[key] <= MAX_IO_DIM:
+            raise CheckpointError(f"{path}: {key} must be from 1 to {MAX_IO_DIM}, got {info[key]}")
+    dim = info["text_encoder"].get("dim", 0)
+    if isinstance(dim, int) and not isinstance(dim, bool) and not 0 <= dim <= MAX_IO_DIM:
+        raise CheckpointError(f"{path}: text_encoder.dim must be from 0 to {MAX_IO_DIM}, got {dim}")
+    for key in ("train_tasks", "test_tasks"):
+        tasks = info[key]
+        if len(tasks) > MAX_TASKS or not all(isinstance(t, str) and len(t) <= 200 for t in tasks):
+            raise CheckpointError(f"{path}: {key} must be a list of at most {MAX_TASKS} task names")
+
+
+# -- what a model file must hold, checked before anything big is allocated ---------------------------
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+TensorSpec = tuple[torch.dtype, tuple[int, ...]]
+
+
+def expected_tensors(build) -> dict[str, TensorSpec]:
+    """Dtype and shape of every entry of the state dict of the module `build()` makes, built on the
+    meta device: no memory is allocated for its tensors. Only this thread's default device changes."""
+    with torch.device("meta"):
+        module = build()
+    return {k: (v.dtype, tuple(v.shape)) for k, v in module.state_dict().items()}
+
+
+def state_bytes(spec: dict[str, TensorSpec]) -> int:
+    return sum(math.prod(shape) * dtype.itemsize for dtype, shape in spec.values())
+
+
+def read_tensor_header(path: Path) -> dict[str, TensorSpec]:
+    """The table of a safetensors file (name -> dtype, shape), read without reading any tensor, and
+    checked: every tensor's bytes lie inside the file and match its dtype and shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    size = path.stat().st_size
+    bad = f"{path}: not a readable safetensors file"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{bad} (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{bad} (header of {n:,} bytes in a file of {size:,})")
+        raw = f.read(n)
+    try:
+        table = json.loads(raw)
+    except (RecursionError, UnicodeDecodeError, ValueError):
+        raise CheckpointError(f"{bad} (its header is not valid JSON)") from None
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{bad} (its header is not a JSON object)")
+    data_size = size - 8 - n
+    out: dict[str, TensorSpec] = {}
+    for name, entry in table.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = tuple(entry["shape"])
+            start, end = entry["data_offsets"]
+            ok = (all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_JSON_INT
+                      for d in (*shape, start, end))
+                  and end - start == math.prod(shape) * dtype.itemsize
+                  and end <= data_size)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{bad} (entry {str(name)[:80]!r} is malformed or lies outside "
+                                  "the file)")
+        out[name] = (dtype, shape)
+    return out
+
+
+def check_model_file(path: Path, expected: dict[str, TensorSpec],
+                     max_bytes: int | None = MAX_MODEL_BYTES) -> None:
+    """Refuse a model whose networks exceed `max_bytes`, or whose file does not hold exactly the
+    expected tensors (normaliser buffers may be absent: checkpoints older than them)."""
+    path = Path(path)
+    need = state_bytes(expected)
+    if max_bytes is not None and need > max_bytes:
+        params = sum(math.prod(s) for _, s in expected.values())
+        raise CheckpointError(
+            f"{path.parent / CONFIG_FILE}: describes networks of {params:,} parameters "
+            f"({need / 2**20:,.0f} MiB), more than this loader's budget of "
+            f"{max_bytes / 2**20:,.0f} MiB")
+    header = read_tensor_header(path)
+    missing = sorted(k for k in set(expected) - set(header)
+                     if not k.endswith(("obs_norm.mean", "obs_norm.std")))
+    unexpected = sorted(set(header) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the architecture in config.json "
+                              f"(missing {missing[:5]}, unexpected {[u[:80] for u in unexpected[:5]]})")
+    for k, (dtype, shape) in header.items():
+        if (dtype, shape) != expected[k]:
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {shape} {dtype}, expected "
+                                  f"{expected[k][1]} {expected[k][0]}")
 
 
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import AGENT_KINDS, ConfigError, RunConfig
+from .variants import VARIANTS, variant_fields
 
 
 def _add_train(sub) -> None:
@@ -60,6 +61,11 @@ def _add_config_flags(p) -> None:
     p.add_argument("--num-modules", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--variant", choices=tuple(VARIANTS),
+                   help="a named method variant (cmrl/variants.py); flags and --set still win")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="set any config field, e.g. --set net.routing_input=cond "
+                        "(VALUE is read as JSON, else as a string); repeatable")
 
 
 _FLAG_TO_FIELD = {
@@ -80,12 +86,25 @@ def _set(cfg: RunConfig, dotted: str, value) -> None:
     setattr(getattr(cfg, section), name, value)
 
 
+def _parse_set(item: str) -> tuple[str, object]:
+    """One `--set section.field=value`: the value is read as JSON, else taken as a string."""
+    key, sep, raw = item.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
+
+
 def config_from_args(args) -> RunConfig:
     if args.config:
         data = json.loads(Path(args.config).read_text())
         cfg = RunConfig.from_dict(data.get("config", data))
     else:
         cfg = RunConfig()
+    if getattr(args, "variant", None):
+        cfg = cfg.updated(variant_fields(args.variant))
     for flag, field in _FLAG_TO_FIELD.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -96,6 +115,9 @@ def config_from_args(args) -> RunConfig:
         cfg.benchmark.train_tasks = [t.strip() for t in args.train_tasks.split(",") if t.strip()]
     if args.test_tasks:
         cfg.benchmark.test_tasks = [t.strip() for t in args.test_tasks.split(",") if t.strip()]
+    sets = dict(_parse_set(item) for item in getattr(args, "set", None) or [])
+    if sets:
+        cfg = cfg.updated(sets)
     if args.offline:
         cfg.train.offline = str(Path(args.offline).resolve())
         cfg.train.mode = "offline"
@@ -213,6 +235,9 @@ def _add_eval(sub) -> None:
                         "--variations evaluation rounds")
     p.add_argument("--goal", action="append", default=[], metavar="TASK=TEXT",
                    help="goal text for a task (default: its canonical text)")
+    p.add_argument("--unseen-paraphrases", action="store_true",
+                   help="give every task a phrasing training never used (cmrl.tasks."
+                        "UNSEEN_GOAL_TEXTS) instead of its canonical text; --goal still wins")
 
 
 def cmd_eval(args) -> int:
@@ -220,6 +245,12 @@ def cmd_eval(args) -> int:
 
     agent = load_agent(args.checkpoint)
     goals = {}
+    if args.unseen_paraphrases:
+        from .tasks import unseen_goal_text
+
+        for task in agent.info.get("train_tasks", []) + agent.info.get("test_tasks", []):
+            if unseen_goal_text(task):
+                goals[task] = unseen_goal_text(task)
     for item in args.goal:
         if "=" not in item:
             raise ConfigError(f"--goal expects TASK=TEXT, got {item!r}")
@@ -254,6 +285,9 @@ def cmd_eval(args) -> int:
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="generate an offline dataset (Minari) from scripted experts")
     p.add_argument("--benchmark", default="ml4")
+    p.add_argument("--train-tasks", help="custom benchmark: comma-separated meta-train envs")
+    p.add_argument("--test-tasks", help="custom benchmark: comma-separated held-out envs "
+                                        "(never generated)")
     p.add_argument("--horizon", type=int, default=200)
     p.add_argument("--episodes", type=int, default=30, help="expert episodes per task per noise level")
     p.add_argument("--noise", default="0.1,0.3,0.5", help="comma-separated action-noise stds")
@@ -269,7 +303,12 @@ def cmd_data(args) -> int:
     from .data import generate_dataset
 
     noise = [float(x) for x in args.noise.split(",") if x.strip()]
-    path = generate_dataset(BenchmarkConfig(name=args.benchmark, horizon=args.horizon, seed=0),
+    def tasks(text):
+        return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+    bench = BenchmarkConfig(name=args.benchmark, horizon=args.horizon, seed=0,
+                            train_tasks=tasks(args.train_tasks), test_tasks=tasks(args.test_tasks))
+    path = generate_dataset(bench,
                             args.out, args.episodes, noise, args.random_episodes, args.seed,
                             args.workers, command="python -m cmrl " + " ".join(
                                 shlex.quote(a) for a in sys.argv[1:]), overwrite=args.overwrite)
@@ -322,12 +361,19 @@ def cmd_bench(args) -> int:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a run directory")
     p.add_argument("run_dir")
+    p.add_argument("--finished", action="store_true",
+                   help="exit 0 if the run's saved model reached its step budget, 1 if not")
 
 
 def cmd_info(args) -> int:
     from .checkpoint import read_run_info
 
     info = read_run_info(args.run_dir)
+    if args.finished:
+        t = info["config"]["train"]
+        done = info.get("grad_steps" if t["mode"] == "offline" else "env_steps") or 0
+        print(f"{done} of {t['steps']} steps")
+        return 0 if done >= t["steps"] else 1
     keep = ("agent", "mode", "prior_data", "env_steps", "grad_steps", "train_tasks", "test_tasks",
             "text_encoder", "device", "versions")
     print(json.dumps({k: info.get(k) for k in keep}, indent=2))

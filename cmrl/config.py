@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 AGENT_KINDS = ("cmrl", "pearl", "sm")
+ROUTING_INPUTS = ("obs_x_cond", "cond")
+COND_EMBEDS = ("linear", "mlp")
+GOAL_ENCODINGS = ("sentence", "verb_object")
+BC_FORMS = ("sum", "td3bc")
+KL_PRIORS = ("standard", "text")
 
 
 class ConfigError(ValueError):
@@ -67,6 +72,22 @@ class NetworkConfig:
     """Standardise observations with per-dimension mean/std of the data a run first trains on
     (offline dataset, prior data or warm-up buffer), frozen then and saved with the weights
     (`normalizer.py`). Checkpoints from before this option load with identity statistics."""
+    routing_input: str = "obs_x_cond"
+    """What the routing network reads. `obs_x_cond`: the observation embedding times the condition
+    embedding (Soft-Module), so the module path can change with the state. `cond`: the condition
+    alone (task-level routing), so a task's module path is one fixed choice that carries over
+    unchanged to a new object's states."""
+    cond_embed: str = "linear"
+    """Condition embedding of the routing network: `linear` (one layer) or `mlp` (two layers, as
+    Soft-Module's task branch)."""
+    goal_encoding: str = "sentence"
+    """cmrl: how the goal text is embedded. `sentence`: the whole text at once. `verb_object`: the
+    text is split by a small rule into what to do and what to act on (`goal_text.split_goal`), each
+    embedded on its own, and the two embeddings concatenated."""
+    text_routing: bool = False
+    """cmrl: the routing network reads the goal embedding beside z. With `verb_object` goal encoding
+    the object part drives the first routing layer and the verb part the later ones (the seed's
+    Fig. 7: separate modules for what to act on and what to do)."""
     task_id_names: list[str] = field(default_factory=list)
     """sm oracle: the tasks that own a slot of its one-hot id (empty: the meta-train tasks). A
     fine-tuned sm keeps its source's slots, so a new task gets the all-zeros id, as at meta-test."""
@@ -100,6 +121,22 @@ class SACConfig:
     """Behaviour-regularisation weight on the actor (TD3+BC style); used by offline training."""
     precision: str = "fp32"
     """`fp32` or `bf16` (autocast for the matmuls; fast on CPUs with AMX and on GPUs)."""
+    bc_form: str = "sum"
+    """How the offline behaviour term is weighted. `sum`: (alpha log pi - Q) / |Q| + bc_weight *
+    sum over action dims of (mu - a)^2 (this project's first recipe; about 25x more behaviour
+    cloning than TD3+BC at bc_weight 2.5). `td3bc`: TD3+BC's own form, bc_weight / |Q| *
+    (alpha log pi - Q) + mean over action dims of (mu - a)^2."""
+    context_dropout: float = 0.0
+    """Probability, per task and update, that the encoder sees no transitions at all (the goal text
+    alone must then carry the task, as in adaptation episode 0). When > 0, the other updates see a
+    uniformly random number of transitions in 1..context_size. 0: always context_size."""
+    kl_prior: str = "standard"
+    """What the posterior's KL is measured against. `standard`: N(0, I) (PEARL). `text`: the goal
+    text's own factor p(z | g) (needs `net.goal_factor`), plus beta * KL(p(z | g) || N(0, I)), so the
+    words learn to predict what the context will reveal."""
+    z_contrastive: float = 0.0
+    """Weight of a task-discrimination (InfoNCE) loss on the encoder: the posteriors of two disjoint
+    halves of a task's context must be nearer each other than to any other task's. 0 disables."""
     bc_only: bool = False
     """The actor's loss is behaviour cloning alone (no Q or entropy term): a baseline, and the
     check that the data path is right. Critics and encoder train as usual."""
@@ -190,6 +227,16 @@ class RunConfig:
         cfg.validate()
         return cfg
 
+    def updated(self, fields: dict[str, Any]) -> "RunConfig":
+        """A copy with {"section.field": value} set, type-checked and validated like a file."""
+        data = self.to_dict()
+        for key, value in fields.items():
+            section, _, name = key.partition(".")
+            if section not in data or name not in data[section]:
+                raise ConfigError(f"unknown config field {key!r} (sections: {', '.join(data)})")
+            data[section][name] = value
+        return RunConfig.from_dict(data)
+
     def validate(self) -> None:
         t = self.train
         if t.agent not in AGENT_KINDS:
@@ -212,6 +259,20 @@ class RunConfig:
                             ("num_layers", self.net.num_layers), ("num_modules", self.net.num_modules)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        for name, value, choices in (
+                ("net.routing_input", self.net.routing_input, ROUTING_INPUTS),
+                ("net.cond_embed", self.net.cond_embed, COND_EMBEDS),
+                ("net.goal_encoding", self.net.goal_encoding, GOAL_ENCODINGS),
+                ("sac.bc_form", self.sac.bc_form, BC_FORMS),
+                ("sac.kl_prior", self.sac.kl_prior, KL_PRIORS)):
+            if value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        if not 0.0 <= self.sac.context_dropout <= 1.0:
+            raise ConfigError(f"sac.context_dropout must be in [0, 1], got {self.sac.context_dropout}")
+        if not 0.0 <= self.sac.z_contrastive <= 100.0:
+            raise ConfigError(f"sac.z_contrastive must be in [0, 100], got {self.sac.z_contrastive}")
+        if self.sac.kl_prior == "text" and not self.net.goal_factor:
+            raise ConfigError("sac.kl_prior 'text' needs net.goal_factor (the text's own factor)")
         if self.net.num_layers < 2:
             raise ConfigError("num_layers must be >= 2 (routing sits between module layers)")
 
@@ -273,3 +334,79 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
 _OPTIONAL = {"sac.target_entropy", "train.offline", "train.init_from"}
 _OPTIONAL_FLOAT = {"sac.target_entropy"}
 _OPTIONAL_STR = {"train.offline", "train.init_from"}
+
+
+# == Bounds: a config file is user input, so every value has a range (`check_bounds`) ==============
+# A field listed in LIMITS gets that range (for a list: the range of each item). Fields not listed
+# fall back by kind, so fields added later are covered too: any other int in `net` is a width or a
+# count (memory), NET_INT_DEFAULT; any other int, INT_DEFAULT; any float must be finite and within
+# FLOAT_DEFAULT; lists and strings have length caps. Bools and None are always fine.
+LIMITS: dict[str, tuple[float, float]] = {
+    "benchmark.horizon": (1, 100_000),
+    "net.latent_dim": (1, 256),
+    "net.encoder_hidden": (1, 4096),
+    "net.goal_proj_dim": (1, 4096),
+    "net.num_layers": (2, 16),
+    "net.num_modules": (1, 32),
+    "net.module_width": (1, 4096),
+    "net.embed_dim": (1, 4096),
+    "net.gating_hidden": (1, 4096),
+    "net.gating_layers": (0, 8),
+    "net.mlp_hidden": (1, 4096),
+    "sac.batch_size": (1, 1 << 20),
+    "sac.context_size": (1, 1 << 16),
+    "train.steps": (1, 10**12),
+    "train.envs_per_task": (1, 1024),
+    "train.replay_capacity": (1, 10**9),
+}
+LIST_LIMITS: dict[str, int] = {"net.encoder_hidden": 8, "net.mlp_hidden": 8}
+NET_INT_DEFAULT = (0, 4096)
+INT_DEFAULT = (-(2**53), 2**53)
+FLOAT_DEFAULT = (-1e12, 1e12)
+MAX_LIST_LEN = 256
+MAX_STR_LEN = 4096
+
+
+def check_bounds(cfg: RunConfig) -> None:
+    """ConfigError naming the first field outside its range (see LIMITS)."""
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in dataclasses.fields(part):
+            where = f"{section.name}.{f.name}"
+            value = getattr(part, f.name)
+            if isinstance(value, (list, tuple)):
+                cap = LIST_LIMITS.get(where, MAX_LIST_LEN)
+                if len(value) > cap:
+                    raise ConfigError(f"{where} has {len(value)} entries; at most {cap} are allowed")
+                for item in value:
+                    _check_bound(item, where)
+            else:
+                _check_bound(value, where)
+
+
+def _check_bound(value: Any, where: str) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        lo, hi = LIMITS.get(where, NET_INT_DEFAULT if where.startswith("net.") else INT_DEFAULT)
+    elif isinstance(value, float):
+        lo, hi = LIMITS.get(where, FLOAT_DEFAULT)
+        if value != value:
+            raise ConfigError(f"{where} is NaN")
+    elif isinstance(value, str):
+        if len(value) > MAX_STR_LEN:
+            raise ConfigError(f"{where} has {len(value)} characters; at most {MAX_STR_LEN} are "
+                              "allowed")
+        return
+    else:
+        raise ConfigError(f"{where}: unsupported value of type {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where} must be from {lo:g} to {hi:g}, got {_number(value)}")
+
+
+def _number(value: float) -> str:
+    """A number for a message; a huge int by its size (str() of one can itself raise)."""
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return f"a {value.bit_length() * 3 // 10 + 1}-digit number"
+    return f"{value:g}"
+# == end of bounds ==================================================================================

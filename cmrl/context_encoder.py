@@ -11,7 +11,9 @@ transitions'. With no transitions yet, the posterior is that goal factor, so the
 move z away from the N(0, I) prior, and every transition then sharpens it. PEARL has no text: its
 posterior with no transitions is the prior N(0, I) itself.
 
-The KL of the posterior to N(0, I) is the regulariser weighted by beta. The encoder is trained by the
+The KL of the posterior to N(0, I) is the regulariser weighted by beta (`sac.kl_prior = "text"`
+measures it against the goal factor instead). Optional: `task_contrastive_loss`, an InfoNCE term that
+asks two disjoint contexts of one task for nearby posteriors. The encoder is trained by the
 critic's Bellman loss and that KL only (the actor sees z detached); see `sac.py`.
 """
 
@@ -47,6 +49,23 @@ def product_of_gaussians(mu: torch.Tensor, var: torch.Tensor,
 def kl_to_standard_normal(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag var) || N(0, I)), summed over the last dim."""
     return 0.5 * (var + mu.pow(2) - 1.0 - var.clamp(min=MIN_VAR).log()).sum(-1)
+
+
+def kl_gaussians(mu: torch.Tensor, var: torch.Tensor, mu_p: torch.Tensor,
+                 var_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag var) || N(mu_p, diag var_p)), summed over the last dim."""
+    var, var_p = var.clamp(min=MIN_VAR), var_p.clamp(min=MIN_VAR)
+    return 0.5 * (var / var_p + (mu - mu_p).pow(2) / var_p - 1.0 + var_p.log() - var.log()).sum(-1)
+
+
+def task_contrastive_loss(mu_a: torch.Tensor, mu_b: torch.Tensor,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """InfoNCE over tasks: mu_a[i] and mu_b[i] (posterior means of two disjoint contexts of task i)
+    must be nearer each other, in squared distance, than mu_a[i] is to any mu_b[j], j != i. [T, L]
+    each, T >= 2; symmetric in a and b."""
+    logits = -torch.cdist(mu_a, mu_b).pow(2) / temperature
+    labels = torch.arange(len(mu_a), device=mu_a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
 class ContextEncoder(nn.Module):

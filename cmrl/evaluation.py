@@ -5,6 +5,9 @@ goal text's factor for cmrl, N(0, I) for pearl), run `adaptation_episodes` episo
 sampled from the posterior of all transitions so far (the posterior is updated after every
 transition, z is redrawn per episode as in PEARL), then run `eval_episodes` episodes with the posterior
 mean and deterministic actions. An episode is a success if `info["success"]` is 1 at any step.
+Before all that, a zero-shot episode (deterministic, z at the prior's mean, its transitions not kept)
+says what the goal text alone achieves, so zero-shot, adapted and the gain come from one evaluation
+(`TaskResult.success_by_episode`).
 Meta-train tasks are evaluated on *fresh* goal variations (a differently seeded Meta-World draw);
 held-out tasks on their test variations. Results are deterministic for a seed.
 
@@ -24,6 +27,7 @@ import torch
 
 from .agent import MetaAgent, TaskBelief
 from .envs import TaskEnv, TaskPool
+from .goal_text import embed_goals
 from .tasks import canonical_goal_text
 
 
@@ -107,13 +111,31 @@ class TaskResult:
     """Success rate of each adaptation episode (the learning curve within a trial)."""
     adaptation_return: list[float] = field(default_factory=list)
     variations: int = 0
+    zero_shot_success: float | None = None
+    """Success rate of the zero-shot episode: before any interaction, z at the prior's mean (the
+    goal text alone for cmrl; N(0, I)'s mean for pearl), deterministic actions; None if not run."""
+    zero_shot_return: float | None = None
+    adaptation_gain: float | None = None
+    """success_rate - zero_shot_success: what the context added to the words (negative: it hurt)."""
+    episode_phases: list[str] = field(default_factory=list)
+    """The phase of each episode in order: `zero-shot`, then `adapt` x adaptation episodes, then
+    `eval` x evaluation episodes."""
+    success_by_episode: list[float] = field(default_factory=list)
+    """Success rate of each episode, in the order of `episode_phases`."""
+    return_by_episode: list[float] = field(default_factory=list)
+
+
+ZERO_SHOT_RESET = 500
+"""Offset of the zero-shot episode's reset seed (adaptation and evaluation episodes use 0, 1, ...)."""
 
 
 def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encoder=None,
                   goal_text: str | None = None, num_variations: int = 5,
                   adaptation_episodes: int = 3, eval_episodes: int = 1,
-                  seed: int = 0) -> TaskResult:
-    """The meta-test protocol on one task, its variations stepped in lockstep (one forward pass)."""
+                  seed: int = 0, zero_shot: bool = True) -> TaskResult:
+    """The meta-test protocol on one task, its variations stepped in lockstep (one forward pass).
+    `zero_shot`: first run one deterministic episode at the prior's mean whose transitions are not
+    kept (it consumes no randomness, so the other episodes are the same with or without it)."""
     fresh = split == "train"  # meta-train tasks: goals never trained on
     variations = pool.variations(task, split, fresh=fresh)
     rng = np.random.default_rng(seed)
@@ -122,18 +144,22 @@ def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encod
     goal = None
     if agent.uses_text:
         goal_text = goal_text or canonical_goal_text(task)
-        goal = np.repeat(encoder.encode(goal_text)[None], E, axis=0)
+        goal = np.repeat(embed_goals(encoder, goal_text, agent.config.net.goal_encoding)[None], E,
+                         axis=0)
     task_id = agent.task_id(task) if split == "train" else -1
     envs = [pool.make_env(task, split) for _ in range(E)]
-    adapt_succ, adapt_ret, eval_succ, eval_ret = [], [], [], []
+    phases = (["zero-shot"] if zero_shot else []) + ["adapt"] * adaptation_episodes + \
+        ["eval"] * eval_episodes
+    succ_by_ep, ret_by_ep = [], []
     try:
         gen = torch.Generator(device=agent.device).manual_seed(seed)
         belief = TaskBelief(agent, E, goal=goal, task_ids=[task_id] * E, generator=gen)
-        for episode in range(adaptation_episodes + eval_episodes):
-            deterministic = episode >= adaptation_episodes
+        episode = 0
+        for phase in phases:
+            deterministic = phase != "adapt"
             belief.sample_z(deterministic=deterministic)
-            obs = np.stack([env.reset(v, seed=seed * 1000 + episode)
-                            for env, v in zip(envs, chosen)])
+            reset_seed = seed * 1000 + (ZERO_SHOT_RESET if phase == "zero-shot" else episode)
+            obs = np.stack([env.reset(v, seed=reset_seed) for env, v in zip(envs, chosen)])
             succ, ret, done = np.zeros(E, bool), np.zeros(E), False
             while not done:
                 actions = belief.act(obs, deterministic=deterministic).action.cpu().numpy()
@@ -143,27 +169,40 @@ def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encod
                 succ |= np.array([s[2] for s in steps])
                 ret += rewards
                 done = steps[0][3]
-                if not deterministic:
+                if phase == "adapt":
                     belief.observe(obs, actions, rewards, next_obs)
                 obs = next_obs
-            (eval_succ if deterministic else adapt_succ).append(succ.mean())
-            (eval_ret if deterministic else adapt_ret).append(ret.mean())
+            succ_by_ep.append(float(succ.mean()))
+            ret_by_ep.append(float(ret.mean()))
+            episode += phase != "zero-shot"
     finally:
         for env in envs:
             env.close()
-    return TaskResult(task, split, goal_text, float(np.mean(eval_succ)) if eval_succ else float("nan"),
-                      float(np.mean(eval_ret)) if eval_ret else float("nan"),
-                      [float(x) for x in adapt_succ], [float(x) for x in adapt_ret], E)
+
+    def of(phase: str, values: list[float]) -> list[float]:
+        return [v for p, v in zip(phases, values) if p == phase]
+
+    success = float(np.mean(of("eval", succ_by_ep))) if eval_episodes else float("nan")
+    zs_succ = of("zero-shot", succ_by_ep)[0] if zero_shot else None
+    return TaskResult(task, split, goal_text, success,
+                      float(np.mean(of("eval", ret_by_ep))) if eval_episodes else float("nan"),
+                      of("adapt", succ_by_ep), of("adapt", ret_by_ep), E,
+                      zero_shot_success=zs_succ,
+                      zero_shot_return=of("zero-shot", ret_by_ep)[0] if zero_shot else None,
+                      adaptation_gain=None if zs_succ is None else round(success - zs_succ, 6),
+                      episode_phases=phases, success_by_episode=succ_by_ep,
+                      return_by_episode=ret_by_ep)
 
 
 def evaluate(agent: MetaAgent, pool: TaskPool, splits: tuple[str, ...] = ("train", "test"),
              encoder=None, num_variations: int = 5, adaptation_episodes: int = 3,
              eval_episodes: int = 1, seed: int = 0,
-             goal_texts: dict[str, str] | None = None) -> dict:
+             goal_texts: dict[str, str] | None = None, zero_shot: bool = True) -> dict:
     """Every task of the given splits; a JSON-ready dict with per-task and mean success."""
     start = time.time()
     out: dict = {"protocol": {"adaptation_episodes": adaptation_episodes,
                               "eval_episodes": eval_episodes, "variations_per_task": num_variations,
+                              "zero_shot_episode": zero_shot,
                               "horizon": pool.benchmark.horizon, "seed": seed,
                               "success": "info['success'] at any step of an evaluation episode",
                               "train_variations": "fresh (not the ones trained on)"},
@@ -171,11 +210,13 @@ def evaluate(agent: MetaAgent, pool: TaskPool, splits: tuple[str, ...] = ("train
     for split in splits:
         results = [evaluate_task(agent, pool, task, split, encoder,
                                  (goal_texts or {}).get(task), num_variations,
-                                 adaptation_episodes, eval_episodes, seed)
+                                 adaptation_episodes, eval_episodes, seed, zero_shot)
                    for task in pool.benchmark.tasks(split)]
         out["splits"][split] = {
             "tasks": {r.task: r.__dict__ for r in results},
             "mean_success": float(np.mean([r.success_rate for r in results])) if results else None,
+            "mean_zero_shot_success": (float(np.mean([r.zero_shot_success for r in results]))
+                                       if results and zero_shot else None),
         }
     out["wall_time_s"] = round(time.time() - start, 2)
     return out

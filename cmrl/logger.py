@@ -8,15 +8,19 @@ import math
 import sys
 from pathlib import Path
 
+from .checkpoint import atomic_write_bytes
+
 
 class JsonlWriter:
     def __init__(self, path: str | Path, truncate_after_step: int | None = None):
         self.path = Path(path)
         if truncate_after_step is not None and self.path.exists():
-            # Resuming: drop lines a killed run logged after its last checkpoint.
+            # Resuming: drop lines a killed run logged after its last checkpoint. The kept lines
+            # go to a new file swapped in by a rename, so a kill now leaves the old or the new
+            # history, never a half-written one.
             kept = [line for line in self.path.read_text().splitlines()
                     if _step_of(line) is not None and _step_of(line) <= truncate_after_step]
-            self.path.write_text("".join(k + "\n" for k in kept))
+            atomic_write_bytes(self.path, "".join(k + "\n" for k in kept).encode())
         self._f = open(self.path, "a", buffering=1)
 
     def write(self, record: dict) -> None:

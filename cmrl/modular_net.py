@@ -7,6 +7,7 @@ the output head. The routing network computes the p_l per sample from the observ
 times the condition embedding:
 
     e   = f_obs(x) * f_cond(c)                        (element-wise, width D)
+          or f_cond(c) alone (`routing_input = "cond"`: task-level routing)
     h   = gating MLP(ReLU(e))
     p_1 = softmax_rows(W_1 ReLU(h))                   (n x n)
     p_l = softmax_rows(W_l ReLU(U_l [p_1..p_{l-1}] * h))   for later layers
@@ -14,7 +15,9 @@ times the condition embedding:
 
 In Soft Modularization c is a one-hot task id (our `sm` oracle); in CMRL c is the context z inferred
 by the PEARL encoder from transitions and the goal text, so the words and the interaction history
-reconfigure which modules act.
+reconfigure which modules act. With `text_routing` the condition also holds the goal embedding; when
+that is split into verb and object (`goal_text.py`), the object part drives the first routing layer and
+the verb part the later ones, each through its own condition embedding and gating layers.
 
 Every forward pass returns its routing (`Routing`), so callers such as the app can draw it. The
 network is ensembled (E copies, see `layers.py`): twin critics are one E=2 module.
@@ -27,7 +30,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .layers import EnsembleLinear
+from .config import NetworkConfig
+from .layers import EnsembleLinear, EnsembleMLP
 
 
 class Routing(NamedTuple):
@@ -38,46 +42,77 @@ class Routing(NamedTuple):
 
 
 class SoftModularNet(nn.Module):
-    def __init__(self, in_dim: int, cond_dim: int, out_dim: int, num_layers: int = 4,
-                 num_modules: int = 4, module_width: int = 128, embed_dim: int = 128,
-                 gating_hidden: int = 128, gating_layers: int = 2, ensemble: int = 1,
-                 last_init: float | None = 3e-3):
+    """L layers of n modules routed by a condition; sizes and routing options from `NetworkConfig`.
+
+    `cond_parts` splits the condition's columns between the routing stages: (columns the first
+    routing layer reads, columns every later stage reads). None: every stage reads all of it."""
+
+    def __init__(self, in_dim: int, cond_dim: int, out_dim: int, cfg: NetworkConfig,
+                 ensemble: int = 1, last_init: float | None = 3e-3,
+                 cond_parts: tuple[list[int], list[int]] | None = None):
         super().__init__()
-        if num_layers < 2:
+        if cfg.num_layers < 2:
             raise ValueError("a soft-modular network needs at least 2 module layers")
-        E, n, w, D = ensemble, num_modules, module_width, embed_dim
-        self.E, self.n, self.L, self.w = E, n, num_layers, w
+        E, n, w, D = ensemble, cfg.num_modules, cfg.module_width, cfg.embed_dim
+        L = cfg.num_layers
+        self.E, self.n, self.L, self.w = E, n, L, w
+        self.task_level = cfg.routing_input == "cond"
         self.obs_in = EnsembleLinear(E, in_dim, D)
         self.obs_out = EnsembleLinear(E, D, D)
-        self.cond_embed = EnsembleLinear(E, cond_dim, D)
-        gate_dims = [D] + [gating_hidden] * gating_layers
+        if cond_parts is None:
+            self.cond_first = self.cond_later = None
+            first_dim = later_dim = cond_dim
+        else:
+            self.register_buffer("cond_first", torch.as_tensor(cond_parts[0]), persistent=False)
+            self.register_buffer("cond_later", torch.as_tensor(cond_parts[1]), persistent=False)
+            first_dim, later_dim = len(cond_parts[0]), len(cond_parts[1])
+        gate_dims = [D] + [cfg.gating_hidden] * cfg.gating_layers
+        self.cond_embed = _cond_embedding(cfg.cond_embed, E, first_dim, D)
         self.gating = nn.ModuleList(EnsembleLinear(E, a, b) for a, b in zip(gate_dims, gate_dims[1:]))
+        if cond_parts is not None:  # the later stages' own condition embedding and gating
+            self.cond_embed_later = _cond_embedding(cfg.cond_embed, E, later_dim, D)
+            self.gating_later = nn.ModuleList(EnsembleLinear(E, a, b)
+                                              for a, b in zip(gate_dims, gate_dims[1:]))
         G = gate_dims[-1]
         self.route_first = EnsembleLinear(E, G, n * n)
-        self.route_cond = nn.ModuleList(EnsembleLinear(E, (l + 1) * n * n, G) for l in range(num_layers - 2))
-        self.route_next = nn.ModuleList(EnsembleLinear(E, G, n * n) for _ in range(num_layers - 2))
-        self.route_last_cond = EnsembleLinear(E, (num_layers - 1) * n * n, G)
+        self.route_cond = nn.ModuleList(EnsembleLinear(E, (l + 1) * n * n, G) for l in range(L - 2))
+        self.route_next = nn.ModuleList(EnsembleLinear(E, G, n * n) for _ in range(L - 2))
+        self.route_last_cond = EnsembleLinear(E, (L - 1) * n * n, G)
         self.route_last = EnsembleLinear(E, G, n)
         # Module weights of layer l: [E * n, in, w], so all n modules of all E members run in one bmm.
         self.module_weights = nn.ParameterList()
         self.module_biases = nn.ParameterList()
-        for l in range(num_layers):
+        for l in range(L):
             fan_in = D if l == 0 else w
             bound = fan_in ** -0.5
             self.module_weights.append(nn.Parameter(torch.empty(E * n, fan_in, w).uniform_(-bound, bound)))
             self.module_biases.append(nn.Parameter(torch.zeros(E * n, 1, w)))
         self.head = EnsembleLinear(E, w, out_dim, init_scale=last_init)
 
-    def routing(self, obs_emb: torch.Tensor, cond: torch.Tensor) -> Routing:
-        """Routing probabilities from the (pre-activation) observation embedding and the condition."""
-        h = torch.relu(obs_emb * self.cond_embed(cond))
-        for i, layer in enumerate(self.gating):
+    def _gate(self, obs_emb: torch.Tensor, cond: torch.Tensor, embed: nn.Module,
+              gating: nn.ModuleList) -> torch.Tensor:
+        """The routing network's shared state h for one condition part."""
+        c = embed(cond)
+        h = torch.relu(c if self.task_level else obs_emb * c)
+        for i, layer in enumerate(gating):
             h = layer(h)
-            if i < len(self.gating) - 1:
+            if i < len(gating) - 1:
                 h = torch.relu(h)
+        return h
+
+    def routing(self, obs_emb: torch.Tensor, cond: torch.Tensor) -> Routing:
+        """Routing probabilities from the (pre-activation) observation embedding and the condition
+        (the condition alone with task-level routing)."""
+        if self.cond_first is None:
+            h_first = h = self._gate(obs_emb, cond, self.cond_embed, self.gating)
+        else:
+            h_first = self._gate(obs_emb, cond.index_select(-1, self.cond_first), self.cond_embed,
+                                 self.gating)
+            h = self._gate(obs_emb, cond.index_select(-1, self.cond_later), self.cond_embed_later,
+                           self.gating_later)
         E, B = h.shape[0], h.shape[1]
         n = self.n
-        p = torch.softmax(self.route_first(torch.relu(h)).view(E, B, n, n), dim=-1)
+        p = torch.softmax(self.route_first(torch.relu(h_first)).view(E, B, n, n), dim=-1)
         probs, flat = [p], [p.reshape(E, B, n * n)]
         for cond_layer, out_layer in zip(self.route_cond, self.route_next):
             g = torch.relu(cond_layer(torch.cat(flat, -1)) * h)
@@ -104,6 +139,13 @@ class SoftModularNet(nn.Module):
         weights = routing.final.to(out.dtype).permute(0, 2, 1).unsqueeze(-1)  # [E, n, B, 1]
         final = (weights * out).sum(1)
         return self.head(torch.relu(final)), routing
+
+
+def _cond_embedding(kind: str, E: int, cond_dim: int, D: int) -> nn.Module:
+    """`linear`: one layer (its parameters keep the name older checkpoints use); `mlp`: two."""
+    if kind == "mlp":
+        return EnsembleMLP(E, cond_dim, [D], D)
+    return EnsembleLinear(E, cond_dim, D)
 
 
 def _mix(p: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

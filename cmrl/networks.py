@@ -25,15 +25,15 @@ class Backbone(nn.Module):
     """E copies of f(x, cond) -> out, returning (out [E, B, out_dim], routing or None)."""
 
     def __init__(self, modular: bool, in_dim: int, cond_dim: int, out_dim: int,
-                 cfg: NetworkConfig, ensemble: int):
+                 cfg: NetworkConfig, ensemble: int,
+                 cond_parts: tuple[list[int], list[int]] | None = None):
         super().__init__()
         self.modular = modular
         self.concat_cond = (not modular) or cfg.obs_takes_context
         x_dim = in_dim + (cond_dim if self.concat_cond else 0)
         if modular:
-            self.net = SoftModularNet(x_dim, cond_dim, out_dim, cfg.num_layers, cfg.num_modules,
-                                      cfg.module_width, cfg.embed_dim, cfg.gating_hidden,
-                                      cfg.gating_layers, ensemble=ensemble)
+            self.net = SoftModularNet(x_dim, cond_dim, out_dim, cfg, ensemble=ensemble,
+                                      cond_parts=cond_parts)
         else:
             self.net = EnsembleMLP(ensemble, x_dim, list(cfg.mlp_hidden), out_dim, last_init=3e-3)
 
@@ -58,11 +58,13 @@ class ActorOutput(NamedTuple):
 
 
 class Actor(nn.Module):
-    def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig):
+    def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig,
+                 cond_parts: tuple[list[int], list[int]] | None = None):
         super().__init__()
         self.act_dim = act_dim
         self.obs_norm = ObsNormalizer(obs_dim)
-        self.body = Backbone(modular, obs_dim, cond_dim, 2 * act_dim, cfg, ensemble=1)
+        self.body = Backbone(modular, obs_dim, cond_dim, 2 * act_dim, cfg, ensemble=1,
+                             cond_parts=cond_parts)
 
     def forward(self, obs: torch.Tensor, cond: torch.Tensor, deterministic: bool = False,
                 with_log_prob: bool = True,
@@ -92,10 +94,12 @@ class Actor(nn.Module):
 class TwinCritic(nn.Module):
     """Two Q-functions as one ensemble of E=2: forward returns q [2, B]."""
 
-    def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig):
+    def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig,
+                 cond_parts: tuple[list[int], list[int]] | None = None):
         super().__init__()
         self.obs_norm = ObsNormalizer(obs_dim)
-        self.body = Backbone(modular, obs_dim + act_dim, cond_dim, 1, cfg, ensemble=2)
+        self.body = Backbone(modular, obs_dim + act_dim, cond_dim, 1, cfg, ensemble=2,
+                             cond_parts=cond_parts)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         q, _ = self.body(torch.cat([self.obs_norm(obs), action], dim=-1), cond)

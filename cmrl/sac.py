@@ -7,8 +7,10 @@ Losses, as in Algorithm 1 of the seed report and PEARL:
 - actor pi: sum over tasks of E[alpha_i log pi(a|s,z) - min Q(s,a,z)], z detached;
 - temperatures alpha_i: one per task (Soft-Module's per-task entropy tuning) or one shared;
 - `bc_only`: the actor's loss is the behaviour-cloning term alone;
-- offline: a behaviour-regularisation term bc_weight * ||mean action - dataset action||^2 with the Q term
-  normalised by its mean magnitude (TD3+BC).
+- offline: a behaviour-regularisation term on the mean action with the Q term normalised by its mean
+  magnitude (TD3+BC); `bc_form` picks this project's weighting or TD3+BC's own;
+- options on the encoder: `kl_prior` (KL to the goal text's factor instead of N(0, I)) and
+  `z_contrastive` (an InfoNCE task-discrimination term), see `context_encoder.py`.
 
 Shapes: T tasks x B transitions, flattened to T*B rows with each task's z repeated B times.
 """
@@ -21,7 +23,8 @@ import torch
 from torch import nn
 
 from .agent import MetaAgent
-from .context_encoder import kl_to_standard_normal
+from .context_encoder import (kl_gaussians, kl_to_standard_normal, product_of_gaussians,
+                              task_contrastive_loss)
 
 
 class SACLearner:
@@ -48,11 +51,14 @@ class SACLearner:
 
     def update(self, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
                goal: torch.Tensor | None, task_ids: torch.Tensor,
-               cond_ids: torch.Tensor | None = None, update_actor: bool = True) -> dict[str, float]:
-        """batch fields [T, B, ...]; context [T, N, D] (None for sm); goal [T, text] (cmrl);
+               cond_ids: torch.Tensor | None = None, update_actor: bool = True,
+               context_mask: torch.Tensor | None = None) -> dict[str, float]:
+        """batch fields [T, B, ...]; context [T, N, D] (None for sm); goal [T, goal_dim] (cmrl);
         task_ids [T] indices of the batch's tasks among the agent's train tasks (their temperatures);
         cond_ids [T] the sm oracle's one-hot ids of those tasks (default: task_ids).
-        `update_actor=False`: critics, encoder and targets only (the critic warm-up of fine-tuning)."""
+        `update_actor=False`: critics, encoder and targets only (the critic warm-up of fine-tuning).
+        `context_mask` [T, N]: which context transitions each task's posterior may use (context
+        dropout); None: all."""
         agent, cfg = self.agent, self.cfg
         T, B = batch["rewards"].shape
         flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in batch.items()}
@@ -61,16 +67,21 @@ class SACLearner:
         alpha = log_alpha.detach().exp()  # [T] or [1]
         alpha_rows = alpha.repeat_interleave(B) if alpha.numel() == T and T > 1 else alpha.expand(T * B)
         metrics: dict[str, float] = {}
+        encoder_extra = 0.0
 
         with self._autocast():
             # ---- context ------------------------------------------------------------------------
             if agent.uses_context:
-                mu, var = agent.infer_posterior(context, goal)
+                mu, var = agent.infer_posterior(context, goal, context_mask)
                 z = agent.sample_z(mu, var)
-                kl = kl_to_standard_normal(mu, var)  # [T]
-                cond = z.repeat_interleave(B, dim=0)
+                kl = self._kl(mu, var, goal)  # [T]
+                cond = agent.context_condition(z, goal).repeat_interleave(B, dim=0)
                 metrics["kl"] = kl.mean().item()
                 metrics["z_std"] = var.sqrt().mean().item()
+                if cfg.z_contrastive > 0 and T > 1:
+                    nce = self._contrastive(context, goal)
+                    encoder_extra = cfg.z_contrastive * nce
+                    metrics["z_contrastive"] = nce.item()
             else:
                 kl = None
                 cond = agent.task_condition(row_task)
@@ -85,7 +96,7 @@ class SACLearner:
             q = agent.critic(flat["obs"], flat["actions"], cond)  # [2, T*B]
             per_task_td = (q - target.unsqueeze(0)).pow(2).view(2, T, B).mean(-1).sum(0)  # [T]
             critic_loss = per_task_td.sum()
-            loss = critic_loss + (cfg.kl_weight * kl.sum() if kl is not None else 0.0)
+            loss = critic_loss + (cfg.kl_weight * kl.sum() if kl is not None else 0.0) + encoder_extra
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(self.critic_opt)
@@ -102,6 +113,24 @@ class SACLearner:
         metrics.update(critic_loss=critic_loss.item() / T, q_mean=q.mean().item(),
                        alpha=agent.log_alpha.exp().mean().item())
         return metrics
+
+    def _kl(self, mu: torch.Tensor, var: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """Per-task KL of the posterior to N(0, I), or (`kl_prior = "text"`) to the goal text's own
+        factor p(z | g), plus that factor's KL to N(0, I)."""
+        if self.cfg.kl_prior == "text" and goal is not None:
+            g_mu, g_var = self.agent.encoder.goal_factor(goal)
+            return kl_gaussians(mu, var, g_mu, g_var) + kl_to_standard_normal(g_mu, g_var)
+        return kl_to_standard_normal(mu, var)
+
+    def _contrastive(self, context: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """Task discrimination from the transitions alone (the goal factor left out, so the words
+        cannot do it for them): the context split into two disjoint halves, one posterior each."""
+        enc = self.agent.encoder
+        g = goal if self.agent.uses_text else None
+        half = context.shape[1] // 2
+        mu_a, _ = product_of_gaussians(*enc.transition_factors(context[:, :half], g))
+        mu_b, _ = product_of_gaussians(*enc.transition_factors(context[:, half:2 * half], g))
+        return task_contrastive_loss(mu_a, mu_b)
 
     def _actor_step(self, flat: dict[str, torch.Tensor], cond_detached: torch.Tensor,
                     alpha_rows: torch.Tensor, log_alpha: torch.Tensor, T: int, B: int) -> dict:
@@ -122,9 +151,14 @@ class SACLearner:
                 # TD3+BC's normalisation of the Q term by its magnitude, floored at 1: at the start
                 # Q is ~0 and 1/|Q| would blow the entropy and Q terms up over the BC term.
                 scale = 1.0 / q_pi.abs().mean().detach().clamp(min=1.0)
-                bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
-                per_row = scale * per_row + cfg.bc_weight * bc
-                metrics["bc_mse"] = bc.mean().item()
+                sq = (pi.mean_action - flat["actions"]).pow(2)
+                if cfg.bc_form == "td3bc":  # lambda / |Q| on the RL term, mean over action dims
+                    bc = sq.mean(-1)
+                    per_row = cfg.bc_weight * scale * per_row + bc
+                else:  # "sum": bc_weight on the summed squared error
+                    bc = sq.sum(-1)
+                    per_row = scale * per_row + cfg.bc_weight * bc
+                metrics["bc_mse"] = sq.sum(-1).mean().item()
             actor_loss = per_row.view(T, B).mean(-1).sum()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()

@@ -29,6 +29,22 @@ GOAL_TEXTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Phrasings that training never sees (held out from the paraphrase sampling above), to measure how
+# far an agent's success depends on the exact words it was trained with.
+UNSEEN_GOAL_TEXTS: dict[str, tuple[str, ...]] = {
+    "drawer-open-v3": ("draw the drawer out towards you", "open up the drawer"),
+    "drawer-close-v3": ("push the drawer back in", "shut the drawer"),
+    "window-open-v3": ("slide the window to open it", "open up the window"),
+    "window-close-v3": ("slide the window closed", "close up the window"),
+}
+
+
+def unseen_goal_text(task: str) -> str | None:
+    """A phrasing of the task that training never used (None where none is written)."""
+    texts = UNSEEN_GOAL_TEXTS.get(task)
+    return texts[0] if texts else None
+
+
 def all_env_names() -> list[str]:
     """Every Meta-World v3 env name, in Meta-World's order."""
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS

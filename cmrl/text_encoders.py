@@ -19,6 +19,8 @@ import os
 import sys
 import threading
 import types
+import unicodedata
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,9 @@ CLIP_MODEL = "ViT-B-32"
 CLIP_DIM = 512
 MINILM_DIM = 384
 MAX_GOAL_CHARS = 500
+CACHE_SIZE = 1024
+"""Embeddings kept per encoder (least recently used dropped first): bounded however many distinct
+goal texts a public page is sent."""
 
 
 class TextEncoderError(RuntimeError):
@@ -38,8 +43,13 @@ class GoalTextError(ValueError):
 
 
 def validate_goal_text(text) -> str:
+    """The goal text with its whitespace collapsed, or GoalTextError: not text, too long, holding
+    control characters or invalid Unicode (lone surrogates), or nothing visible."""
     if not isinstance(text, str):
         raise GoalTextError(f"the goal description must be text, got {type(text).__name__}")
+    if len(text) > 4 * MAX_GOAL_CHARS:  # say so before looking at every character
+        raise GoalTextError(f"the goal description has {len(text)} characters; "
+                            f"keep it under {MAX_GOAL_CHARS}")
     text = " ".join(text.split())
     if not text:
         raise GoalTextError("the goal description is empty: describe the goal in words, "
@@ -47,6 +57,16 @@ def validate_goal_text(text) -> str:
     if len(text) > MAX_GOAL_CHARS:
         raise GoalTextError(f"the goal description has {len(text)} characters; "
                             f"keep it under {MAX_GOAL_CHARS}")
+    kinds = {unicodedata.category(c) for c in text}
+    if "Cs" in kinds:
+        raise GoalTextError("the goal description holds invalid Unicode (a lone surrogate): "
+                            "type it as plain text")
+    if "Cc" in kinds:
+        raise GoalTextError("the goal description holds control characters (such as NUL): "
+                            "type it as plain text")
+    if not any(k[0] in "LNPS" for k in kinds):
+        raise GoalTextError("the goal description has no visible characters: describe the goal "
+                            "in words, e.g. 'close the window'")
     return text
 
 
@@ -56,21 +76,29 @@ class TextEncoder:
     name: str = ""
     dim: int = 0
 
-    def __init__(self):
-        self._cache: dict[str, np.ndarray] = {}
+    def __init__(self, cache_size: int = CACHE_SIZE):
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
         self._lock = threading.Lock()
 
     def encode(self, texts: str | list[str]) -> np.ndarray:
-        """Embeddings [N, dim] (or [dim] for one string), float32, unit norm, cached."""
+        """Embeddings [N, dim] (or [dim] for one string), float32, unit norm; the last
+        `cache_size` distinct texts are cached."""
         single = isinstance(texts, str)
         items = [validate_goal_text(t) for t in ([texts] if single else texts)]
         with self._lock:
-            missing = sorted({t for t in items if t not in self._cache})
+            found = {t: self._cache[t] for t in items if t in self._cache}
+            missing = sorted(set(items) - set(found))
             if missing:
                 vecs = np.asarray(self._encode(missing), dtype=np.float32)
                 vecs /= np.linalg.norm(vecs, axis=-1, keepdims=True).clip(min=1e-8)
-                self._cache.update(zip(missing, vecs))
-            out = np.stack([self._cache[t] for t in items])
+                found.update(zip(missing, vecs))
+            for t in items:  # most recently used last
+                self._cache[t] = found[t]
+                self._cache.move_to_end(t)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            out = np.stack([found[t] for t in items])
         return out[0] if single else out
 
     def _encode(self, texts: list[str]) -> np.ndarray:

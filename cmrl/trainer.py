@@ -33,6 +33,7 @@ from .config import RunConfig
 from .envs import ACTION_DIM, OBS_DIM, TaskPool
 from .evaluation import evaluate
 from .logger import CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter
+from .goal_text import embed_goals
 from .normalizer import observation_stats
 from .replay import MultiTaskReplay
 from .sac import SACLearner
@@ -88,7 +89,8 @@ class Trainer:
             text_dim = self.text_encoder.dim
             texts = [goal_texts(task) for task in self.tasks]
             P = max(len(x) for x in texts)
-            bank = [self.text_encoder.encode([x[i % len(x)] for i in range(P)]) for x in texts]
+            bank = [embed_goals(self.text_encoder, [x[i % len(x)] for i in range(P)],
+                                config.net.goal_encoding) for x in texts]
             self.goal_bank = torch.as_tensor(np.stack(bank), device=self.device)
         self.agent = MetaAgent(config, OBS_DIM, ACTION_DIM, text_dim, self.tasks).to(self.device)
         if t.init_from and not resume:
@@ -199,6 +201,17 @@ class Trainer:
             context = source.sample_context(cfg.sac.context_size, self.rng, device=self.device)
         return batch, context
 
+    def _context_mask(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        """Context dropout (`sac.context_dropout`): per task, no transitions with that probability,
+        else a uniformly random number of them in 1..N. None when off (every task sees all N)."""
+        p = self.config.sac.context_dropout
+        if context is None or p <= 0:
+            return None
+        T, N = context.shape[:2]
+        keep = self.rng.integers(1, N + 1, size=T) * (self.rng.random(T) >= p)
+        mask = np.arange(N)[None, :] < keep[:, None]
+        return torch.as_tensor(mask, device=self.device)
+
     def _goal(self) -> torch.Tensor | None:
         if self.goal_bank is None:
             return None
@@ -225,7 +238,7 @@ class Trainer:
             batch, context = self._batch()
             actor = self.grad_steps >= self.config.train.critic_warmup_updates
             m = self.learner.update(batch, context, self._goal(), self.task_ids, self.cond_ids,
-                                    update_actor=actor)
+                                    update_actor=actor, context_mask=self._context_mask(context))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
             self.grad_steps += 1
@@ -329,6 +342,7 @@ class Trainer:
             for task, r in part["tasks"].items():
                 out[f"eval_{split}_success/{task}"] = r["success_rate"]
                 out[f"eval_{split}_return/{task}"] = r["mean_return"]
+                out[f"eval_{split}_zeroshot/{task}"] = r["zero_shot_success"]
         return out
 
     # -- checkpoints ---------------------------------------------------------------------------------

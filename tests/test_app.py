@@ -99,12 +99,18 @@ def results_root(tmp_path_factory, trained_run):
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, results_root, tmp_path_factory):
+def scratch_root(tmp_path_factory):
+    """A folder the app may load checkpoints from (an extra allowed root), for broken ones."""
+    return tmp_path_factory.mktemp("app-scratch")
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, results_root, scratch_root, tmp_path_factory):
     from app.ui import App, launch
 
     runs = tmp_path_factory.mktemp("app-runs")
     app = App(checkpoint_roots=[trained_run.parent], runs_dir=runs, results_root=results_root,
-              default=str(trained_run), hosted=False)
+              default=str(trained_run), hosted=False, extra_roots=[scratch_root])
     demo = app.build()
     _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1",
                        server_port=free_port(), quiet=True)
@@ -269,8 +275,8 @@ def test_routing_inspector(client, trained_run):
     (dict(variation="abc"), "whole number"),
     (dict(variation=None), "goal variation is empty"),
     (dict(variation=99), "from 0 to 49"),
-    (dict(camera="fisheye"), "fisheye is not in the list of choices"),
-    (dict(run="/nonexistent/run"), "no such run directory"),
+    (dict(camera="fisheye"), "Unknown camera 'fisheye'"),
+    (dict(run="/nonexistent/run"), "not available on this page"),
     (dict(run=""), "No checkpoint selected"),
     (dict(episodes=0, eval_episodes=0), "Nothing to run"),
 ])
@@ -282,14 +288,14 @@ def test_bad_adapt_input_gets_a_clear_message(client, trained_run, change, messa
         client.submit(*args.values(), api_name="/adapt").result()
 
 
-def test_corrupt_checkpoint_gets_a_clear_message(client, tmp_path, trained_run):
-    bad = tmp_path / "corrupt"
+def test_corrupt_checkpoint_gets_a_clear_message(client, scratch_root, trained_run):
+    bad = scratch_root / "corrupt"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
     shutil.copy(trained_run / "model.safetensors", bad)
     with pytest.raises(Exception, match="not valid JSON"):
         client.submit(*adapt_args(bad), api_name="/adapt").result()
-    truncated = tmp_path / "truncated"
+    truncated = scratch_root / "truncated"
     shutil.copytree(trained_run, truncated, ignore=shutil.ignore_patterns("state"))
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
@@ -376,7 +382,7 @@ def test_train_bad_input_and_hosted_mode(client, tmp_path):
         client.predict(*train_args("x2", "lots"), api_name="/train_launch")
     with pytest.raises(Exception, match="Invalid run name"):
         client.predict(*train_args("../escape", 100), api_name="/train_launch")
-    with pytest.raises(Exception, match="not a directory"):
+    with pytest.raises(Exception, match="not available on this page"):
         args = train_args("x3", 100)
         args[5] = str(tmp_path / "no-such-dataset")
         client.predict(*args, api_name="/train_launch")

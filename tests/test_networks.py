@@ -9,6 +9,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from cmrl.agent import MetaAgent, TaskBelief
+from cmrl.config import NetworkConfig
 from cmrl.context_encoder import kl_to_standard_normal, product_of_gaussians
 from cmrl.modular_net import SoftModularNet
 from cmrl.sac import SACLearner
@@ -98,9 +99,10 @@ def test_kl_to_standard_normal_matches_torch_distributions():
 # -- soft-modular network --------------------------------------------------------------------------
 def _net(num_layers: int, num_modules: int, ensemble: int, seed: int = 0) -> SoftModularNet:
     torch.manual_seed(seed)
-    return SoftModularNet(in_dim=10, cond_dim=6, out_dim=3, num_layers=num_layers,
-                          num_modules=num_modules, module_width=16, embed_dim=16, gating_hidden=16,
-                          gating_layers=2, ensemble=ensemble, last_init=None)
+    cfg = NetworkConfig(num_layers=num_layers, num_modules=num_modules, module_width=16,
+                        embed_dim=16, gating_hidden=16, gating_layers=2)
+    return SoftModularNet(in_dim=10, cond_dim=6, out_dim=3, cfg=cfg, ensemble=ensemble,
+                          last_init=None)
 
 
 @pytest.mark.parametrize("num_layers,num_modules", [(2, 2), (3, 4), (4, 3)])

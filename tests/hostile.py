@@ -1,0 +1,118 @@
+"""What a hostile visitor sends: malformed inputs for every endpoint of the app, sent as raw HTTP
+(so they may hold what gradio_client cannot encode, such as lone surrogates), and the server's
+answer classified. Used by tests/test_app_hostile.py and scripts/hostile_probe.py.
+
+An answer is `ok` (the input was usable and the call completed), `clean` (a gr.Error with the
+app's own message) or `uncaught` (an exception the app did not turn into a message: gradio then
+sends no message, or the HTTP call itself fails).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import httpx
+
+BAD_VALUES = [
+    None, "", "   ", "abc", -1, 0, 10**400, 1e308, -1e308, float("nan"), float("inf"), True,
+    [1, 2], {"a": 1}, [[[[[]]]]], "x" * 10_000, "\x00", "a\x00b", "\ud800", "close \udfff window",
+    "\u200b\u200b", "/etc", "/etc/passwd", "../../../../etc", "/nonexistent/dir", "1e9999", "-5",
+    "3.5", "NaN",
+]
+"""Values put in place of one (or two) of an endpoint's inputs."""
+
+
+def endpoints(checkpoint: str) -> dict[str, list]:
+    """Every public endpoint with a valid input list (tiny rollouts: 1 episode of 10 steps)."""
+    return {
+        "adapt": [checkpoint, "drawer-open-v3", "open the drawer", 0, "corner", 1, 0, 10, 64],
+        "compare": [checkpoint, "drawer-open-v3", "open the drawer", "close the drawer", 0,
+                    "corner", 1, 10],
+        "inspect": [checkpoint, ["drawer-open-v3"], 1, 1, 10, "cosine"],
+        "train_launch": ["pearl", "ml4", 100, 0, "none", "", "cpu", "fuzz-run", 10, 1, 0, 0.1,
+                         0, 100],
+        "train_stop": ["fuzz-run"],
+        "train_resume": ["fuzz-run", 200, "cpu"],
+        "train_refresh": ["fuzz-run"],
+        "results": ["cmrl"],
+    }
+
+
+def malformed_inputs(checkpoint: str, n: int | None = None, seed: int = 0) -> list[tuple[str, list]]:
+    """Each endpoint's valid inputs with one position replaced by each of BAD_VALUES, plus as many
+    again with two positions replaced at random; `n`: a random sample of that many, every
+    endpoint kept."""
+    rng = random.Random(seed)
+    single, double = [], []
+    for api, args in endpoints(checkpoint).items():
+        for i in range(len(args)):
+            for bad in BAD_VALUES:
+                single.append((api, args[:i] + [bad] + args[i + 1:]))
+        for _ in range(len(args) * len(BAD_VALUES) // 4 if len(args) > 1 else 0):
+            i, j = rng.sample(range(len(args)), 2)
+            a = list(args)
+            a[i], a[j] = rng.choice(BAD_VALUES), rng.choice(BAD_VALUES)
+            double.append((api, a))
+    cases = single + double
+    if n is None or n >= len(cases):
+        return cases
+    by_api: dict[str, list[int]] = {}
+    for k, (api, _) in enumerate(cases):
+        by_api.setdefault(api, []).append(k)
+    picked = {rng.choice(ks) for ks in by_api.values()}
+    rest = [k for k in range(len(cases)) if k not in picked]
+    return [cases[k] for k in sorted(picked) + rng.sample(rest, n - len(picked))]
+
+
+@dataclass
+class Answer:
+    kind: str  # ok | clean | uncaught
+    message: str | None = None
+
+
+def call(url: str, api: str, data: list, timeout: float = 180.0) -> Answer:
+    """POST the inputs to /gradio_api/call/<api>, read the event stream to its end."""
+    base = url.rstrip("/")
+    try:
+        body = json.dumps({"data": data})  # ASCII-escaped: lone surrogates travel as \\udxxx
+        r = httpx.post(f"{base}/gradio_api/call/{api}", content=body, timeout=timeout,
+                       headers={"content-type": "application/json"})
+        if r.status_code != 200:
+            return Answer("uncaught", f"HTTP {r.status_code}: {r.text[:200]}")
+        event = r.json()["event_id"]
+        with httpx.stream("GET", f"{base}/gradio_api/call/{api}/{event}", timeout=timeout) as s:
+            text = "".join(s.iter_text())
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        return Answer("uncaught", f"{type(e).__name__}: {e}")
+    kind, data_line = None, None
+    for line in text.splitlines():
+        if line.startswith("event: "):
+            kind = line[7:].strip()
+        elif line.startswith("data: ") and kind in ("complete", "error"):
+            data_line = line[6:]
+    if kind == "complete":
+        return Answer("ok")
+    if kind == "error":
+        try:
+            message = (json.loads(data_line) or {}).get("error") if data_line else None
+        except ValueError:
+            message = None
+        return Answer("clean", message) if message else Answer("uncaught", None)
+    return Answer("uncaught", f"stream ended without a result: {text[-200:]!r}")
+
+
+def upload(url: str, name: str, data: bytes) -> str:
+    """Upload a file the way the page does (/gradio_api/upload); the server's temporary path."""
+    r = httpx.post(f"{url.rstrip('/')}/gradio_api/upload", files={"files": (name, data)},
+                   timeout=60)
+    r.raise_for_status()
+    return r.json()[0]
+
+
+def hostile_config(template: dict, **net) -> bytes:
+    """A run's config.json with network fields replaced (e.g. num_layers=10**9)."""
+    info = json.loads(json.dumps(template))
+    info["config"]["net"].update(net)
+    return json.dumps(info).encode()
