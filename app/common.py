@@ -153,10 +153,15 @@ def describe_agent(agent: cmrl.TrainedAgent) -> str:
     arch = (f"{net.num_layers} layers x {net.num_modules} modules x {net.module_width}"
             if agent.kind in ("cmrl", "sm") else f"MLP {list(net.mlp_hidden)}")
     enc = info.get("text_encoder", {}).get("name", "none")
-    return (f"**{agent.kind}** · {info.get('mode', '?')} · {info.get('env_steps', 0):,} env steps, "
-            f"{info.get('grad_steps', 0):,} gradient steps · {arch} · text encoder {enc} · "
+    return (f"**{agent.kind}** · {info.get('mode', '?')} · {_count(info.get('env_steps'))} env "
+            f"steps, {_count(info.get('grad_steps'))} gradient steps · {arch} · text encoder {enc} · "
             f"prior data {info.get('prior_data', 'none')} · trained on "
             f"{', '.join(info.get('train_tasks', []))}; held out {', '.join(info.get('test_tasks', []))}")
+
+
+def _count(value) -> str:
+    """A counter from config.json (written by the trainer, but read from a file) for display."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
 
 
 # -- inputs -----------------------------------------------------------------------------------------

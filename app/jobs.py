@@ -491,9 +491,10 @@ class JobManager:
         path = self.runs_dir / name / JOB_FILE
         with self._file_lock:
             job = _read_json(path)
-            if job.get("launches"):
-                job["launches"][-1]["time_limit"] = True
-                _write_json(path, job)
+            if not job.get("launches") or job["launches"][-1].get("time_limit"):
+                return  # stopped already (by the watcher thread or a status check)
+            job["launches"][-1]["time_limit"] = True
+            _write_json(path, job)
         try:
             self.stop(name)
         except JobError:

@@ -23,7 +23,7 @@ from hostile import call, hostile_config, malformed_inputs, upload
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 NEUTRAL = "not available on this page"
-SLOW_S = 6.0
+SLOW_S = 4.0
 
 
 def _save_run(run: Path) -> Path:
@@ -65,7 +65,7 @@ def page(tmp_path_factory):
     demo = app.build()
     _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1",
                        server_port=free_port(), quiet=True)
-    ns = SimpleNamespace(app=app, url=url, run=run, scratch=scratch, base=base)
+    ns = SimpleNamespace(app=app, demo=demo, url=url, run=run, scratch=scratch, base=base)
     ok = call(url, "adapt", _adapt(str(run)))  # warm: agent, text encoder, renderer
     assert ok.kind == "ok", ok
     yield ns
@@ -175,39 +175,41 @@ def test_hostile_config_is_refused_with_memory_bounded_while_rollouts_go_on(page
 
 
 def test_a_slow_load_does_not_block_other_users_rollouts(page, monkeypatch):
-    """One visitor's checkpoint takes SLOW_S seconds to load; another's rollout of a loaded
-    checkpoint starts and finishes meanwhile (the load holds no lock that rollouts need)."""
+    """One visitor's checkpoint takes SLOW_S seconds to load; meanwhile another user's request for
+    a loaded checkpoint gets its agent at once and its rollout completes (the load holds no lock
+    that rollouts need)."""
     import cmrl
 
     slow = page.scratch / "slow"
     if not slow.exists():
         _save_run(slow)
-    real = cmrl.load_agent
-    loading = threading.Event()
+    real_load, real_get = cmrl.load_agent, page.app.agents.get
+    times = {}
 
     def slow_load(run, *a, **kw):
         if Path(run).name == "slow":
-            loading.set()
+            times["load_started"] = time.time()
             time.sleep(SLOW_S)
-        return real(run, *a, **kw)
+            times["load_ended"] = time.time()
+        return real_load(run, *a, **kw)
+
+    def timed_get(run, *a, **kw):
+        agent = real_get(run, *a, **kw)
+        if Path(run) == page.run.resolve():
+            times.setdefault("normal_got_agent", time.time())
+        return agent
 
     monkeypatch.setattr(cmrl, "load_agent", slow_load)
-    ended = {}
-
-    def visitor():
-        call(page.url, "adapt", _adapt(str(slow)))
-        ended["slow"] = time.time()
-
-    t = threading.Thread(target=visitor)
+    monkeypatch.setattr(page.app.agents, "get", timed_get)
+    t = threading.Thread(target=call, args=(page.url, "adapt", _adapt(str(slow))))
     t.start()
-    assert loading.wait(30)
-    t0 = time.time()
+    deadline = time.time() + 60
+    while "load_started" not in times and time.time() < deadline:
+        time.sleep(0.05)
     a = call(page.url, "adapt", _adapt(str(page.run)))
-    ended["normal"] = time.time()
-    t.join(timeout=120)
+    t.join(timeout=180)
     assert a.kind == "ok", a
-    assert ended["normal"] < ended["slow"], "the rollout waited for another user's load"
-    assert ended["normal"] - t0 < SLOW_S
+    assert times["load_started"] < times["normal_got_agent"] < times["load_ended"], times
 
 
 # -- (3) training capped by default -----------------------------------------------------------------
@@ -391,12 +393,15 @@ def test_allowed_roots_from_flag_and_environment(monkeypatch, tmp_path):
 
 # -- fuzz ----------------------------------------------------------------------------------------
 def test_fuzz_malformed_inputs_across_all_endpoints(page, capfd):
-    """240 generated malformed inputs over every endpoint, four at a time: no uncaught exception,
+    """220 generated malformed inputs over every endpoint, four at a time: no uncaught exception,
     every refusal a short message of the app's own, no traceback logged, and the server healthy
-    afterwards (a normal rollout completes, no rollout left running)."""
+    afterwards (a normal rollout completes, no rollout left running, the sessions gradio keeps in
+    memory capped: each anonymous call makes one)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cases = malformed_inputs(str(page.run), n=240, seed=1)
+    from app.ui import STATE_SESSIONS
+
+    cases = malformed_inputs(str(page.run), n=220, seed=1)
     assert len({api for api, _ in cases}) == 8
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda c: (c, call(page.url, *c)), cases))
@@ -415,3 +420,4 @@ def test_fuzz_malformed_inputs_across_all_endpoints(page, capfd):
             t.name.startswith("rollout-") for t in threading.enumerate())):
         time.sleep(0.2)
     assert page.app.sessions.active() == 0
+    assert len(page.demo.state_holder.session_data) <= STATE_SESSIONS < len(cases)
