@@ -32,7 +32,9 @@ DEFAULT_RESULTS_ROOT = ROOT / "checkpoints" / "ml4"
 class Results:
     root: Path
     success: dict[str, dict[str, dict]] = field(default_factory=dict)
-    """success[agent][task] = {"mean", "std", "n", "return_mean", "return_std", "split"}"""
+    """success[agent][task] = {"mean", "std", "n", "return_mean", "return_std", "zero_shot_mean",
+    "zero_shot_std", "gain_mean", "gain_std", "split"} (zero-shot: the goal text alone; gain:
+    adapted - zero-shot; None where the evaluation files predate the zero-shot episode)"""
     curves: dict[str, list[dict]] = field(default_factory=dict)
     """curves[agent] = [{"label", "x", "returns": {task: [...]}}]"""
     commands: list[tuple[str, str]] = field(default_factory=list)
@@ -92,6 +94,10 @@ def _add_agents(res: Results, agents: dict, protocol: str) -> None:
                               "n": n if isinstance(n, int) and n > 0 else 1,
                               "return_mean": _num(_dig(e, "return", "mean")),
                               "return_std": _num(_dig(e, "return", "std")),
+                              "zero_shot_mean": _num(_dig(e, "zero_shot", "mean")),
+                              "zero_shot_std": _num(_dig(e, "zero_shot", "std")),
+                              "gain_mean": _num(_dig(e, "gain", "mean")),
+                              "gain_std": _num(_dig(e, "gain", "std")),
                               "split": _dig(e, "split")}
             if per_task[task]["split"] == "test":
                 res.held_out.add(task)
@@ -182,6 +188,15 @@ def table_rows(res: Results) -> list[list]:
             r = "-" if e.get("return_mean") is None else (
                 f"{e['return_mean']:.1f} ± {e['return_std']:.1f}" if e.get("return_std") is not None
                 and e["n"] > 1 else f"{e['return_mean']:.1f}")
-            rows.append([agent, task, "held out" if task in res.held_out else "meta-train", s, r,
-                         e["n"]])
+            zs = _cell(e.get("zero_shot_mean"), e.get("zero_shot_std"), e["n"])
+            gain = _cell(e.get("gain_mean"), e.get("gain_std"), e["n"], signed=True)
+            rows.append([agent, task, "held out" if task in res.held_out else "meta-train", zs, s,
+                         gain, r, e["n"]])
     return rows
+
+
+def _cell(mean, std, n: int, signed: bool = False) -> str:
+    if mean is None:
+        return "-"
+    fmt = "+.2f" if signed else ".2f"
+    return f"{mean:{fmt}} ± {std:.2f}" if n > 1 and std is not None else f"{mean:{fmt}}"

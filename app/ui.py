@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from cmrl.envs import CAMERAS
-from cmrl.routing_analysis import METRICS, NoRoutingError, similarity_matrix, task_routing
+from cmrl.routing_analysis import METRICS, nearest_tasks, similarity_matrix, task_context
 from cmrl.tasks import GOAL_TEXTS, canonical_goal_text
 
 from .adapt import (SCENE_LOCK, Rollout, RolloutWorker, Sessions, View, clean_old_videos, drain,
@@ -316,25 +316,28 @@ class App:
                            "Pick a cmrl or sm checkpoint.")
         session = _session(request, "inspect")
         stop = self.sessions.start(session)
-        profiles, rows = {}, []
+        profiles, contexts, rows = {}, {}, []
+        train_tasks = list(agent.info.get("train_tasks", []))
         try:
             for i, task in enumerate(tasks):
                 yield (gr.skip(), gr.skip(), gr.skip(),
                        f"rolling out {task} ({i + 1}/{len(tasks)}): {variations} variation(s) x "
-                       f"{episodes} episode(s) of {horizon} steps…")
+                       f"(1 text-only + {episodes} adaptation + 1 adapted episode) of {horizon} "
+                       "steps…")
                 try:
-                    res = task_routing(agent, task, canonical_goal_text(task), episodes,
+                    res = task_context(agent, task, canonical_goal_text(task), episodes,
                                        list(range(variations)), horizon, stop=stop,
                                        scene_lock=SCENE_LOCK)
-                except NoRoutingError as e:
-                    raise _error(e)
-                except ValueError as e:
+                except ValueError as e:  # NoRoutingError included
                     raise _error(e)
                 if stop.is_set():
                     break
-                profiles[task] = res.mean
-                rows.append([task, res.goal_text, res.steps, res.episodes,
-                             f"{res.success_rate:.2f}"])
+                if res.routing_adaptation is None:
+                    raise _error(InputError("This agent's actor has no routing to inspect (a "
+                                            "plain MLP). Pick a cmrl or sm checkpoint."))
+                profiles[task], contexts[task] = res.routing_adaptation, res
+                nearest = nearest_tasks(contexts, train_tasks, metric)
+                rows = [_inspect_row(t, c, nearest[t]) for t, c in contexts.items()]
                 sim = (similarity_figure(*similarity_matrix(profiles, metric), metric)
                        if len(profiles) > 1 else message_figure("the similarity matrix needs two "
                                                                 "tasks or more", 420))
@@ -343,7 +346,12 @@ class App:
             yield (gr.skip(), gr.skip(), rows,
                    f"**Done.** Mean actor routing over every step of {episodes} adaptation "
                    f"episode(s) x {variations} goal variation(s) per task (goal text: the task's "
-                   f"canonical description); similarity: {metric} "
+                   "canonical description). The table says which meta-train task each task's "
+                   "routing and z are nearest to, from the goal text alone (a deterministic "
+                   "episode at the prior) and after adaptation (one at the posterior), compared "
+                   "with the meta-train tasks' own adapted routing and z (only those picked "
+                   f"above: {', '.join(t for t in train_tasks if t in contexts) or 'none'}). "
+                   f"Similarity: {metric} "
                    + {"cosine": "(cosine of the flattened routing)",
                       "centered-cosine": "(cosine of the flattened routing minus uniform routing "
                                          "1/n: +1 same favourite modules, -1 opposite)",
@@ -676,8 +684,11 @@ class App:
         status = gr.Markdown()
         sim = gr.Plot(label="routing similarity")
         mean = gr.Plot(label="mean routing per task")
-        table = gr.Dataframe(headers=["task", "goal text", "steps", "episodes", "success rate"],
-                             label="rolled out", interactive=False)
+        table = gr.Dataframe(headers=["task", "goal text", "adaptation steps", "episodes",
+                                      "success, text only", "success, adapted",
+                                      "routing nearest (text only)", "routing nearest (adapted)",
+                                      "z nearest (text only)", "z nearest (adapted)"],
+                             label="where each task lands", interactive=False)
         ev = run.click(self.inspect, [ck, tasks, episodes, variations, horizon, metric],
                        [mean, sim, table, status], concurrency_limit=ROLLOUT_CONCURRENCY,
                        concurrency_id="rollout", api_name="inspect")
@@ -748,12 +759,24 @@ class App:
         md = gr.Markdown()
         bars = gr.Plot(label="success per task per agent")
         curves = gr.Plot(label="return over training")
-        table = gr.Dataframe(headers=["agent", "task", "split", "success", "return", "n"],
+        table = gr.Dataframe(headers=["agent", "task", "split", "zero-shot (text only)",
+                                      "success (adapted)", "adaptation gain", "return", "n"],
                              label="table", interactive=False)
         outs = [md, bars, curves, table]
         refresh.click(self.results, protocol, outs, api_name="results")
         protocol.change(self.results, protocol, outs, api_visibility="private")
         return {"protocol": protocol, "md": md, "bars": bars, "curves": curves, "table": table}
+
+
+def _inspect_row(task: str, c, nearest: dict) -> list:
+    """One row of the inspector's table: successes, and the nearest meta-train task by routing and
+    by z from the text alone and after adaptation."""
+    def near(key):
+        return nearest[key]["nearest"] if key in nearest else "-"
+
+    return [task, c.goal_text, c.adaptation_steps, c.adaptation_episodes,
+            f"{c.success_text:.2f}", f"{c.success_adapted:.2f}", near("routing_text"),
+            near("routing_adapted"), near("z_text"), near("z_adapted")]
 
 
 def _session(request, tab: str, new: bool = True) -> str:

@@ -1,5 +1,5 @@
 """CMRL: Compositional Meta-RL -- PEARL's context encoder, conditioned on the goal text, routing a
-soft-modularized SAC policy; with PEARL and soft-modularization baselines on Meta-World.
+soft-modularized SAC policy; with PEARL, soft-modularization and CARE baselines on Meta-World.
 
 Public API: `load_agent`, `train`, `RunConfig` and its sections, `generate_dataset` / `load_dataset`
 (in `cmrl.data`), `evaluate` (`TrainedAgent.evaluate`), `rollout` (`TrainedAgent.rollout`).

@@ -1,12 +1,17 @@
 """The meta-RL agent: networks plus PEARL's small vocabulary for beliefs about the task.
 
 `MetaAgent` holds the context encoder, actor, twin critics (and their targets) and the entropy
-temperatures of one of three kinds:
+temperatures of one of four kinds:
 
 - `cmrl`:  PEARL context encoder conditioned on the goal text -> z -> soft-modular routing.
 - `pearl`: PEARL context encoder (no text) -> z, concatenated to the input of MLP actor/critics.
 - `sm`:    soft-modular nets routed by a one-hot task id: the multi-task oracle. It cannot adapt; on
            a task it was not trained on it gets the all-zeros id.
+- `care`:  CARE: the goal-text embedding weights a mixture of state encoders, then MLP actor and
+           critics. No context encoder: it cannot adapt, its condition is the words alone.
+
+Code outside asks an agent what it can do (`uses_text`, `uses_context`, `has_routing`,
+`uses_task_id`; the table is `agent_kinds.py`), never which kind it is.
 
 `TaskBelief` is the per-environment state during interaction, in oyster's words: `clear_z` (back to
 the prior: the goal text's own factor for cmrl, N(0, I) for pearl), `observe` (add transitions to the
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .agent_kinds import AgentKind, agent_kind
 from .config import RunConfig
 from .context_encoder import MIN_VAR, ContextEncoder
 from .goal_text import goal_dim
@@ -36,14 +42,12 @@ class MetaAgent(nn.Module):
         super().__init__()
         self.config = config
         self.kind = config.train.agent
+        self.spec: AgentKind = agent_kind(self.kind)
         self.obs_dim, self.act_dim, self.text_dim = obs_dim, act_dim, text_dim
         self.train_tasks = tuple(train_tasks)
         self.id_tasks = tuple(config.net.task_id_names) or self.train_tasks
         net = config.net
-        modular = self.kind in ("cmrl", "sm")
-        self.uses_context = self.kind in ("cmrl", "pearl")
-        self.uses_text = self.kind == "cmrl"
-        # cmrl's goal vectors: the text encoder's embedding, or [verb ; object] (`goal_text.py`).
+        # Goal vectors: the text encoder's embedding, or [verb ; object] (`goal_text.py`).
         self.goal_dim = goal_dim(text_dim, net.goal_encoding) if self.uses_text else 0
         self.text_routing = self.uses_text and net.text_routing
         cond_parts = None
@@ -61,12 +65,35 @@ class MetaAgent(nn.Module):
                 cond_parts = (z_cols + obj, z_cols + verb)  # object -> first routing, verb -> later
         else:
             self.encoder = None
-            self.cond_dim = len(self.id_tasks)
-        self.actor = Actor(modular, obs_dim, act_dim, self.cond_dim, net, cond_parts)
-        self.critic = TwinCritic(modular, obs_dim, act_dim, self.cond_dim, net, cond_parts)
+            # care reads the goal vector itself; sm a one-hot task id.
+            self.cond_dim = self.goal_dim if self.uses_text else len(self.id_tasks)
+        backbone = self.spec.backbone
+        self.actor = Actor(backbone, obs_dim, act_dim, self.cond_dim, net, cond_parts)
+        self.critic = TwinCritic(backbone, obs_dim, act_dim, self.cond_dim, net, cond_parts)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         num_alpha = len(self.train_tasks) if config.sac.per_task_alpha else 1
         self.log_alpha = nn.Parameter(torch.full((num_alpha,), float(np.log(config.sac.init_alpha))))
+
+    # -- what this agent can do (agent_kinds.py) -------------------------------------------------
+    @property
+    def uses_text(self) -> bool:
+        """It reads the goal-text embedding (cmrl, care)."""
+        return self.spec.uses_text
+
+    @property
+    def uses_context(self) -> bool:
+        """It infers z from transitions, so it can adapt (cmrl, pearl)."""
+        return self.spec.uses_context
+
+    @property
+    def has_routing(self) -> bool:
+        """Its actor returns soft-modular routing (cmrl, sm)."""
+        return self.spec.has_routing
+
+    @property
+    def uses_task_id(self) -> bool:
+        """It is conditioned on a one-hot id of the meta-train task (sm)."""
+        return self.spec.uses_task_id
 
     def set_obs_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Freeze the observation standardisation of every network (see `normalizer.py`)."""
@@ -104,6 +131,16 @@ class MetaAgent(nn.Module):
             raise ValueError("this agent routes on the goal text: pass the goal embedding")
         return torch.cat([z, goal.to(z.dtype)], dim=-1)
 
+    def static_condition(self, task_ids: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """The condition of an agent without a context variable: the goal vectors [B, goal_dim]
+        (care) or one-hot task ids [B, num_train_tasks] (sm)."""
+        if self.uses_text:
+            if goal is None:
+                raise ValueError(f"a {self.kind} agent is conditioned on the goal text: pass its "
+                                 "embedding")
+            return goal.to(self.device, torch.float32)
+        return self.task_condition(task_ids)
+
     def task_id(self, task: str) -> int:
         """The sm oracle's id of a task: its one-hot slot, or -1 (all zeros) for a task it lacks."""
         return self.id_tasks.index(task) if task in self.id_tasks else -1
@@ -127,7 +164,8 @@ class MetaAgent(nn.Module):
 class TaskBelief:
     """Per-env belief state for E environments at once (E may be 1).
 
-    `goal` [E, goal_dim] goal vectors (cmrl; `goal_text.embed_goals`), `task_ids` [E] (sm; -1 for an unknown task).
+    `goal` [E, goal_dim] goal vectors (cmrl, care; `goal_text.embed_goals`), `task_ids` [E] (sm; -1
+    for an unknown task).
     `generator` (on the agent's device) draws z and the actions' noise; torch's global RNG when None."""
 
     def __init__(self, agent: MetaAgent, num_envs: int, goal: np.ndarray | None = None,
@@ -191,7 +229,7 @@ class TaskBelief:
     def infer_posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance [E, L] from everything observed since `clear_z`."""
         if not self.agent.uses_context:
-            raise RuntimeError("the sm oracle has no context variable")
+            raise RuntimeError(f"a {self.agent.kind} agent has no context variable")
         empty = self.precision.sum(-1, keepdim=True) <= 0
         var = torch.where(empty, torch.ones_like(self.precision), 1.0 / self.precision.clamp(min=1e-30))
         mu = torch.where(empty, torch.zeros_like(self.weighted_mu), var * self.weighted_mu)
@@ -214,14 +252,14 @@ class TaskBelief:
         """What the actor and critics are conditioned on, [E, cond_dim]."""
         if self.agent.uses_context:
             return self.agent.context_condition(self.z, self.goal)
-        return self.agent.task_condition(self.task_ids)
+        return self.agent.static_condition(self.task_ids, self.goal)
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> ActorOutput:
         return self.agent.act(obs, self.condition(), deterministic=deterministic,
                               generator=self.generator)
 
     def posterior_numpy(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, std) [E, L] as numpy; zeros for the sm oracle."""
+        """(mean, std) [E, L] as numpy; [E, 0] for agents without a context variable (sm, care)."""
         if not self.agent.uses_context:
             z = np.zeros((self.E, 0), np.float32)
             return z, z

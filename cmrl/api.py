@@ -16,6 +16,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .agent import MetaAgent
+from .agent_kinds import agent_kind
 from .config import ConfigError, RunConfig, check_bounds
 from .envs import TaskEnv, TaskPool, make_scene
 from .evaluation import StepRecord, evaluate, rollout
@@ -36,9 +37,26 @@ class TrainedAgent:
         return (f"TrainedAgent({self.kind}, {self.run_dir}, env_steps={self.info.get('env_steps')}, "
                 f"grad_steps={self.info.get('grad_steps')})")
 
+    # What the agent reads and can do (cmrl/agent_kinds.py): ask these, not `kind`.
+    @property
+    def uses_text(self) -> bool:
+        """It reads the goal text (cmrl, care): a typed goal changes what it does."""
+        return self.agent.uses_text
+
+    @property
+    def uses_context(self) -> bool:
+        """It infers z from transitions (cmrl, pearl): it adapts, and has a posterior to show."""
+        return self.agent.uses_context
+
+    @property
+    def has_routing(self) -> bool:
+        """Its actor has soft-modular routing to show (cmrl, sm)."""
+        return self.agent.has_routing
+
     @property
     def text_encoder(self):
-        """The goal-text encoder this agent was trained with (None for pearl and sm)."""
+        """The goal-text encoder this agent was trained with (None for agents that read no text:
+        pearl, sm)."""
         if not self.agent.uses_text:
             return None
         with self._lock:
@@ -109,7 +127,8 @@ def load_agent(run_dir: str | Path, device: str = "cpu",
     except ConfigError as e:
         raise ckpt.CheckpointError(f"{path}: invalid run config ({e})") from e
     try:
-        text_dim = int(info["text_encoder"].get("dim", 0)) if config.train.agent == "cmrl" else 0
+        text_dim = (int(info["text_encoder"].get("dim", 0))
+                    if agent_kind(config.train.agent).uses_text else 0)
 
         def build() -> MetaAgent:
             return MetaAgent(config, int(info["obs_dim"]), int(info["act_dim"]), text_dim,

@@ -294,25 +294,68 @@ def _add_data(sub) -> None:
     p.add_argument("--random-episodes", type=int, default=10, help="random-policy episodes per task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="dataset folder (required unless --check-experts)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--min-expert-success", type=float, default=0.5,
+                   help="refuse a task whose scripted expert succeeds in fewer of its episodes at "
+                        "some noise level (default 0.5)")
+    p.add_argument("--allow-weak-experts", action="store_true",
+                   help="keep such a task's episodes anyway (listed as weak_experts in the "
+                        "manifest)")
+    p.add_argument("--check-experts", action="store_true",
+                   help="write nothing: print each meta-train task's scripted-expert success rate "
+                        "per --noise level over --episodes episodes, at --check-horizons")
+    p.add_argument("--check-horizons", help="with --check-experts: comma-separated horizons "
+                                            "(default: --horizon)")
 
 
 def cmd_data(args) -> int:
     from .config import BenchmarkConfig
-    from .data import generate_dataset
+    from .data import DatasetError, generate_dataset
 
     noise = [float(x) for x in args.noise.split(",") if x.strip()]
     def tasks(text):
         return [t.strip() for t in (text or "").split(",") if t.strip()]
 
+    if args.check_experts:
+        return _check_experts(args, noise, tasks(args.train_tasks), tasks(args.test_tasks))
+    if not args.out:
+        raise ConfigError("data needs --out DIR (or --check-experts)")
     bench = BenchmarkConfig(name=args.benchmark, horizon=args.horizon, seed=0,
                             train_tasks=tasks(args.train_tasks), test_tasks=tasks(args.test_tasks))
-    path = generate_dataset(bench,
-                            args.out, args.episodes, noise, args.random_episodes, args.seed,
-                            args.workers, command="python -m cmrl " + " ".join(
-                                shlex.quote(a) for a in sys.argv[1:]), overwrite=args.overwrite)
+    try:
+        path = generate_dataset(bench,
+                                args.out, args.episodes, noise, args.random_episodes, args.seed,
+                                args.workers, command="python -m cmrl " + " ".join(
+                                    shlex.quote(a) for a in sys.argv[1:]), overwrite=args.overwrite,
+                                min_expert_success=args.min_expert_success,
+                                allow_weak_experts=args.allow_weak_experts)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(path)
+    return 0
+
+
+def _check_experts(args, noise: list[float], train: list[str], test: list[str]) -> int:
+    """`data --check-experts`: the scripted experts' success table, nothing written."""
+    from .config import BenchmarkConfig
+    from .envs import TaskPool  # (importing it filters the experts' per-step warnings)
+    from .experts import expert_success_table, success_markdown
+    from .tasks import resolve_benchmark
+
+    try:
+        horizons = tuple(int(h) for h in (args.check_horizons or str(args.horizon)).split(","))
+    except ValueError as e:
+        raise ConfigError(f"--check-horizons must be integers: {e}") from e
+    if not noise or args.episodes < 1 or min(horizons) < 1:
+        raise ConfigError("--check-experts needs noise levels, --episodes >= 1 and horizons >= 1")
+    bench = resolve_benchmark(BenchmarkConfig(name=args.benchmark, horizon=max(horizons), seed=0,
+                                              train_tasks=train, test_tasks=test))
+    table = expert_success_table(TaskPool(bench), tuple(noise), args.episodes, horizons, args.seed)
+    print(f"scripted-expert success, {args.episodes} episodes per cell, training goal variations "
+          f"of {bench.name} (the expert reads the goal position; held-out tasks not run)")
+    print(success_markdown(table))
     return 0
 
 
@@ -325,7 +368,7 @@ def _add_report(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from .report import figures, finetune_markdown, markdown, report
+    from .report import figures, finetune_markdown, markdown, report, zero_shot_markdown
 
     res = report(args.root, [Path(d) for d in args.finetune], command="python -m cmrl " + " ".join(
         shlex.quote(a) for a in sys.argv[1:]))
@@ -334,6 +377,9 @@ def cmd_report(args) -> int:
             table = markdown(res, proto, metric)
             if table:
                 print(f"{metric} ({proto} protocol), mean ± std over seeds\n{table}\n")
+    table = zero_shot_markdown(res)
+    if table:
+        print(f"zero-shot (goal text only), adapted and gain (project evaluator)\n{table}\n")
     print("gradient steps to 90% mean meta-train success:", json.dumps(res["steps_to_90"]))
     if res["finetune"]:
         print(finetune_markdown(res["finetune"]))
@@ -355,6 +401,60 @@ def cmd_bench(args) -> int:
     figures = run_bench(args.seconds)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def _add_ablation(sub) -> None:
+    p = sub.add_parser("ablation", help="the cmrl variants' table and the pre-registered choice of "
+                                        "the default (docs/method_selection.md)")
+    p.add_argument("--root", required=True, help="screening runs (scripts/variant_runs.sh output)")
+    p.add_argument("--finalists", help="the finalists' multi-seed runs, same layout")
+    p.add_argument("--json", help="write the tables and choices here")
+
+
+def cmd_ablation(args) -> int:
+    from .ablation import report
+
+    out = report(args.root, args.finalists)
+    for stage in ("screening", "finalists"):
+        if stage in out:
+            part = out[stage]
+            print(f"## {stage} ({part['root']})\n\n{part['table']}\n")
+    s = out["screening"]
+    print(f"finalists: {', '.join(s['finalists']) or 'none'} ({s['why']})")
+    if "finalists" in out:
+        print(f"chosen: {out['finalists']['chosen']} ({out['finalists']['why']})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="where each task lands: the meta-train task its z and its "
+                                       "routing are nearest to, from the text alone and adapted")
+    p.add_argument("--checkpoint", required=True, help="run directory")
+    p.add_argument("--episodes", type=int, default=2, help="adaptation episodes")
+    p.add_argument("--variations", type=int, default=3, help="goal variations per task (0..N-1)")
+    p.add_argument("--metric", choices=("cosine", "centered-cosine", "jensen-shannon"),
+                   default="centered-cosine", help="routing similarity")
+    p.add_argument("--json", help="write the analysis here")
+
+
+def cmd_analyze(args) -> int:
+    from .api import load_agent
+    from .routing_analysis import context_map
+
+    if args.episodes < 0 or not 1 <= args.variations <= 50:
+        raise ConfigError("--episodes must be >= 0 and --variations in 1..50")
+    out = context_map(load_agent(args.checkpoint), episodes=args.episodes,
+                      variations=range(args.variations), metric=args.metric)
+    for task, e in out["nearest"].items():
+        cells = [f"{k}: {e[k]['nearest']}" for k in ("z_text", "z_adapted", "routing_text",
+                                                     "routing_adapted") if k in e]
+        print(f"{task:20s} success text {e['success_text']:.2f} adapted {e['success_adapted']:.2f}"
+              f" | nearest " + ", ".join(cells))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
@@ -380,15 +480,20 @@ def cmd_info(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_finetune, _add_sweep, _add_eval, _add_data, _add_report, _add_bench,
-                _add_info):
+                _add_ablation, _add_analyze, _add_info):
         add(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "finetune": cmd_finetune, "sweep": cmd_sweep, "eval": cmd_eval,
-                "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "info": cmd_info}
+                "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "ablation": cmd_ablation,
+                "analyze": cmd_analyze, "info": cmd_info}
     from .checkpoint import CheckpointError
     from .tasks import HeldOutTaskError, UnknownTaskError
     from .text_encoders import GoalTextError, TextEncoderError

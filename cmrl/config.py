@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-AGENT_KINDS = ("cmrl", "pearl", "sm")
+AGENT_KINDS = ("cmrl", "pearl", "sm", "care")
 ROUTING_INPUTS = ("obs_x_cond", "cond")
 COND_EMBEDS = ("linear", "mlp")
 GOAL_ENCODINGS = ("sentence", "verb_object")
 BC_FORMS = ("sum", "td3bc")
 KL_PRIORS = ("standard", "text")
+UPDATE_IMPLS = ("auto", "eager", "fast", "compiled")
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,12 @@ class NetworkConfig:
     task_id_names: list[str] = field(default_factory=list)
     """sm oracle: the tasks that own a slot of its one-hot id (empty: the meta-train tasks). A
     fine-tuned sm keeps its source's slots, so a new task gets the all-zeros id, as at meta-test."""
+    care_experts: int = 4
+    """care baseline: state encoders k in the mixture (mtrl's CARE on MT10: 4)."""
+    care_width: int = 50
+    """care baseline: width of each state encoder (hidden layer and output), of the task encoding
+    projected from the goal text and of the attention's hidden layer (mtrl's CARE: 50). The actor
+    and critic trunks after the mixture are `mlp_hidden`, as pearl's."""
 
 
 @dataclass
@@ -120,7 +127,16 @@ class SACConfig:
     bc_weight: float = 0.0
     """Behaviour-regularisation weight on the actor (TD3+BC style); used by offline training."""
     precision: str = "fp32"
-    """`fp32` or `bf16` (autocast for the matmuls; fast on CPUs with AMX and on GPUs)."""
+    """`fp32`, `bf16` (autocast for the matmuls) or `auto`. bf16 paid for the cmrl update only on CPUs
+    with AMX (1.3-2.3x); with AVX-512 bf16 but no AMX it measured 1.0x (pearl 1.7x); with neither,
+    12-35x slower, and asking for it there warns with the cost measured on the machine. `auto`: bf16
+    on AMX CPUs, fp32 elsewhere (GPUs not measured yet)."""
+    update_impl: str = "auto"
+    """How the update runs; the same losses every time (`sac.py`). `eager`: the reference (op by op,
+    metrics read every update). `fast`: fused Adam and clip, copy-free soft-modular kernels, task-level
+    routing once per task, metrics read once per log line. `compiled`: `fast` through torch.compile,
+    falling back to `fast` with a warning if the compile fails. `auto`: compiled on CUDA, fast on CPU
+    (where inductor measured slower than `fast`)."""
     bc_form: str = "sum"
     """How the offline behaviour term is weighted. `sum`: (alpha log pi - Q) / |Q| + bc_weight *
     sum over action dims of (mu - a)^2 (this project's first recipe; about 25x more behaviour
@@ -145,8 +161,10 @@ class SACConfig:
 @dataclass
 class TrainConfig:
     agent: str = "cmrl"
-    """`cmrl` (PEARL context + goal text -> soft-modular routing), `pearl` (MLP on [s, z]) or `sm`
-    (soft-modular with a one-hot task id: the multi-task oracle, no adaptation)."""
+    """`cmrl` (PEARL context + goal text -> soft-modular routing), `pearl` (MLP on [s, z]), `sm`
+    (soft-modular with a one-hot task id: the multi-task oracle, no adaptation) or `care` (a
+    mixture of state encoders weighted by attention over the goal text, then MLPs: CARE, no
+    adaptation). What each can do: `agent_kinds.py`."""
     mode: str = "online"
     """`online`: Algorithm 1, collecting and updating (mixing in `offline` data when it is set).
     `offline`: gradient steps on the `offline` dataset only."""
@@ -251,12 +269,18 @@ class RunConfig:
             raise ConfigError("offline mode needs a dataset (train.offline / --offline DIR)")
         if t.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {t.device!r}")
-        if self.sac.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, not {self.sac.precision!r}")
+        if self.sac.precision not in ("fp32", "bf16", "auto"):
+            raise ConfigError(f"precision must be fp32, bf16 or auto, not {self.sac.precision!r}")
+        if self.sac.update_impl not in UPDATE_IMPLS:
+            raise ConfigError(f"sac.update_impl must be one of {', '.join(UPDATE_IMPLS)}, not "
+                              f"{self.sac.update_impl!r}")
         for name, value in (("steps", t.steps), ("envs_per_task", t.envs_per_task),
                             ("horizon", self.benchmark.horizon), ("batch_size", self.sac.batch_size),
                             ("context_size", self.sac.context_size),
-                            ("num_layers", self.net.num_layers), ("num_modules", self.net.num_modules)):
+                            ("num_layers", self.net.num_layers),
+                            ("num_modules", self.net.num_modules),
+                            ("care_experts", self.net.care_experts),
+                            ("care_width", self.net.care_width)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         for name, value, choices in (
@@ -348,6 +372,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "net.goal_proj_dim": (1, 4096),
     "net.num_layers": (2, 16),
     "net.num_modules": (1, 32),
+    "net.care_experts": (1, 32),
     "net.module_width": (1, 4096),
     "net.embed_dim": (1, 4096),
     "net.gating_hidden": (1, 4096),

@@ -12,6 +12,15 @@ under one folder, next to a manifest `cmrl_dataset.json`:
 
 Held-out (meta-test) tasks are never generated, and `load_dataset` refuses a manifest that lists one.
 
+The scripted experts act on the privileged observation (goal position visible: several of them
+steer to it), while the dataset stores the goal-hidden observation the agent sees
+(`experts.EXPERT_OBSERVATION`, recorded in the manifest). Each task's expert success rate per noise
+level is measured on the episodes generated and recorded in the manifest (`expert_success`). A task
+whose expert succeeds in fewer than `min_expert_success` of its episodes at some noise level is
+warned about on stderr and listed under `weak_experts` in the manifest; with
+`allow_weak_experts=False` (the command line's default) it stops the generation with
+`WeakExpertError` instead, and nothing is written.
+
 Where things are stored, per Minari dataset:
 - per step: observations (T + 1 entries: the last is the final next observation), actions, rewards,
   terminations (always False: Meta-World episodes only end at the horizon), truncations (True at the
@@ -38,6 +47,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +58,7 @@ import numpy as np
 
 from .config import BenchmarkConfig, ConfigError
 from .envs import ACTION_DIM, OBS_DIM
+from .experts import EXPERT_OBSERVATION
 from .tasks import Benchmark, HeldOutTaskError, UnknownTaskError, goal_texts, resolve_benchmark
 
 FORMAT_NAME = "cmrl-dataset"
@@ -65,6 +76,14 @@ _KIND_EXPERT, _KIND_RANDOM = 0, 1
 
 class DatasetError(ValueError):
     """A dataset folder is missing, incomplete, corrupt, or holds data it must not hold."""
+
+
+class WeakExpertError(DatasetError):
+    """A scripted expert fails its own task too often to fill a dataset with its episodes."""
+
+
+MIN_EXPERT_SUCCESS = 0.5
+"""Default floor of a scripted expert's success rate per task and noise level (see module doc)."""
 
 
 @dataclass
@@ -259,7 +278,9 @@ def _description(bench: Benchmark, task: str, episodes: int, noise_levels: Seque
         parts.append(f"{random_episodes} uniform-random-policy episodes")
     held = ", ".join(held_out_tasks(bench)) or "none (held-out goal variations)"
     return (f"CMRL offline data for Meta-World task {task}, a meta-train task of benchmark "
-            f"{bench.name} (held-out tasks, never included: {held}). {'; '.join(parts)}; "
+            f"{bench.name} (held-out tasks, never included: {held}). {'; '.join(parts)} (the "
+            "expert reads the goal position; the stored observations hide it, as the agent sees "
+            f"them); "
             f"horizon {bench.horizon}; training goal variations (seed {bench.seed}). "
             f"Goal text: {texts[0]!r} (paraphrases: {list(texts[1:])}). Per-episode tags "
             "(task, policy, noise, goal_text) are in the episode metadata; infos['success'] "
@@ -276,6 +297,7 @@ class _TaskWriter:
         self.desc = _description(bench, task, episodes, noise_levels, random_episodes)
         self.meta = {"task": task, "goal_texts": list(goal_texts(task)), "benchmark": bench.name,
                      "split": "train", "horizon": bench.horizon,
+                     "expert_observation": EXPERT_OBSERVATION,
                      "noise_levels": [float(x) for x in noise_levels] if episodes else [],
                      "expert_episodes_per_noise_level": episodes,
                      "random_episodes": random_episodes, "format_version": FORMAT_VERSION}
@@ -313,6 +335,11 @@ class _TaskWriter:
         self.transitions += sum(len(ep.rewards) for ep in episodes)
         key = "random" if job.policy == "random" else f"expert@{job.noise:g}"
         self.success.setdefault(key, []).extend(ep.success for ep in episodes)
+
+    def expert_success(self) -> dict[str, float]:
+        """{noise level: success rate} of this task's expert episodes so far."""
+        return {key.split("@", 1)[1]: float(np.mean(v)) for key, v in self.success.items()
+                if key.startswith("expert@")}
 
     def summary(self) -> dict:
         every = [s for v in self.success.values() for s in v]
@@ -360,7 +387,9 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: int,
                      noise_levels: Sequence[float] = (0.1, 0.3, 0.5), random_episodes: int = 0,
                      seed: int = 0, workers: int = 2, progress: bool = True,
-                     command: str | None = None, overwrite: bool = False) -> Path:
+                     command: str | None = None, overwrite: bool = False,
+                     min_expert_success: float = MIN_EXPERT_SUCCESS,
+                     allow_weak_experts: bool = True) -> Path:
     """Generate an offline dataset of a benchmark's meta-train tasks; returns the dataset folder.
 
     Per meta-train task: `episodes` scripted-expert episodes per action-noise std in `noise_levels`,
@@ -373,6 +402,11 @@ def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: 
     (else `FileExistsError`). Data is written into a staging folder inside `out_dir` and moved into
     place at the end; the manifest is written last. MINARI_DATASETS_PATH is set while writing and
     restored afterwards.
+
+    A task whose expert succeeds in fewer than `min_expert_success` of its episodes at a noise level
+    is warned about and listed under `weak_experts` in the manifest; with `allow_weak_experts=False`
+    it raises `WeakExpertError` as soon as that noise level's episodes are in (nothing is
+    installed). `python -m cmrl data` refuses by default (`--allow-weak-experts` keeps them).
     """
     bench = resolve_benchmark(benchmark)
     noise_levels = tuple(float(x) for x in noise_levels)
@@ -396,6 +430,8 @@ def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: 
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if not 0.0 <= min_expert_success <= 1.0:
+        raise ValueError(f"min_expert_success must be in [0, 1], got {min_expert_success!r}")
 
     out_dir = Path(out_dir).expanduser().resolve()
     _check_out_dir(out_dir, overwrite)
@@ -408,7 +444,7 @@ def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: 
     try:
         with _minari_root(staging):
             writers = _collect(bench, jobs, episodes, noise_levels, random_episodes, workers,
-                               progress)
+                               progress, min_expert_success, allow_weak_experts)
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -427,6 +463,10 @@ def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: 
             "noise_levels": list(noise_levels),
             "random_episodes": random_episodes,
             "chunk_episodes": CHUNK_EPISODES,
+            "expert_observation": EXPERT_OBSERVATION,
+            "expert_success": {task: writers[task].expert_success() for task in bench.train_tasks},
+            "min_expert_success": float(min_expert_success),
+            "weak_experts": _weak_experts(writers, min_expert_success),
             "minari_namespace": NAMESPACE,
             "tasks": {task: writers[task].summary() for task in bench.train_tasks},
         }
@@ -445,9 +485,40 @@ def _minari_version() -> str | None:
         return None
 
 
+def _weak_experts(writers: dict[str, _TaskWriter], floor: float) -> list[dict]:
+    return [{"task": task, "noise": float(noise), "success_rate": rate}
+            for task, w in writers.items() for noise, rate in w.expert_success().items()
+            if rate < floor]
+
+
+def _check_expert(writer: _TaskWriter, job: _Job, episodes: int, horizon: int, floor: float,
+                  allow: bool) -> None:
+    """Once all of a (task, noise level)'s expert episodes are in: refuse or flag a weak expert."""
+    if job.policy != "expert":
+        return
+    done = writer.success.get(f"expert@{job.noise:g}", [])
+    if len(done) < episodes:
+        return
+    rate = float(np.mean(done))
+    if rate >= floor:
+        return
+    what = (f"the scripted expert of {job.task} succeeds in {rate:.0%} of its {episodes} "
+            f"episodes at action noise {job.noise:g} (horizon {horizon}), below the floor of "
+            f"{floor:.0%}")
+    if not allow:
+        raise WeakExpertError(f"{what}: refusing to fill the dataset with its failures. Try a "
+                              "longer --horizon or less noise, or pass --allow-weak-experts to "
+                              "keep them (they are then listed in the manifest)")
+    print(f"[cmrl] WARNING: {what}; its episodes are kept and listed under weak_experts in the "
+          "manifest", file=sys.stderr)
+
+
 def _collect(bench: Benchmark, jobs: list[_Job], episodes: int, noise_levels: Sequence[float],
-             random_episodes: int, workers: int, progress: bool) -> dict[str, _TaskWriter]:
-    """Run the jobs (in order of results = order of jobs) and append each to its task's dataset."""
+             random_episodes: int, workers: int, progress: bool,
+             min_expert_success: float = 0.0,
+             allow_weak_experts: bool = True) -> dict[str, _TaskWriter]:
+    """Run the jobs (in order of results = order of jobs) and append each to its task's dataset,
+    checking each task's expert once a noise level is complete (`_check_expert`)."""
     from tqdm import tqdm
 
     writers = {task: _TaskWriter(bench, task, episodes, noise_levels, random_episodes)
@@ -472,6 +543,8 @@ def _collect(bench: Benchmark, jobs: list[_Job], episodes: int, noise_levels: Se
         for job, eps in results:
             writers[job.task].add(job, eps)
             bar.update(len(eps))
+            _check_expert(writers[job.task], job, episodes, bench.horizon, min_expert_success,
+                          allow_weak_experts)
     return writers
 
 

@@ -26,6 +26,8 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper"
 _FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4"}
 OBS_DIM = 39
 ACTION_DIM = 4
+GOAL_SLICE = slice(36, 39)
+"""Where Meta-World's observation holds the goal position (zeros while the goal is hidden)."""
 NUM_VARIATIONS = 50
 
 # Meta-World's scripted policies warn on every step; the envs warn about deprecated gym API use.
@@ -135,6 +137,15 @@ class TaskEnv:
         self.t += 1
         done = bool(trunc) or self.t >= self.horizon
         return obs.astype(np.float32), float(reward), bool(info["success"] > 0), done
+
+    def privileged_obs(self, obs: np.ndarray) -> np.ndarray:
+        """`obs`, this env's current observation, with the hidden goal position filled in (float64),
+        as Meta-World's scripted policies read it. For scripted experts only: reach, push,
+        pick-place, peg-insert-side and sweep steer to that position and fail without it. What an
+        agent sees, and what datasets store, is `obs` itself (goal zeroed)."""
+        full = np.array(obs, dtype=np.float64)
+        full[GOAL_SLICE] = self.env._get_pos_goal()
+        return full
 
     def render(self) -> np.ndarray:
         if not self._render:

@@ -2,6 +2,12 @@
 
 Only meta-train tasks may be scripted: asking for a held-out task raises `HeldOutTaskError`, so prior
 data can never leak the test task into training.
+
+The experts act on the *privileged* observation (`TaskEnv.privileged_obs`: the goal position that
+the meta-RL benchmarks hide, filled in), because several of them (reach, push, pick-place, ...)
+steer to the goal read from the observation and fail without it. Episodes record the goal-hidden
+observation, the one the agent sees; only the expert's actions carry what it saw.
+`expert_success` measures how often an expert succeeds within given horizons.
 """
 
 from __future__ import annotations
@@ -42,9 +48,17 @@ def scripted_policy(task: str):
     return ENV_POLICY_MAP[task]()
 
 
+EXPERT_OBSERVATION = ("privileged: the scripted expert reads the observation with the goal "
+                      "position (obs[36:39]) filled in; the stored observations keep it hidden "
+                      "(zeros), as the agent sees them")
+"""What the scripted experts observe, in words (recorded in dataset manifests)."""
+
+
 def run_episode(env: TaskEnv, variation, policy, noise: float, rng: np.random.Generator,
-                policy_name: str) -> Episode:
-    """Roll `policy` (an object with get_action(obs), or None for uniform random actions)."""
+                policy_name: str, privileged: bool = True) -> Episode:
+    """Roll `policy` (an object with get_action(obs), or None for uniform random actions). The
+    policy reads the privileged observation (goal visible) unless `privileged` is False; the
+    episode stores the goal-hidden one either way."""
     obs = env.reset(variation)
     rows: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "successes")}
     done = False
@@ -52,7 +66,8 @@ def run_episode(env: TaskEnv, variation, policy, noise: float, rng: np.random.Ge
         if policy is None:
             action = rng.uniform(-1.0, 1.0, size=4)
         else:
-            action = np.asarray(policy.get_action(obs.astype(np.float64)), dtype=np.float64)
+            seen = env.privileged_obs(obs) if privileged else obs.astype(np.float64)
+            action = np.asarray(policy.get_action(seen), dtype=np.float64)
             if noise > 0:
                 action = action + rng.normal(0.0, noise, size=action.shape)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
@@ -68,10 +83,12 @@ def run_episode(env: TaskEnv, variation, policy, noise: float, rng: np.random.Ge
 
 
 def collect_prior_episodes(pool: TaskPool, task: str, episodes: int, noise: float,
-                           seed: int, policy: str = "expert") -> list[Episode]:
+                           seed: int, policy: str = "expert",
+                           privileged: bool = True) -> list[Episode]:
     """`episodes` episodes of a meta-train task over its training goal variations.
 
-    policy: `expert` (scripted, with N(0, noise) action noise) or `random` (uniform actions)."""
+    policy: `expert` (scripted, with N(0, noise) action noise, reading the privileged observation
+    unless `privileged` is False) or `random` (uniform actions)."""
     if task not in pool.benchmark.train_tasks:
         raise HeldOutTaskError(f"{task!r} is not a meta-train task of {pool.benchmark.name}; "
                                "prior data is only ever collected for meta-train tasks")
@@ -83,6 +100,46 @@ def collect_prior_episodes(pool: TaskPool, task: str, episodes: int, noise: floa
     actor = scripted_policy(task) if policy == "expert" else None
     try:
         return [run_episode(env, variations[int(rng.integers(len(variations)))], actor, noise, rng,
-                            policy) for _ in range(episodes)]
+                            policy, privileged) for _ in range(episodes)]
     finally:
         env.close()
+
+
+def first_success_steps(episodes: list[Episode]) -> list[int | None]:
+    """Per episode, the 1-based step of its first success (None: never succeeded)."""
+    return [int(np.argmax(ep.successes)) + 1 if ep.success else None for ep in episodes]
+
+
+def expert_success(pool: TaskPool, task: str, noise: float, episodes: int, seed: int,
+                   horizons: tuple[int, ...], privileged: bool = True) -> dict[int, float]:
+    """{horizon: success rate} of the scripted expert on a meta-train task: `episodes` episodes of
+    the pool's horizon (the longest one asked for), an episode counting as a success within `h`
+    when it succeeds at any of its first h steps (what an episode of horizon h would record)."""
+    if max(horizons) > pool.benchmark.horizon:
+        raise ValueError(f"horizons {horizons} exceed the pool's horizon {pool.benchmark.horizon}")
+    steps = first_success_steps(collect_prior_episodes(pool, task, episodes, noise, seed,
+                                                       privileged=privileged))
+    return {h: float(np.mean([s is not None and s <= h for s in steps])) for h in horizons}
+
+
+def expert_success_table(pool: TaskPool, noise_levels: tuple[float, ...], episodes: int,
+                         horizons: tuple[int, ...], seed: int = 0,
+                         privileged: bool = True) -> dict[str, dict[str, dict[int, float]]]:
+    """{task: {noise: {horizon: success rate}}} of every meta-train task's scripted expert
+    (`expert_success`), each (task, noise level) with its own seed."""
+    table: dict[str, dict[str, dict[int, float]]] = {}
+    for ti, task in enumerate(pool.benchmark.train_tasks):
+        for ni, noise in enumerate(noise_levels):
+            job_seed = int(np.random.SeedSequence([seed, ti, ni]).generate_state(1)[0])
+            table.setdefault(task, {})[f"{noise:g}"] = expert_success(
+                pool, task, noise, episodes, job_seed, horizons, privileged)
+    return table
+
+
+def success_markdown(table: dict[str, dict[str, dict[int, float]]]) -> str:
+    """A task x (noise, horizon) markdown table of `expert_success_table`'s result."""
+    cols = [(n, h) for n, by_h in next(iter(table.values())).items() for h in by_h]
+    head = "| task | " + " | ".join(f"noise {n}, H={h}" for n, h in cols) + " |"
+    rows = [f"| {task} | " + " | ".join(f"{by_noise[n][h]:.0%}" for n, h in cols) + " |"
+            for task, by_noise in table.items()]
+    return "\n".join([head, "|---" * (len(cols) + 1) + "|", *rows])

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from .agent_kinds import agent_kind
 from .config import BenchmarkConfig, ConfigError, RunConfig
 from .logger import read_metrics
 from .tasks import all_env_names
@@ -38,7 +39,7 @@ def finetune_config(checkpoint: str | Path, task: str, steps: int, seed: int = 0
     cfg = RunConfig.from_dict(src.to_dict())
     cfg.benchmark = BenchmarkConfig(name="custom", train_tasks=[task], test_tasks=[],
                                     horizon=src.benchmark.horizon, seed=src.benchmark.seed)
-    if cfg.train.agent == "sm":
+    if agent_kind(cfg.train.agent).uses_task_id:
         # Keep the source's one-hot slots, so a task it was not trained on gets the all-zeros id.
         cfg.net.task_id_names = list(info["train_tasks"])
     t = cfg.train

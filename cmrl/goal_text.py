@@ -27,7 +27,7 @@ OBJECT_WORDS = frozenset("""
     drawer drawers window windows door doors button buttons lever levers handle handles faucet tap
     dial knob peg pegs shelf shelves puck pucks ball balls basketball hoop basket box lid plate
     hammer nail nut bin bins stick coffee mug cup soccer goal wall table block blocks cube switch
-    screw wrench disk disc
+    screw wrench disk disc hole holes edge hinge target position point spot gripper hand
 """.split())
 """Nouns of the objects Meta-World's tasks act on."""
 

@@ -22,6 +22,7 @@ class MetaWorldAgent:
         self.env_tasks = list(env_tasks) if env_tasks is not None else None
         self.belief: TaskBelief | None = None
         self._pending = None
+        self._adapted = False
 
     def bind(self, envs) -> "MetaWorldAgent":
         """Read which task each sub-env runs from a Meta-World vector env."""
@@ -44,6 +45,7 @@ class MetaWorldAgent:
     def init(self) -> None:
         self.belief = None  # built on the first observation batch, when the env count is known
         self._pending = None
+        self._adapted = False
 
     def _ensure(self, n: int) -> TaskBelief:
         if self.belief is None or self.belief.E != n:
@@ -55,6 +57,8 @@ class MetaWorldAgent:
                     self.goal_texts.get(t, canonical_goal_text(t))) for t in tasks])
             ids = [agent.task_id(t) for t in tasks]
             self.belief = TaskBelief(agent, n, goal=goal, task_ids=ids)
+            if self._adapted:  # no adaptation episodes (zero-shot): act with the prior's mean
+                self.belief.sample_z(deterministic=True)
         return self.belief
 
     def adapt_action(self, observations: np.ndarray):
@@ -82,6 +86,7 @@ class MetaWorldAgent:
 
     def adapt(self) -> None:
         self._pending = None
+        self._adapted = True
         if self.belief is not None:
             self.belief.sample_z(deterministic=True)
 

@@ -1,8 +1,12 @@
-"""SAC's actor (tanh-Gaussian) and twin critics, on a soft-modular or a plain MLP backbone.
+"""SAC's actor (tanh-Gaussian) and twin critics, on a soft-modular, a plain MLP or a CARE backbone.
 
-Both take an observation batch and a condition batch (z for cmrl/pearl, a one-hot task id for sm).
-The soft-modular backbone routes its modules by the condition (`modular_net.py`); the MLP backbone
-(PEARL's) just reads concat(obs, condition).
+Both take an observation batch and a condition batch (z for cmrl/pearl, a one-hot task id for sm,
+the goal-text embedding for care). The backbone kind comes from the agent kind (`agent_kinds.py`):
+- `modular`: modules routed by the condition (`modular_net.py`);
+- `mlp` (PEARL's): an MLP on concat(obs, condition);
+- `care`: the state through a mixture of encoders weighted by attention over the condition
+  (`mixture_encoder.py`), then an MLP on [mixture ; task encoding ; the rest of the input (the
+  critic's action)].
 """
 
 from __future__ import annotations
@@ -15,25 +19,41 @@ from torch import nn
 
 from .config import NetworkConfig
 from .layers import EnsembleMLP
+from .mixture_encoder import MixtureEncoder
 from .modular_net import Routing, SoftModularNet
 from .normalizer import ObsNormalizer
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+BACKBONES = ("modular", "mlp", "care")
 
 
 class Backbone(nn.Module):
-    """E copies of f(x, cond) -> out, returning (out [E, B, out_dim], routing or None)."""
+    """E copies of f(x, cond) -> out, returning (out [E, B, out_dim], routing or None).
 
-    def __init__(self, modular: bool, in_dim: int, cond_dim: int, out_dim: int,
+    `kind` is one of BACKBONES. The first `state_dim` columns of x are the state (care encodes only
+    those; the rest, the critic's action, joins its trunk); default: all of x."""
+
+    def __init__(self, kind: str, in_dim: int, cond_dim: int, out_dim: int,
                  cfg: NetworkConfig, ensemble: int,
-                 cond_parts: tuple[list[int], list[int]] | None = None):
+                 cond_parts: tuple[list[int], list[int]] | None = None,
+                 state_dim: int | None = None):
         super().__init__()
-        self.modular = modular
-        self.concat_cond = (not modular) or cfg.obs_takes_context
+        if kind not in BACKBONES:
+            raise ValueError(f"unknown backbone {kind!r}; use one of {', '.join(BACKBONES)}")
+        self.kind = kind
+        self.modular = kind == "modular"
+        self.state_dim = in_dim if state_dim is None else state_dim
+        self.concat_cond = kind == "mlp" or (self.modular and cfg.obs_takes_context)
         x_dim = in_dim + (cond_dim if self.concat_cond else 0)
-        if modular:
+        self.mixture = None
+        if self.modular:
             self.net = SoftModularNet(x_dim, cond_dim, out_dim, cfg, ensemble=ensemble,
                                       cond_parts=cond_parts)
+        elif kind == "care":
+            self.mixture = MixtureEncoder(ensemble, self.state_dim, cond_dim, cfg.care_experts,
+                                          cfg.care_width)
+            self.net = EnsembleMLP(ensemble, self.mixture.out_dim + in_dim - self.state_dim,
+                                   list(cfg.mlp_hidden), out_dim, last_init=3e-3)
         else:
             self.net = EnsembleMLP(ensemble, x_dim, list(cfg.mlp_hidden), out_dim, last_init=3e-3)
 
@@ -43,6 +63,12 @@ class Backbone(nn.Module):
             x = torch.cat([x, cond], dim=-1)
         if self.modular:
             return self.net(x, cond)
+        if self.mixture is not None:
+            feats, _ = self.mixture(x[..., :self.state_dim], cond)
+            rest = x[..., self.state_dim:]
+            if rest.shape[-1]:
+                feats = torch.cat([feats, rest.expand(feats.shape[0], *rest.shape[1:])], dim=-1)
+            return self.net(feats), None
         return self.net(x), None
 
 
@@ -58,12 +84,12 @@ class ActorOutput(NamedTuple):
 
 
 class Actor(nn.Module):
-    def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig,
+    def __init__(self, backbone: str, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig,
                  cond_parts: tuple[list[int], list[int]] | None = None):
         super().__init__()
         self.act_dim = act_dim
         self.obs_norm = ObsNormalizer(obs_dim)
-        self.body = Backbone(modular, obs_dim, cond_dim, 2 * act_dim, cfg, ensemble=1,
+        self.body = Backbone(backbone, obs_dim, cond_dim, 2 * act_dim, cfg, ensemble=1,
                              cond_parts=cond_parts)
 
     def forward(self, obs: torch.Tensor, cond: torch.Tensor, deterministic: bool = False,
@@ -94,12 +120,12 @@ class Actor(nn.Module):
 class TwinCritic(nn.Module):
     """Two Q-functions as one ensemble of E=2: forward returns q [2, B]."""
 
-    def __init__(self, modular: bool, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig,
+    def __init__(self, backbone: str, obs_dim: int, act_dim: int, cond_dim: int, cfg: NetworkConfig,
                  cond_parts: tuple[list[int], list[int]] | None = None):
         super().__init__()
         self.obs_norm = ObsNormalizer(obs_dim)
-        self.body = Backbone(modular, obs_dim + act_dim, cond_dim, 1, cfg, ensemble=2,
-                             cond_parts=cond_parts)
+        self.body = Backbone(backbone, obs_dim + act_dim, cond_dim, 1, cfg, ensemble=2,
+                             cond_parts=cond_parts, state_dim=obs_dim)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         q, _ = self.body(torch.cat([self.obs_norm(obs), action], dim=-1), cond)

@@ -21,7 +21,7 @@ from .logger import read_metrics
 
 EVAL_FILES = {"cmrl": "evaluation.json", "metaworld": "metaworld_evaluation.json"}
 RESULTS_FILE = "results.json"
-AGENT_ORDER = ("cmrl", "pearl", "sm")
+AGENT_ORDER = ("cmrl", "pearl", "sm", "care")
 
 
 def _load(path: Path, parse, problems: list[str] | None):
@@ -44,12 +44,26 @@ def find_runs(root: str | Path, problems: list[str] | None = None) -> dict[str, 
         run = cfg_path.parent
         if not (run / "model.safetensors").exists() or (run / "finetune.json").exists():
             continue
-        found = _load(cfg_path, lambda c: (str(c["config"]["train"]["agent"]),
+        found = _load(cfg_path, lambda c: (run_label(c["config"]),
                                            int(c["config"]["train"]["seed"])), problems)
         if found is not None:
             runs.setdefault(found[0], []).append((found[1], run))
-    ordered = sorted(runs, key=lambda a: AGENT_ORDER.index(a) if a in AGENT_ORDER else 99)
+    ordered = sorted(runs, key=lambda a: (AGENT_ORDER.index(a.split(":")[0])
+                                          if a.split(":")[0] in AGENT_ORDER else 99, a))
     return {a: [r for _, r in sorted(runs[a])] for a in ordered}
+
+
+def run_label(config: dict) -> str:
+    """How a run is named in tables: its agent kind, with the method variant for cmrl runs that
+    are not the baseline (`cmrl:task-routing-mlp`; `cmrl:custom` when no named variant fits)."""
+    from .config import RunConfig
+    from .variants import variant_of
+
+    kind = str(config["train"]["agent"])
+    if kind != "cmrl":
+        return kind
+    variant = variant_of(RunConfig.from_dict(config))
+    return "cmrl" if variant == "baseline" else f"cmrl:{variant or 'custom'}"
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -67,9 +81,14 @@ def _run_entry(info: dict, d: Path) -> dict:
             "device": info.get("device")}
 
 
-def _evaluation(ev: dict) -> tuple[dict, list[tuple[str, str, float, float]]]:
-    """An evaluation file's header and its (split, task, success_rate, mean_return) rows."""
-    rows = [(split, task, float(r["success_rate"]), float(r["mean_return"]))
+def _evaluation(ev: dict) -> tuple[dict, list[tuple[str, str, float, float, float | None]]]:
+    """An evaluation file's header and its (split, task, success_rate, mean_return,
+    zero_shot_success or None) rows."""
+    def zero_shot(r):
+        v = r.get("zero_shot_success")
+        return None if v is None else float(v)
+
+    rows = [(split, task, float(r["success_rate"]), float(r["mean_return"]), zero_shot(r))
             for split, part in ev["splits"].items() for task, r in part["tasks"].items()]
     return {"protocol": ev.get("protocol"), "command": ev.get("command")}, rows
 
@@ -95,14 +114,23 @@ def aggregate_evaluations(runs: dict[str, list[Path]], problems: list[str] | Non
                 continue
             tasks: dict = {}
             for _, rows in evals:
-                for split, task, success, ret in rows:
-                    e = tasks.setdefault(task, {"split": split, "success": [], "return": []})
+                for split, task, success, ret, zero_shot in rows:
+                    e = tasks.setdefault(task, {"split": split, "success": [], "return": [],
+                                                "zero_shot": [], "gain": []})
                     e["success"].append(success)
                     e["return"].append(ret)
+                    if zero_shot is not None:
+                        e["zero_shot"].append(zero_shot)
+                        e["gain"].append(success - zero_shot)
             entry["protocols"][proto] = {
                 **evals[0][0],
                 "tasks": {task: {"split": e["split"], "success": _mean_std(e["success"]),
-                                 "return": _mean_std(e["return"])} for task, e in tasks.items()}}
+                                 "return": _mean_std(e["return"]),
+                                 # zero-shot and gain only when every seed's file has them
+                                 **({"zero_shot": _mean_std(e["zero_shot"]),
+                                     "gain": _mean_std(e["gain"])}
+                                    if len(e["zero_shot"]) == len(e["success"]) else {})}
+                          for task, e in tasks.items()}}
         out[agent] = entry
     return out
 
@@ -143,6 +171,22 @@ def markdown(results: dict, protocol: str = "cmrl", metric: str = "success") -> 
         n = max(e["success"]["n"] for e in results["agents"][a]["protocols"][protocol]["tasks"].values())
         lines.append(f"| {a} (n={n}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def zero_shot_markdown(results: dict, protocol: str = "cmrl") -> str:
+    """Per agent and task: success from the goal text alone (zero-shot episode), after adaptation,
+    and the gain (adapted - zero-shot), mean ± sample std over seeds."""
+    lines = ["| agent | task | zero-shot (text only) | adapted | gain |", "|---|---|---|---|---|"]
+    for agent, entry in results["agents"].items():
+        tasks = entry["protocols"].get(protocol, {}).get("tasks", {})
+        for task, e in sorted(tasks.items(), key=lambda kv: (kv[1]["split"] != "train", kv[0])):
+            if "zero_shot" not in e:
+                continue
+            held = " (held out)" if e["split"] == "test" else ""
+            cells = [f"{e[k]['mean']:+.2f} ± {e[k]['std']:.2f}" if k == "gain" else
+                     f"{e[k]['mean']:.2f} ± {e[k]['std']:.2f}" for k in ("zero_shot", "success", "gain")]
+            lines.append(f"| {agent} (n={e['success']['n']}) | {task}{held} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _finetune_method(r: dict) -> str:
@@ -214,7 +258,7 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     agents = list(results["agents"])
-    colors = {"cmrl": "#1f77b4", "pearl": "#ff7f0e", "sm": "#2ca02c"}
+    colors = {"cmrl": "#1f77b4", "pearl": "#ff7f0e", "sm": "#2ca02c", "care": "#9467bd"}
     for proto in ("cmrl", "metaworld"):
         have = [a for a in agents if proto in results["agents"][a]["protocols"]]
         if not have:

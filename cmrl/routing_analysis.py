@@ -13,7 +13,9 @@ and compares tasks:
 - `js_similarity`: 1 - the mean Jensen-Shannon divergence (base 2, so in [0, 1]) between
   corresponding routing distributions (every row of every layer, and the final mix);
 - `similarity_matrix`: task x task similarities under either measure;
-- `task_routing` / `routing_profiles`: roll a `TrainedAgent` out (no rendering) and average.
+- `task_routing` / `routing_profiles`: roll a `TrainedAgent` out (no rendering) and average;
+- `context_map`: where each task lands, from its goal text alone and after adaptation: the
+  meta-train task its z and its routing are nearest to (does window-close look like drawer-close?).
 
 Pure functions over numpy arrays, plus the two rollout helpers over the public `TrainedAgent` API.
 """
@@ -31,7 +33,8 @@ METRICS = ("cosine", "centered-cosine", "jensen-shannon")
 
 
 class NoRoutingError(ValueError):
-    """The agent's actor has no routing (the pearl baseline's actor is a plain MLP)."""
+    """The agent's actor has no routing (pearl's actor is a plain MLP; care's a mixture of state
+    encoders and an MLP)."""
 
 
 def _as_routing(routing: Routing) -> list[np.ndarray]:
@@ -196,9 +199,11 @@ def task_routing(agent, task: str, goal_text: str | None = None, episodes: int =
     step. Raises NoRoutingError for an agent without routing. `scene_lock` (optional) is held while
     each rollout builds its scene: Meta-World draws goal variations from numpy's global RNG, so
     threads building scenes at once would corrupt each other's draws."""
-    if agent.kind == "pearl":
-        raise NoRoutingError("a pearl agent's actor is a plain MLP: it has no routing to inspect; "
-                             "pick a cmrl or sm checkpoint")
+    if not agent.has_routing:
+        body = {"mlp": "a plain MLP", "care": "CARE's attention-weighted mixture of state encoders "
+                "and an MLP"}.get(agent.agent.spec.backbone, "not soft-modular")
+        raise NoRoutingError(f"a {agent.kind} agent's actor is {body}: it has no routing to "
+                             "inspect; pick a cmrl or sm checkpoint")
     acc = RoutingMean()
     successes: list[bool] = []
     n_episodes = 0
@@ -238,3 +243,110 @@ def routing_profiles(agent, tasks: Sequence[str], goal_texts: dict[str, str] | N
         if on_task is not None:
             on_task(res)
     return out
+
+
+# -- where a task lands: nearest meta-train task by z and by routing ---------------------------------
+@dataclass
+class TaskContext:
+    """Where an agent puts one task, from the goal text alone and after adaptation: the mean
+    posterior z and the mean actor routing of a deterministic episode at the prior's mean (text
+    only) and of one at the posterior's mean after the adaptation episodes; plus the mean routing
+    over the adaptation episodes themselves."""
+
+    task: str
+    goal_text: str | None
+    z_text: np.ndarray | None
+    """Mean z of the text-only episode (the prior's mean); None for an agent without context."""
+    z_adapted: np.ndarray | None
+    routing_text: list[np.ndarray] | None
+    routing_adapted: list[np.ndarray] | None
+    routing_adaptation: list[np.ndarray] | None
+    """Mean routing over every step of the adaptation episodes (z sampled per episode)."""
+    success_text: float
+    success_adapted: float
+    adaptation_steps: int = 0
+    adaptation_episodes: int = 0
+
+
+def task_context(agent, task: str, goal_text: str | None = None, episodes: int = 2,
+                 variations: Sequence[int] = (0,), horizon: int | None = None, seed: int = 0,
+                 stop: threading.Event | None = None, scene_lock=None) -> TaskContext:
+    """Per variation: one deterministic episode at the prior (text only); then `episodes`
+    adaptation episodes and one deterministic episode at the posterior mean. z and routing are
+    averaged over each phase's steps and over variations. `stop` ends it early (with what was
+    rolled out so far)."""
+    parts = {key: {"z": [], "routing": RoutingMean(), "succ": []}
+             for key in ("text", "adaptation", "adapted")}
+    for v in variations:
+        for adapt in (0, episodes):
+            gen = agent.rollout(task, goal_text, variation=int(v), adaptation_episodes=adapt,
+                                eval_episodes=1, render=False, seed=seed, horizon=horizon,
+                                stop=stop)
+            for rec in _records(gen, scene_lock):
+                key = "adaptation" if rec.phase == "adapt" else ("adapted" if adapt else "text")
+                part = parts[key]
+                if rec.z_mean.size and key != "adaptation":
+                    part["z"].append(rec.z_mean)
+                if rec.routing is not None:
+                    part["routing"].add(rec.routing)
+                if rec.done:
+                    part["succ"].append(float(rec.episode_success))
+            if stop is not None and stop.is_set():
+                break
+        if stop is not None and stop.is_set():
+            break
+
+    def z(key):
+        return np.mean(parts[key]["z"], axis=0) if parts[key]["z"] else None
+
+    def routing(key):
+        return parts[key]["routing"].mean() if parts[key]["routing"].count else None
+
+    def success(key):
+        return float(np.mean(parts[key]["succ"])) if parts[key]["succ"] else float("nan")
+
+    return TaskContext(task, goal_text, z("text"), z("adapted"), routing("text"),
+                       routing("adapted"), routing("adaptation"), success("text"),
+                       success("adapted"), parts["adaptation"]["routing"].count,
+                       len(parts["adaptation"]["succ"]))
+
+
+def nearest_tasks(contexts: dict[str, TaskContext], reference: Sequence[str],
+                  metric: str = "centered-cosine") -> dict[str, dict]:
+    """For every task: which `reference` task (the meta-train tasks) its z and its routing are
+    nearest to, from the text alone and after adaptation. Reference points are the reference
+    tasks' own adapted z and routing. z: Euclidean distance; routing: `metric` similarity."""
+    out: dict[str, dict] = {}
+    refs = [r for r in reference if r in contexts]
+    for task, c in contexts.items():
+        entry: dict = {"success_text": c.success_text, "success_adapted": c.success_adapted}
+        for key, z, routing in (("text", c.z_text, c.routing_text),
+                                ("adapted", c.z_adapted, c.routing_adapted)):
+            others = [r for r in refs if r != task or key == "text"]
+            if z is not None and others:
+                dist = {r: float(np.linalg.norm(z - contexts[r].z_adapted)) for r in others
+                        if contexts[r].z_adapted is not None}
+                entry[f"z_{key}"] = {"nearest": min(dist, key=dist.get), "distance": dist}
+            if routing is not None and others:
+                sim = {r: similarity(routing, contexts[r].routing_adapted, metric) for r in others
+                       if contexts[r].routing_adapted is not None}
+                entry[f"routing_{key}"] = {"nearest": max(sim, key=sim.get), "similarity": sim}
+        out[task] = entry
+    return out
+
+
+def context_map(agent, tasks: Sequence[str] | None = None, goal_texts: dict[str, str] | None = None,
+                episodes: int = 2, variations: Sequence[int] = (0, 1), horizon: int | None = None,
+                seed: int = 0, metric: str = "centered-cosine") -> dict:
+    """`task_context` for every task of the agent's benchmark (or `tasks`), and `nearest_tasks`
+    against its meta-train tasks: a JSON-ready dict."""
+    train = list(agent.info.get("train_tasks", []))
+    tasks = list(tasks) if tasks else train + list(agent.info.get("test_tasks", []))
+    contexts = {t: task_context(agent, t, (goal_texts or {}).get(t), episodes, variations,
+                                horizon, seed) for t in tasks}
+    return {"agent": agent.kind, "episodes": episodes, "variations": list(variations),
+            "metric": metric, "meta_train": train,
+            "z": {t: {"text": None if c.z_text is None else c.z_text.tolist(),
+                      "adapted": None if c.z_adapted is None else c.z_adapted.tolist()}
+                  for t, c in contexts.items()},
+            "nearest": nearest_tasks(contexts, train, metric)}

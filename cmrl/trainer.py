@@ -28,6 +28,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .agent import MetaAgent
+from .agent_kinds import agent_kind
 from .collector import Collector, add_round
 from .config import RunConfig
 from .envs import ACTION_DIM, OBS_DIM, TaskPool
@@ -80,11 +81,11 @@ class Trainer:
         self.tasks = self.benchmark.train_tasks
         self.pool = TaskPool(self.benchmark)
         self.offline = t.mode == "offline"
-        # Goal texts (cmrl only): every paraphrase of every meta-train task, embedded once.
+        # Goal texts (agents that read them): every paraphrase of every meta-train task, embedded once.
         self.text_encoder = None
         self.goal_bank = None
         text_dim = 0
-        if t.agent == "cmrl":
+        if agent_kind(t.agent).uses_text:
             self.text_encoder = get_text_encoder(t.text_encoder, t.clip_pretrained)
             text_dim = self.text_encoder.dim
             texts = [goal_texts(task) for task in self.tasks]
@@ -160,7 +161,7 @@ class Trainer:
         if src.agent.text_dim != self.agent.text_dim:
             raise ckpt.CheckpointError(f"{source}: its text encoder ({src.agent.text_dim} dims) differs "
                                        f"from this run's ({self.agent.text_dim})")
-        if self.agent.kind == "sm" and src.agent.id_tasks != self.agent.id_tasks:
+        if self.agent.uses_task_id and src.agent.id_tasks != self.agent.id_tasks:
             raise ckpt.CheckpointError(f"{source}: its task ids {src.agent.id_tasks} differ from this "
                                        f"run's {self.agent.id_tasks}")
         state = src.agent.state_dict()
@@ -231,18 +232,26 @@ class Trainer:
         self.agent.set_obs_stats(*observation_stats(obs))
 
     def _updates(self, n: int) -> dict[str, float]:
+        """n gradient steps; their metrics averaged. The fast update paths hand the metrics back as
+        device tensors, summed here and read once at the end (no wait for the device per step)."""
         if n:
             self._fix_obs_stats()
-        sums: dict[str, float] = {}
+        sums: dict = {}
+        compiled_before = self.learner.compile_seconds
         for _ in range(n):
             batch, context = self._batch()
             actor = self.grad_steps >= self.config.train.critic_warmup_updates
             m = self.learner.update(batch, context, self._goal(), self.task_ids, self.cond_ids,
-                                    update_actor=actor, context_mask=self._context_mask(context))
+                                    update_actor=actor, context_mask=self._context_mask(context),
+                                    read_metrics=False)
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
             self.grad_steps += 1
-        return {k: v / n for k, v in sums.items()} if n else {}
+        out = {k: float(v) / n for k, v in sums.items()} if n else {}
+        if self.learner.compile_seconds is not None and compiled_before is None:
+            # torch.compile ran in this chunk (once per run): its time, apart from the steps'
+            out["compile_s"] = round(self.learner.compile_seconds, 2)
+        return out
 
     # -- loop ----------------------------------------------------------------------------------------
     def _step(self) -> int:

@@ -265,6 +265,10 @@ def test_routing_inspector(client, trained_run):
     np.testing.assert_allclose(np.diag(z), 1.0)
     np.testing.assert_allclose(z, z.T)
     assert len(outputs[-1][2]["data"]) == 3 and "Done" in outputs[-1][3]
+    # where the held-out task lands: nearest picked meta-train task by routing and by z
+    held = next(r for r in outputs[-1][2]["data"] if r[0] == "window-close-v3")
+    picked = {"drawer-open-v3", "window-open-v3"}
+    assert {held[6], held[7], held[8], held[9]} <= picked
 
 
 @pytest.mark.parametrize("change, message", [
@@ -416,19 +420,22 @@ def test_results_tab(client, results_root, tmp_path):
     rows = _rows(table)
     assert {a for a, _ in rows} == {"cmrl", "pearl"}
     # pearl from results.json (report format), cmrl averaged from its run dir's evaluation.json.
-    assert rows["pearl", "drawer-open-v3"][2:] == ["meta-train", "0.25 ± 0.07", "50.0 ± 14.1", 2]
+    # (the pearl entries predate the zero-shot episode: no zero-shot or gain to show)
+    assert rows["pearl", "drawer-open-v3"][2:] == ["meta-train", "-", "0.25 ± 0.07", "-",
+                                                   "50.0 ± 14.1", 2]
     assert rows["pearl", "window-close-v3"][2] == "held out"
     ev = json.loads((results_root / "cmrl" / "evaluation.json").read_text())["splits"]
     for split, part in ev.items():
         for task, r in part["tasks"].items():
             assert rows["cmrl", task][2:] == [
-                "held out" if split == "test" else "meta-train", f"{r['success_rate']:.2f}",
-                f"{r['mean_return']:.1f}", 1]
+                "held out" if split == "test" else "meta-train",
+                f"{r['zero_shot_success']:.2f}", f"{r['success_rate']:.2f}",
+                f"{r['success_rate'] - r['zero_shot_success']:+.2f}", f"{r['mean_return']:.1f}", 1]
     # The other protocol: only what was evaluated with it, and which agents lack it.
     md, bars, _, table = client.predict("metaworld", api_name="/results")
     rows = _rows(table)
     assert {a for a, _ in rows} == {"pearl"}
-    assert rows["pearl", "drawer-open-v3"][3] == "0.60 ± 0.14"
+    assert rows["pearl", "drawer-open-v3"][4] == "0.60 ± 0.14"
     assert "--protocol metaworld" in md and "No `metaworld` evaluation shipped for: cmrl" in md
     assert {t["name"] for t in plot_json(bars)["data"]} == {"pearl (n=2)"}
     empty = load_results(tmp_path / "nothing")

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cmrl.agent import MetaAgent, TaskBelief
+from cmrl.agent_kinds import KINDS
 from cmrl.api import TrainedAgent, load_agent
 from cmrl.checkpoint import (CONFIG_FILE, FORMAT, MODEL_FILE, STATE_DIR, CheckpointError,
                              flatten_state, load_training_state, read_run_info, save_model,
@@ -23,7 +24,7 @@ from cmrl.text_encoders import TextEncoderError
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 
 TEXT = {"cmrl": {"name": "minilm", "dim": 384}, "pearl": {"name": "none", "dim": 0},
-        "sm": {"name": "none", "dim": 0}}
+        "sm": {"name": "none", "dim": 0}, "care": {"name": "minilm", "dim": 384}}
 
 
 def _info(agent: MetaAgent, text_encoder: dict) -> dict:
@@ -40,7 +41,7 @@ def _saved(tmp_path: Path, kind: str = "cmrl", text_encoder: dict | None = None,
     text_encoder = text_encoder or TEXT[kind]
     torch.manual_seed(seed)
     agent = MetaAgent(tiny_config(kind), OBS_DIM, ACT_DIM,
-                      text_encoder["dim"] if kind == "cmrl" else 0, ML4_TRAIN)
+                      text_encoder["dim"] if KINDS[kind].uses_text else 0, ML4_TRAIN)
     with torch.no_grad():  # move away from any fresh initialisation, so loading must really load
         for p in agent.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -52,7 +53,7 @@ def _saved(tmp_path: Path, kind: str = "cmrl", text_encoder: dict | None = None,
 
 
 # -- round trip ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["cmrl", "pearl", "sm"])
+@pytest.mark.parametrize("kind", ["cmrl", "pearl", "sm", "care"])
 def test_round_trip_identical_weights_and_actions(tmp_path, kind):
     run, agent = _saved(tmp_path, kind)
     assert sorted(os.listdir(run)) == [CONFIG_FILE, MODEL_FILE]  # no temporary files left over

@@ -6,14 +6,18 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from cmrl.config import BenchmarkConfig
-from cmrl.data import (MANIFEST_NAME, DatasetError, _plan_jobs, dataset_id, generate_dataset,
-                       load_dataset)
-from cmrl.tasks import ML4_TEST, ML4_TRAIN, Benchmark, HeldOutTaskError, goal_texts
+from cmrl.data import (MANIFEST_NAME, DatasetError, WeakExpertError, _plan_jobs, dataset_id,
+                       generate_dataset, held_out_tasks, load_dataset)
+from cmrl.envs import GOAL_SLICE, TaskPool
+from cmrl.experts import collect_prior_episodes
+from cmrl.tasks import (ML4_TEST, ML4_TRAIN, Benchmark, HeldOutTaskError, goal_texts,
+                        resolve_benchmark)
 
 H = 50
 TINY = dict(episodes=2, noise_levels=(0.1,), random_episodes=1, progress=False)
@@ -194,3 +198,89 @@ def test_rejects_empty_requests(tmp_path):
     with pytest.raises(ValueError, match="nothing to generate"):
         generate_dataset(BenchmarkConfig(horizon=H), tmp_path / "x", episodes=0, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+# -- the scripted experts read the goal the dataset hides ------------------------------------------
+ML10_TRAIN = {"reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-close-v3",
+              "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "sweep-v3",
+              "basketball-v3"}
+ML10_HELD_OUT = {"drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3",
+                 "lever-pull-v3"}
+REACH = BenchmarkConfig(name="custom", train_tasks=["reach-v3"], test_tasks=["drawer-open-v3"],
+                        horizon=150)
+
+
+def test_ml10_plans_only_its_ten_meta_train_tasks():
+    bench = resolve_benchmark(BenchmarkConfig(name="ml10"))
+    assert set(bench.train_tasks) == ML10_TRAIN and set(held_out_tasks(bench)) == ML10_HELD_OUT
+    jobs = _plan_jobs(bench, 30, (0.1, 0.3), 5, 0)
+    assert {j.task for j in jobs} == ML10_TRAIN
+    assert len(jobs) == 10 * (2 * 3 + 1)  # per task: 3 chunks per noise level, 1 random chunk
+    leaky = Benchmark(name="ml10", train_tasks=bench.train_tasks + ("door-close-v3",),
+                      test_tasks=bench.test_tasks, horizon=H, seed=0)
+    with pytest.raises(HeldOutTaskError):
+        _plan_jobs(leaky, 2, (0.1,), 0, 0)
+    pool = SimpleNamespace(benchmark=bench)  # refused before any env is built
+    for task in ML10_HELD_OUT:  # the prior-data path (--prior-data expert) refuses them too
+        with pytest.raises(HeldOutTaskError):
+            collect_prior_episodes(pool, task, 1, 0.1, seed=0)
+
+
+def test_ml10_manifest_listing_a_held_out_task_is_refused(tmp_path):
+    manifest = {"format": "cmrl-dataset", "format_version": 1,
+                "benchmark": {"name": "ml10", "train_tasks": [], "test_tasks": [], "horizon": 200,
+                              "seed": 0},
+                "tasks": {"door-close-v3": {"dataset_id": "cmrl/ml10-door-close-v3-v0"}}}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="held-out task of benchmark ml10"):
+        load_dataset(tmp_path)
+
+
+def test_expert_reads_the_goal_that_the_dataset_hides(tmp_path):
+    path = generate_dataset(REACH, tmp_path / "reach", episodes=3, noise_levels=(0.0,), workers=1,
+                            progress=False, allow_weak_experts=False)
+    data, manifest = load_dataset(path)
+    d = data["reach-v3"]
+    assert not d.obs[:, GOAL_SLICE].any() and not d.next_obs[:, GOAL_SLICE].any()  # hidden
+    assert all(d.successes[d.episode_ids == e].any() for e in range(3))
+    assert manifest["expert_observation"].startswith("privileged")
+    assert manifest["expert_success"] == {"reach-v3": {"0": 1.0}}
+    assert manifest["weak_experts"] == [] and manifest["min_expert_success"] == 0.5
+    # The same expert reading the hidden observation never gets there: why it must not.
+    pool = TaskPool(resolve_benchmark(REACH))
+    hidden = collect_prior_episodes(pool, "reach-v3", 3, 0.0, seed=0, privileged=False)
+    assert not any(ep.success for ep in hidden)
+
+
+def test_ml4_experts_do_not_read_the_goal():
+    """The ML4 experts ignore the goal slot, so ML4 data is the same with the privileged view as
+    it was before it (data/ml4-expert-v1 stays valid)."""
+    pool = TaskPool(resolve_benchmark(BenchmarkConfig(horizon=H)))
+    for task in ML4_TRAIN:
+        a = collect_prior_episodes(pool, task, 1, 0.1, seed=4, privileged=True)[0]
+        b = collect_prior_episodes(pool, task, 1, 0.1, seed=4, privileged=False)[0]
+        assert np.array_equal(a.actions, b.actions) and np.array_equal(a.obs, b.obs)
+
+
+def test_a_failing_expert_is_refused_or_flagged(tmp_path, capsys):
+    short = BenchmarkConfig(name="custom", train_tasks=["reach-v3"], test_tasks=["drawer-open-v3"],
+                            horizon=3)  # no expert reaches anything in 3 steps
+    out = tmp_path / "weak"
+    with pytest.raises(WeakExpertError,
+                       match=r"reach-v3 succeeds in 0% .* noise 0.1 \(horizon 3\)"):
+        generate_dataset(short, out, episodes=2, noise_levels=(0.1,), workers=1, progress=False,
+                         allow_weak_experts=False)
+    assert not (out / MANIFEST_NAME).exists() and not (out / "cmrl").exists()
+    path = generate_dataset(short, out, episodes=2, noise_levels=(0.1,), workers=1,
+                            progress=False)  # the library default: keep, warn, list
+    assert "WARNING" in capsys.readouterr().err
+    _, manifest = load_dataset(path)
+    assert manifest["weak_experts"] == [{"task": "reach-v3", "noise": 0.1, "success_rate": 0.0}]
+    # the command line refuses by default
+    from cmrl.cli import main
+
+    code = main(["data", "--benchmark", "custom", "--train-tasks", "reach-v3", "--test-tasks",
+                 "drawer-open-v3", "--horizon", "3", "--episodes", "2", "--noise", "0.1",
+                 "--random-episodes", "0", "--workers", "1", "--out", str(tmp_path / "cli")])
+    assert code == 2 and "refusing" in capsys.readouterr().err
+    assert not (tmp_path / "cli" / MANIFEST_NAME).exists()

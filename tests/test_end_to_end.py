@@ -40,7 +40,7 @@ def tiny(kind: str, steps: int = 360) -> RunConfig:
     return cfg
 
 
-@pytest.mark.parametrize("kind", ["cmrl", "pearl", "sm"])
+@pytest.mark.parametrize("kind", ["cmrl", "pearl", "sm", "care"])
 def test_train_save_load_evaluate(kind, tmp_path):
     run = tmp_path / kind
     out = cmrl.train(tiny(kind), run, progress=False)

@@ -9,6 +9,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from cmrl.agent import MetaAgent, TaskBelief
+from cmrl.agent_kinds import KINDS
 from cmrl.config import NetworkConfig
 from cmrl.context_encoder import kl_to_standard_normal, product_of_gaussians
 from cmrl.modular_net import SoftModularNet
@@ -27,7 +28,7 @@ def _goals(n: int, seed: int = 0) -> torch.Tensor:
 def _agent(kind: str, seed: int = 0, **kw) -> MetaAgent:
     torch.manual_seed(seed)
     cfg = tiny_config(kind, **kw)
-    return MetaAgent(cfg, OBS_DIM, ACT_DIM, TEXT_DIM if kind == "cmrl" else 0, ML4_TRAIN)
+    return MetaAgent(cfg, OBS_DIM, ACT_DIM, TEXT_DIM if KINDS[kind].uses_text else 0, ML4_TRAIN)
 
 
 def _batch(T: int, B: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -259,7 +260,7 @@ def _changed(before, module) -> bool:
     return any(not torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))
 
 
-@pytest.mark.parametrize("kind", ["cmrl", "pearl", "sm"])
+@pytest.mark.parametrize("kind", ["cmrl", "pearl", "sm", "care"])
 def test_sac_update_runs_and_changes_weights(kind):
     agent = _agent(kind)
     learner = SACLearner(agent)
@@ -267,14 +268,14 @@ def test_sac_update_runs_and_changes_weights(kind):
     enc0 = _params(agent.encoder) if agent.encoder is not None else None
     actor0, critic0 = _params(agent.actor), _params(agent.critic)
     target0, alpha0 = _params(agent.critic_target), agent.log_alpha.detach().clone()
-    context = _context(T, 16) if kind != "sm" else None
-    goal = _goals(T) if kind == "cmrl" else None
+    context = _context(T, 16) if agent.uses_context else None
+    goal = _goals(T) if agent.uses_text else None
     for i in range(2):
         metrics = learner.update(_batch(T, B, seed=i), context, goal, torch.arange(T))
         assert metrics and all(np.isfinite(v) for v in metrics.values()), metrics
     for key in ("critic_loss", "actor_loss", "q_mean", "alpha", "entropy"):
         assert key in metrics
-    if kind != "sm":
+    if agent.uses_context:
         assert "kl" in metrics and metrics["kl"] >= 0
         assert _changed(enc0, agent.encoder)
     assert _changed(actor0, agent.actor)

@@ -43,7 +43,7 @@ def tiny_data(tmp_path_factory):
                             progress=False)
 
 
-@pytest.mark.parametrize("kind", ["cmrl", "pearl", "sm"])
+@pytest.mark.parametrize("kind", ["cmrl", "pearl", "sm", "care"])
 def test_offline_training_reduces_losses(kind, tiny_data, tmp_path):
     cfg = tiny(kind, steps=300)
     cfg.train.mode, cfg.train.offline, cfg.sac.bc_weight = "offline", str(tiny_data), 2.5

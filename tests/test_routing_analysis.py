@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cmrl.agent_kinds import KINDS
 from cmrl.routing_analysis import (NoRoutingError, RoutingMean, centered_cosine_similarity,
                                    cosine_similarity, flatten_routing,
                                    js_divergence, js_similarity, mean_routing,
@@ -96,6 +97,42 @@ def test_task_routing_of_a_trained_agent(tmp_path):
     other = task_routing(agent, "drawer-open-v3", None, episodes=1, horizon=10)
     assert 0.0 < cosine_similarity(res.mean, other.mean) <= 1.0 + 1e-9
     pearl = cmrl.load_agent(tmp_path / "run")
-    pearl.kind = "pearl"
+    pearl.kind, pearl.agent.spec = "pearl", KINDS["pearl"]  # an agent without routing
     with pytest.raises(NoRoutingError, match="plain MLP"):
         task_routing(pearl, "window-close-v3")
+
+
+def test_nearest_tasks_by_z_and_routing():
+    from cmrl.routing_analysis import TaskContext, nearest_tasks
+
+    rng = np.random.default_rng(3)
+    routing = {t: random_routing(rng) for t in ("a", "b", "new")}
+    routing["new"] = [x.copy() for x in routing["b"]]  # routes exactly like b
+    z = {"a": np.array([0.0, 0.0]), "b": np.array([5.0, 0.0]), "new": np.array([0.5, 0.0])}
+    ctx = {t: TaskContext(t, None, z[t] + 0.1, z[t], routing[t], routing[t], routing[t], 0.0, 1.0)
+           for t in ("a", "b", "new")}
+    out = nearest_tasks(ctx, ["a", "b"])
+    assert out["new"]["z_adapted"]["nearest"] == "a"            # z near a ...
+    assert out["new"]["routing_adapted"]["nearest"] == "b"      # ... routing like b
+    assert out["new"]["routing_adapted"]["similarity"]["b"] == pytest.approx(1.0)
+    # a reference task is compared with the others after adaptation, with itself from text alone
+    assert set(out["a"]["z_adapted"]["distance"]) == {"b"}
+    assert out["a"]["z_text"]["nearest"] == "a"
+
+
+def test_context_map_of_a_trained_agent(tmp_path):
+    import cmrl
+    from cmrl.routing_analysis import context_map
+    from tests.test_end_to_end import tiny
+
+    cfg = tiny("cmrl", steps=40)
+    cfg.train.eval_every, cfg.train.checkpoint_every = 0, 40
+    cmrl.train(cfg, tmp_path / "run", progress=False)
+    agent = cmrl.load_agent(tmp_path / "run")
+    out = context_map(agent, episodes=1, variations=[0], horizon=8)
+    tasks = agent.info["train_tasks"] + agent.info["test_tasks"]
+    assert set(out["nearest"]) == set(tasks) and out["meta_train"] == agent.info["train_tasks"]
+    held = out["nearest"]["window-close-v3"]
+    for key in ("z_text", "z_adapted", "routing_text", "routing_adapted"):
+        assert held[key]["nearest"] in agent.info["train_tasks"]
+    assert len(out["z"]["window-close-v3"]["text"]) == cfg.net.latent_dim

@@ -1,0 +1,55 @@
+"""What each agent kind is made of, so that code asks what an agent can do, not which one it is.
+
+| kind  | actor and critics read             | backbone        | text | context (adapts) | routing |
+|-------|------------------------------------|-----------------|------|------------------|---------|
+| cmrl  | z from PEARL's encoder + goal text | soft-modular    | yes  | yes              | yes     |
+| pearl | z from PEARL's encoder             | MLP             | no   | yes              | no      |
+| sm    | a one-hot task id (the oracle)     | soft-modular    | no   | no               | yes     |
+| care  | the goal-text embedding            | CARE mixture    | yes  | no               | no      |
+
+`care` (Sodhani et al. 2021) encodes the state with a mixture of k encoders weighted by attention
+over the goal-text embedding (`mixture_encoder.py`); with no context encoder it cannot adapt from
+transitions, so its zero-shot and adapted behaviour are the same. It answers whether the words alone
+already do what cmrl's context does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import AGENT_KINDS, ConfigError
+
+
+@dataclass(frozen=True)
+class AgentKind:
+    name: str
+    backbone: str
+    """Actor and critic body: `modular` (soft modularization), `mlp` or `care` (networks.py)."""
+    uses_text: bool
+    """Reads the goal-text embedding (the run needs a text encoder)."""
+    uses_context: bool
+    """Infers z from transitions with PEARL's context encoder, so it can adapt within a task."""
+    has_routing: bool
+    """Its actor has soft-modular routing to inspect (routing_analysis, the app's heatmaps)."""
+    uses_task_id: bool
+    """Conditioned on a one-hot id of the meta-train task (the sm oracle)."""
+
+
+KINDS: dict[str, AgentKind] = {k.name: k for k in (
+    AgentKind("cmrl", "modular", uses_text=True, uses_context=True, has_routing=True,
+              uses_task_id=False),
+    AgentKind("pearl", "mlp", uses_text=False, uses_context=True, has_routing=False,
+              uses_task_id=False),
+    AgentKind("sm", "modular", uses_text=False, uses_context=False, has_routing=True,
+              uses_task_id=True),
+    AgentKind("care", "care", uses_text=True, uses_context=False, has_routing=False,
+              uses_task_id=False),
+)}
+assert tuple(KINDS) == AGENT_KINDS, "config.AGENT_KINDS and agent_kinds.KINDS disagree"
+
+
+def agent_kind(name: str) -> AgentKind:
+    """The capabilities of an agent kind; ConfigError for an unknown one."""
+    if name not in KINDS:
+        raise ConfigError(f"unknown agent {name!r}; choose one of {', '.join(KINDS)}")
+    return KINDS[name]

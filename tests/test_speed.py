@@ -1,0 +1,267 @@
+"""The fast and compiled SAC updates (issue 13) compute what the eager reference computes.
+
+Same seed, same batch: the losses (metrics), the gradients each optimiser steps with and the weights
+after two updates agree within float tolerance, for cmrl, pearl, sm and option-heavy variants. No
+timings here: speed lives in `python -m cmrl bench`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+
+import pytest
+import torch
+
+from cmrl import modular_net
+from cmrl import sac as sac_module
+from cmrl.agent import MetaAgent
+from cmrl.config import ConfigError, NetworkConfig
+from cmrl.modular_net import SoftModularNet, grouped_rows, reference_kernels
+from cmrl.sac import SACLearner, clip_grad_norm_foreach, resolve_precision
+from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
+
+TEXT_DIM = 24
+TRANSITION_DIM = 2 * OBS_DIM + ACT_DIM + 1
+T, B, N = 3, 12, 10
+
+OPTION_HEAVY = {"net.routing_input": "cond", "net.cond_embed": "mlp",
+                "net.goal_encoding": "verb_object", "net.text_routing": True,
+                "net.obs_takes_context": False, "sac.context_dropout": 0.3,
+                "sac.kl_prior": "text", "sac.z_contrastive": 1.0, "sac.bc_form": "td3bc"}
+CONFIGS = {
+    "cmrl": ("cmrl", {}),
+    "pearl": ("pearl", {}),
+    "sm": ("sm", {}),
+    "cmrl-options": ("cmrl", OPTION_HEAVY),
+    "sm-task-routing": ("sm", {"net.routing_input": "cond"}),
+    "cmrl-bc-only": ("cmrl", {"sac.bc_only": True, "net.routing_input": "cond"}),
+}
+
+
+def _agent(name: str) -> MetaAgent:
+    kind, fields = CONFIGS[name]
+    cfg = tiny_config(kind, num_layers=3, num_modules=3).updated(
+        {"sac.bc_weight": 2.5, "sac.batch_size": B, "sac.context_size": N, **fields})
+    torch.manual_seed(0)
+    return MetaAgent(cfg, OBS_DIM, ACT_DIM, TEXT_DIM if kind == "cmrl" else 0, ML4_TRAIN)
+
+
+def _inputs(agent: MetaAgent, seed: int) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    batch = {"obs": torch.randn(T, B, OBS_DIM, generator=g),
+             "actions": torch.rand(T, B, ACT_DIM, generator=g) * 2 - 1,
+             "rewards": torch.rand(T, B, generator=g),
+             "next_obs": torch.randn(T, B, OBS_DIM, generator=g),
+             "dones": torch.zeros(T, B)}
+    context = torch.randn(T, N, TRANSITION_DIM, generator=g) if agent.uses_context else None
+    goal = torch.randn(T, agent.goal_dim, generator=g) if agent.uses_text else None
+    mask = None
+    if agent.config.sac.context_dropout > 0:
+        mask = torch.arange(N)[None, :] < torch.tensor([[0], [4], [N]])  # empty, partial, full
+    return batch, context, goal, mask
+
+
+def _run(name: str, impl: str, updates: int = 2, backend: str | None = None) -> dict:
+    """`updates` updates from the same start; the metrics of each, the gradients every optimiser
+    stepped with in the first, and the final weights."""
+    agent = _agent(name)
+    learner = SACLearner(agent, update_impl=impl)
+    if backend is not None:
+        learner._compile_backend = backend
+    grads: dict[str, list] = {}
+
+    def spy(opt, key):
+        step = opt.step
+
+        def wrapped(*a, **k):
+            if key not in grads:
+                grads[key] = [None if p.grad is None else p.grad.detach().clone()
+                              for grp in opt.param_groups for p in grp["params"]]
+            return step(*a, **k)
+        opt.step = wrapped
+
+    for opt, key in ((learner.critic_opt, "critic"), (learner.actor_opt, "actor"),
+                     (learner.alpha_opt, "alpha")):
+        spy(opt, key)
+    torch.manual_seed(1)
+    metrics = []
+    for i in range(updates):
+        batch, context, goal, mask = _inputs(agent, seed=10 + i)
+        metrics.append(learner.update(batch, context, goal, torch.arange(T), context_mask=mask))
+    return {"metrics": metrics, "grads": grads, "learner": learner,
+            "weights": {k: v.detach().clone() for k, v in agent.state_dict().items()}}
+
+
+def _assert_same(ref: dict, other: dict, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    for m_ref, m_other in zip(ref["metrics"], other["metrics"]):
+        assert set(m_ref) == set(m_other)
+        for k in m_ref:
+            assert m_other[k] == pytest.approx(m_ref[k], rel=rtol, abs=atol), k
+    assert set(ref["grads"]) == set(other["grads"]) == {"critic", "actor", "alpha"}
+    for key in ref["grads"]:
+        for g_ref, g_other in zip(ref["grads"][key], other["grads"][key]):
+            assert (g_ref is None) == (g_other is None)
+            if g_ref is not None:
+                torch.testing.assert_close(g_other, g_ref, rtol=rtol, atol=atol)
+    for k, w in ref["weights"].items():
+        torch.testing.assert_close(other["weights"][k], w, rtol=rtol, atol=atol, msg=k)
+
+
+@pytest.fixture
+def fast_kernels_always(monkeypatch):
+    """The fast soft-modular kernels run from FAST_KERNEL_ROWS rows up; the tests' batches are
+    smaller, so lower the bar to exercise them."""
+    monkeypatch.setattr(modular_net, "FAST_KERNEL_ROWS", 0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fast_update_matches_eager(name, fast_kernels_always):
+    _assert_same(_run(name, "eager"), _run(name, "fast"))
+
+
+@pytest.mark.parametrize("name", ["cmrl", "sm-task-routing"])
+def test_fast_update_on_small_batches_matches_eager(name):
+    """Below FAST_KERNEL_ROWS the fast path keeps the reference kernels (and groups task routing)."""
+    _assert_same(_run(name, "eager"), _run(name, "fast"))
+
+
+@pytest.mark.parametrize("name", ["pearl", "sm", "cmrl-options"])
+def test_compiled_update_matches_eager(name, fast_kernels_always):
+    """The compiled path through dynamo and AOTAutograd (backend aot_eager: the graphs torch.compile
+    builds, run by eager kernels, so the test needs no C++ compiler), dry run included."""
+    ref = _run(name, "eager")
+    compiled = _run(name, "compiled", backend="aot_eager")
+    assert compiled["learner"].impl == "compiled" and compiled["learner"].compile_seconds > 0
+    _assert_same(ref, compiled)
+
+
+@pytest.mark.skipif(not os.environ.get("CMRL_TEST_INDUCTOR"),
+                    reason="inductor builds C++ kernels: ~3 min on a 2-core CPU the first time; "
+                           "set CMRL_TEST_INDUCTOR=1 to run it")
+def test_inductor_compiled_update_matches_eager():
+    """One agent through the real inductor backend (C++ kernels, cached after the first build):
+    same losses and gradients as eager, random draws included (`fallback_random`)."""
+    ref = _run("pearl", "eager")
+    compiled = _run("pearl", "compiled")
+    if compiled["learner"].impl != "compiled":
+        pytest.skip("torch.compile is not available here (it fell back, with a warning)")
+    _assert_same(ref, compiled, rtol=1e-3, atol=1e-4)
+
+
+def test_compile_failure_falls_back_to_fast_with_a_warning():
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    ref = _run("cmrl", "eager")
+    with pytest.warns(RuntimeWarning, match="torch.compile of the SAC update failed"):
+        fell_back = _run("cmrl", "compiled", backend=broken)
+    assert fell_back["learner"].impl == "fast" and fell_back["learner"].compile_seconds is None
+    _assert_same(ref, fell_back)  # the dry run left no trace: random state, gradients, weights
+
+
+def test_update_leaves_metrics_unread_only_when_asked():
+    agent = _agent("cmrl")
+    batch, context, goal, _ = _inputs(agent, 0)
+    fast = SACLearner(agent, update_impl="fast")
+    lazy = fast.update(batch, context, goal, torch.arange(T), read_metrics=False)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in lazy.values())
+    read = fast.update(batch, context, goal, torch.arange(T))
+    assert all(isinstance(v, float) and math.isfinite(v) for v in read.values())
+    eager = SACLearner(_agent("cmrl"), update_impl="eager")
+    assert all(isinstance(v, float) for v in
+               eager.update(batch, context, goal, torch.arange(T), read_metrics=False).values())
+
+
+@pytest.mark.parametrize("src,dst", [("eager", "fast"), ("fast", "eager")])
+def test_optimizer_state_moves_between_paths(src, dst):
+    """A checkpoint written by one path resumes on the other, each with its own Adam kernel."""
+    a = _run("sm", src, updates=1)["learner"]
+    b = SACLearner(copy.deepcopy(a.agent), update_impl=dst)
+    b.load_state_dict(a.state_dict())
+    fused = dst != "eager"
+    for opt in (b.critic_opt, b.actor_opt, b.alpha_opt):
+        assert all(bool(g["fused"]) == fused for g in opt.param_groups)
+    batch, _, _, _ = _inputs(b.agent, 3)
+    m = b.update(batch, None, None, torch.arange(T))
+    assert all(math.isfinite(v) for v in m.values()) and b.updates == 2
+
+
+def test_foreach_clip_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, 3, generator=g) * 4, torch.randn(7, generator=g)]
+    ours = [x.clone() for x in grads]
+    params = [torch.zeros_like(x, requires_grad=True) for x in grads]
+    for p, x in zip(params, grads):
+        p.grad = x.clone()
+    total = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    torch.testing.assert_close(clip_grad_norm_foreach(ours, 1.0), total)
+    for p, x in zip(params, ours):
+        torch.testing.assert_close(x, p.grad)
+
+
+# -- the soft-modular kernels -----------------------------------------------------------------------
+@pytest.mark.parametrize("routing_input", ["obs_x_cond", "cond"])
+@pytest.mark.parametrize("ensemble", [1, 2])
+@pytest.mark.parametrize("split", [False, True])
+def test_fast_kernels_and_grouped_routing_match_the_reference(routing_input, ensemble, split,
+                                                              fast_kernels_always):
+    torch.manual_seed(0)
+    cfg = NetworkConfig(num_layers=4, num_modules=3, module_width=8, embed_dim=8, gating_hidden=8,
+                        routing_input=routing_input, cond_embed="mlp")
+    net = SoftModularNet(10, 6, 3, cfg, ensemble=ensemble,
+                         cond_parts=([0, 1, 2], [0, 3, 4, 5]) if split else None)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4 * 5, 10, generator=g)
+    z = torch.randn(4, 6, generator=g)
+    weight = torch.randn(ensemble, 4 * 5, 3, 3, generator=g)
+
+    def run(reference: bool, groups: int | None):
+        reference_kernels(net, reference)
+        net.zero_grad(set_to_none=True)
+        zz = z.clone().requires_grad_(True)
+        cond = zz.repeat_interleave(5, dim=0).unsqueeze(0)
+        with grouped_rows(net, groups) if groups else torch.enable_grad():
+            out, routing = net(x, cond)
+        loss = out.pow(2).sum() + (routing.layers[1] * weight).sum() + routing.final.sum()
+        loss.backward()
+        return [out, *routing.layers, routing.final, zz.grad] + [p.grad for p in net.parameters()]
+
+    ref = run(True, None)
+    for got in (run(False, None), run(False, 4)):
+        for a, b in zip(ref, got):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert net.row_groups is None  # grouped_rows restores the networks afterwards
+
+
+# -- precision ---------------------------------------------------------------------------------------
+def test_auto_precision_picks_bf16_only_where_it_pays(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(sac_module, "has_amx_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(sac_module, "has_amx_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_bf16_where_it_is_slower_warns_with_the_measured_cost(monkeypatch):
+    monkeypatch.setattr(sac_module, "bf16_matmul_cost", lambda device: 20.0)
+    with pytest.warns(RuntimeWarning, match=r"bf16 matmul measured 20.0x"):
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(sac_module, "bf16_matmul_cost", lambda device: 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_bf16_cost_probe_measures_something():
+    cost = sac_module.bf16_matmul_cost(torch.device("cpu"), size=(64, 64, 64), seconds=0.01)
+    assert math.isfinite(cost) and cost > 0
+
+
+def test_update_impl_and_precision_are_validated():
+    with pytest.raises(ConfigError, match="update_impl"):
+        tiny_config("cmrl").updated({"sac.update_impl": "turbo"})
+    assert tiny_config("cmrl").updated({"sac.precision": "auto"}).sac.precision == "auto"

@@ -1,0 +1,290 @@
+"""The method variants of issue 11, each on its own: task-level routing, MLP condition embedding,
+verb/object goal encoding and routing, context dropout, the text prior, the contrastive term, the
+TD3+BC form; the zero-shot episode of the evaluator; named variants and `--set` on the CLI."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from cmrl.agent import MetaAgent, TaskBelief
+from cmrl.config import ConfigError, NetworkConfig, RunConfig
+from cmrl.context_encoder import kl_gaussians, kl_to_standard_normal, task_contrastive_loss
+from cmrl.goal_text import embed_goals, goal_dim, split_goal
+from cmrl.modular_net import SoftModularNet
+from cmrl.sac import SACLearner
+from cmrl.trainer import Trainer
+from cmrl.variants import VARIANTS, variant_fields, variant_of
+from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
+
+TEXT_DIM = 384
+TRANSITION_DIM = 2 * OBS_DIM + ACT_DIM + 1
+
+
+def _cfg(kind: str = "cmrl", **fields) -> RunConfig:
+    return tiny_config(kind).updated(fields)
+
+
+def _agent(cfg: RunConfig, seed: int = 0) -> MetaAgent:
+    torch.manual_seed(seed)
+    return MetaAgent(cfg, OBS_DIM, ACT_DIM, TEXT_DIM if cfg.train.agent == "cmrl" else 0, ML4_TRAIN)
+
+
+def _batch(T: int, B: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": torch.randn(T, B, OBS_DIM, generator=g),
+            "actions": torch.rand(T, B, ACT_DIM, generator=g) * 2 - 1,
+            "rewards": torch.rand(T, B, generator=g),
+            "next_obs": torch.randn(T, B, OBS_DIM, generator=g),
+            "dones": torch.zeros(T, B)}
+
+
+def _goal(agent: MetaAgent, T: int = 3, seed: int = 2) -> torch.Tensor:
+    g = torch.randn(T, agent.goal_dim, generator=torch.Generator().manual_seed(seed))
+    return g / g.norm(dim=-1, keepdim=True)
+
+
+def _net(**fields) -> SoftModularNet:
+    torch.manual_seed(0)
+    cfg = NetworkConfig(num_layers=3, num_modules=3, module_width=8, embed_dim=8, gating_hidden=8,
+                        **fields)
+    return SoftModularNet(6, 4, 2, cfg, last_init=None)
+
+
+# -- task-level routing and the condition embedding -----------------------------------------------
+def test_task_level_routing_ignores_the_state():
+    net = _net(routing_input="cond")
+    g = torch.Generator().manual_seed(1)
+    cond = torch.randn(1, 1, 4, generator=g).expand(1, 5, 4)
+    x = torch.randn(1, 5, 6, generator=g)
+    out, routing = net(x, cond)
+    for p in routing.layers + [routing.final]:
+        torch.testing.assert_close(p, p[:, :1].expand_as(p))  # the same for every state
+    assert (out[0, 0] - out[0, 1]).abs().max() > 1e-6  # the modules still read the state
+
+
+def test_soft_module_routing_follows_the_state():
+    net = _net(routing_input="obs_x_cond")
+    g = torch.Generator().manual_seed(1)
+    cond = torch.randn(1, 1, 4, generator=g).expand(1, 5, 4)
+    _, routing = net(torch.randn(1, 5, 6, generator=g), cond)
+    assert (routing.layers[0][:, 0] - routing.layers[0][:, 1]).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("routing_input", ["cond", "obs_x_cond"])
+def test_mlp_condition_embedding_is_two_layers_and_routes_by_condition(routing_input):
+    net = _net(routing_input=routing_input, cond_embed="mlp")
+    names = {n for n, _ in net.named_parameters()}
+    assert {"cond_embed.hidden.0.weight", "cond_embed.last.weight"} <= names
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 6, generator=g)
+    _, r1 = net(x, torch.randn(1, 4, 4, generator=g))
+    _, r2 = net(x, torch.randn(1, 4, 4, generator=g))
+    assert (r1.final - r2.final).abs().max() > 1e-5
+
+
+def test_old_linear_condition_embedding_keeps_its_parameter_names():
+    names = {n for n, _ in _net().named_parameters()}
+    assert "cond_embed.weight" in names and "cond_embed_later.weight" not in names
+
+
+# -- goal texts split into verb and object ---------------------------------------------------------
+@pytest.mark.parametrize("text,verb,obj", [
+    ("close the window", "close", "window"),
+    ("pull out the drawer by its handle", "pull out", "drawer handle"),
+    ("push the sliding window closed", "push closed", "sliding window"),
+    ("Open the DRAWER!", "open", "drawer"),
+])
+def test_split_goal(text, verb, obj):
+    assert split_goal(text) == (verb, obj)
+
+
+def test_split_goal_falls_back_to_the_whole_text():
+    assert split_goal("do something") == ("do something", "do something")
+    assert split_goal("the drawer") == ("the drawer", "drawer")
+
+
+def test_verb_object_embedding_is_the_two_parts(minilm):
+    v = embed_goals(minilm, ["close the window", "open the drawer"], "verb_object")
+    assert v.shape == (2, 2 * minilm.dim) == (2, goal_dim(minilm.dim, "verb_object"))
+    np.testing.assert_allclose(v[0, :minilm.dim], minilm.encode("close"), atol=1e-6)
+    np.testing.assert_allclose(v[0, minilm.dim:], minilm.encode("window"), atol=1e-6)
+    np.testing.assert_allclose(embed_goals(minilm, "close the window", "sentence"),
+                               minilm.encode("close the window"), atol=1e-6)
+    # the verb part of "close the window" is the verb part of "close the drawer"
+    d = embed_goals(minilm, "close the drawer", "verb_object")
+    np.testing.assert_allclose(v[0, :minilm.dim], d[:minilm.dim], atol=1e-6)
+
+
+def test_verb_object_routing_sends_object_to_the_first_layer_and_verb_to_the_later():
+    cfg = _cfg(**{"net.goal_encoding": "verb_object", "net.text_routing": True,
+                  "net.routing_input": "cond", "net.num_layers": 3})
+    agent = _agent(cfg)
+    L, half = cfg.net.latent_dim, agent.goal_dim // 2
+    assert agent.cond_dim == L + 2 * TEXT_DIM
+    g = torch.Generator().manual_seed(4)
+    obs = torch.randn(2, OBS_DIM, generator=g)
+    z = torch.randn(2, L, generator=g)
+    goal = torch.randn(2, agent.goal_dim, generator=g)
+    base = agent.actor(obs, agent.context_condition(z, goal), deterministic=True).routing
+    new_verb = goal.clone()
+    new_verb[:, :half] = torch.randn(2, half, generator=g)
+    r_verb = agent.actor(obs, agent.context_condition(z, new_verb), deterministic=True).routing
+    new_obj = goal.clone()
+    new_obj[:, half:] = torch.randn(2, half, generator=g)
+    r_obj = agent.actor(obs, agent.context_condition(z, new_obj), deterministic=True).routing
+    torch.testing.assert_close(r_verb.layers[0], base.layers[0])          # verb: not layer 1
+    assert (r_verb.layers[1] - base.layers[1]).abs().max() > 1e-5         # verb: later layers
+    assert (r_obj.layers[0] - base.layers[0]).abs().max() > 1e-5          # object: layer 1
+    # (later layers still see the object through the first routing: Soft-Module's cascade)
+
+
+def test_text_routing_condition_reaches_the_belief():
+    cfg = _cfg(**{"net.text_routing": True})
+    agent = _agent(cfg)
+    goal = _goal(agent, 2).numpy()
+    belief = TaskBelief(agent, 2, goal=goal)
+    cond = belief.condition()
+    assert cond.shape == (2, cfg.net.latent_dim + TEXT_DIM)
+    torch.testing.assert_close(cond[:, cfg.net.latent_dim:], torch.as_tensor(goal))
+    assert belief.act(np.zeros((2, OBS_DIM), np.float32)).action.shape == (2, ACT_DIM)
+
+
+# -- context dropout -------------------------------------------------------------------------------
+def test_context_mask_drops_whole_contexts_at_the_asked_rate():
+    trainer = types.SimpleNamespace(config=_cfg(**{"sac.context_dropout": 0.3}),
+                                    rng=np.random.default_rng(0), device=torch.device("cpu"))
+    context = torch.zeros(3, 16, TRANSITION_DIM)
+    masks = torch.stack([Trainer._context_mask(trainer, context) for _ in range(2000)])
+    counts = masks.sum(-1).flatten().numpy()
+    assert abs((counts == 0).mean() - 0.3) < 0.04
+    kept = counts[counts > 0]
+    assert kept.min() == 1 and kept.max() == 16 and abs(kept.mean() - 8.5) < 0.5
+    off = types.SimpleNamespace(config=_cfg(), rng=np.random.default_rng(0), device="cpu")
+    assert Trainer._context_mask(off, context) is None
+
+
+def test_empty_context_leaves_the_goal_factor_and_the_update_runs():
+    agent = _agent(_cfg(**{"sac.context_dropout": 0.5}))
+    goal = _goal(agent)
+    context = torch.randn(3, 16, TRANSITION_DIM)
+    mask = torch.tensor([[False] * 16, [True] * 4 + [False] * 12, [True] * 16])
+    mu, var = agent.infer_posterior(context, goal, mask)
+    g_mu, g_var = agent.encoder.goal_factor(goal)
+    torch.testing.assert_close(mu[0], g_mu[0])
+    torch.testing.assert_close(var[0], g_var[0])
+    assert (var[1] < g_var[1]).all() and (var[2] < var[1]).all()
+    m = SACLearner(agent).update(_batch(3, 8), context, goal, torch.arange(3), context_mask=mask)
+    assert math.isfinite(m["critic_loss"])
+
+
+# -- KL against the text prior; contrastive term ---------------------------------------------------
+def test_kl_gaussians_matches_torch():
+    g = torch.Generator().manual_seed(5)
+    mu, mu_p = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    var, var_p = torch.rand(4, 3, generator=g) + 0.1, torch.rand(4, 3, generator=g) + 0.1
+    expected = kl_divergence(Normal(mu, var.sqrt()), Normal(mu_p, var_p.sqrt())).sum(-1)
+    torch.testing.assert_close(kl_gaussians(mu, var, mu_p, var_p), expected)
+
+
+def test_text_prior_kl_is_measured_against_the_goal_factor():
+    agent = _agent(_cfg(**{"sac.kl_prior": "text"}))
+    learner = SACLearner(agent)
+    goal = _goal(agent)
+    mu, var = agent.infer_posterior(torch.randn(3, 16, TRANSITION_DIM), goal)
+    g_mu, g_var = agent.encoder.goal_factor(goal)
+    expected = kl_gaussians(mu, var, g_mu, g_var) + kl_to_standard_normal(g_mu, g_var)
+    torch.testing.assert_close(learner._kl(mu, var, goal), expected)
+    standard = SACLearner(_agent(_cfg()))
+    torch.testing.assert_close(standard._kl(mu, var, goal), kl_to_standard_normal(mu, var))
+
+
+def test_text_prior_needs_a_goal_factor():
+    with pytest.raises(ConfigError, match="goal_factor"):
+        _cfg(**{"sac.kl_prior": "text", "net.goal_factor": False})
+
+
+def test_task_contrastive_loss_prefers_matched_pairs():
+    g = torch.Generator().manual_seed(6)
+    mu = torch.randn(4, 5, generator=g) * 3
+    matched = task_contrastive_loss(mu, mu + 0.01 * torch.randn(4, 5, generator=g))
+    shuffled = task_contrastive_loss(mu, mu[[1, 2, 3, 0]])
+    assert matched < 0.1 < shuffled
+
+
+def test_contrastive_term_trains_the_encoder_only_through_the_critic_step():
+    agent = _agent(_cfg(**{"sac.z_contrastive": 1.0}))
+    context, goal = torch.randn(3, 16, TRANSITION_DIM), _goal(agent)
+    before = [p.detach().clone() for p in agent.encoder.parameters()]
+    m = SACLearner(agent).update(_batch(3, 8), context, goal, torch.arange(3))
+    assert "z_contrastive" in m and math.isfinite(m["z_contrastive"])
+    assert any((p - b).abs().max() > 0 for p, b in zip(agent.encoder.parameters(), before))
+
+
+# -- the offline behaviour term -------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["sum", "td3bc"])
+def test_bc_form_weights(form):
+    agent = _agent(_cfg(**{"sac.bc_form": form, "sac.bc_weight": 2.5}))
+    learner = SACLearner(agent)
+    T, B = 3, 8
+    batch = _batch(T, B)
+    flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in batch.items()}
+    cond = torch.randn(T * B, agent.cond_dim)
+    alpha_rows = torch.full((T * B,), 0.5)
+    log_alpha = agent.log_alpha.detach().clone().requires_grad_(True)
+    torch.manual_seed(7)
+    metrics = learner._actor_step(flat, cond, alpha_rows, log_alpha, T, B)
+    # recompute with the weights the step started from
+    agent2 = _agent(_cfg(**{"sac.bc_form": form, "sac.bc_weight": 2.5}))
+    torch.manual_seed(7)
+    pi = agent2.actor(flat["obs"], cond)
+    q = agent2.critic(flat["obs"], pi.action, cond).min(0).values
+    rl = alpha_rows * pi.log_prob - q
+    scale = 1.0 / q.abs().mean().clamp(min=1.0)
+    sq = (pi.mean_action - flat["actions"]).pow(2)
+    if form == "td3bc":
+        per_row = 2.5 * scale * rl + sq.mean(-1)
+    else:
+        per_row = scale * rl + 2.5 * sq.sum(-1)
+    expected = per_row.view(T, B).mean(-1).sum() / T
+    assert metrics["actor_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+# -- named variants and the CLI -------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_builds_updates_and_is_recognised(name):
+    cfg = tiny_config("cmrl").updated(variant_fields(name))
+    assert variant_of(cfg) == name
+    agent = _agent(cfg)
+    m = SACLearner(agent).update(_batch(3, 8), torch.randn(3, 16, TRANSITION_DIM), _goal(agent),
+                                 torch.arange(3))
+    assert all(math.isfinite(v) for v in m.values())
+
+
+def test_variant_and_set_flags():
+    from cmrl.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([
+        "train", "--run-dir", "unused", "--agent", "cmrl", "--variant", "task-routing",
+        "--set", "sac.context_dropout=0.25", "--set", "net.cond_embed=mlp", "--batch-size", "64"])
+    cfg = config_from_args(args)
+    assert cfg.net.routing_input == "cond" and cfg.net.obs_takes_context is False
+    assert cfg.sac.context_dropout == 0.25 and cfg.net.cond_embed == "mlp"
+    assert cfg.sac.batch_size == 64
+
+
+@pytest.mark.parametrize("bad", ["sac.context_dropout=1.5", "net.routing_input=sideways",
+                                 "net.nonexistent=1", "nosection", "sac.bc_form=3"])
+def test_bad_set_is_one_clear_error(tmp_path, capsys, bad):
+    from cmrl.cli import main
+
+    code = main(["train", "--agent", "cmrl", "--set", bad, "--steps", "0",
+                 "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
