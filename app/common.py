@@ -14,6 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import cmrl
+from cmrl.agent_kinds import agent_kind
 from cmrl.envs import CAMERAS
 from cmrl.tasks import ML4_TEST, ML4_TRAIN, GOAL_TEXTS, all_env_names
 from cmrl.text_encoders import GoalTextError, TextEncoderError, validate_goal_text
@@ -127,7 +128,7 @@ class AgentCache:
                 return agent
             try:
                 agent = cmrl.load_agent(run, max_bytes=self.max_bytes)
-                if agent.kind == "cmrl":
+                if agent.uses_text:
                     agent.encode_goal("warm up")  # load the text encoder now, not mid-rollout
             except (cmrl.CheckpointError, cmrl.ConfigError, TextEncoderError) as e:
                 raise InputError(f"Cannot load checkpoint {shown(label)}: "
@@ -150,8 +151,10 @@ def _relative(message: str, run: Path) -> str:
 def describe_agent(agent: cmrl.TrainedAgent) -> str:
     info = agent.info
     net = agent.config.net
-    arch = (f"{net.num_layers} layers x {net.num_modules} modules x {net.module_width}"
-            if agent.kind in ("cmrl", "sm") else f"MLP {list(net.mlp_hidden)}")
+    backbone = agent_kind(agent.kind).backbone
+    arch = {"modular": f"{net.num_layers} layers x {net.num_modules} modules x {net.module_width}",
+            "care": f"{net.care_experts} x {net.care_width} mixture encoders, MLP "
+                    f"{list(net.mlp_hidden)}"}.get(backbone, f"MLP {list(net.mlp_hidden)}")
     enc = info.get("text_encoder", {}).get("name", "none")
     return (f"**{agent.kind}** · {info.get('mode', '?')} · {_count(info.get('env_steps'))} env "
             f"steps, {_count(info.get('grad_steps'))} gradient steps · {arch} · text encoder {enc} · "

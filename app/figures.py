@@ -16,7 +16,9 @@ import plotly.graph_objects as go
 from gradio.components.plot import PlotData
 from plotly.subplots import make_subplots
 
-AGENT_COLORS = {"cmrl": "#1f77b4", "pearl": "#ff7f0e", "sm": "#2ca02c"}
+from cmrl.agent_kinds import agent_kind
+from cmrl.report import agent_color
+
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]
 _MARGIN = dict(l=30, r=20, t=60, b=30)
@@ -94,8 +96,9 @@ class RoutingFigure:
 
 
 def routing_unavailable(kind: str) -> PlotData:
-    return plot_data(message_figure(f"no routing: a {kind} agent's actor is a plain MLP"
-                                    if kind == "pearl" else "no routing yet", 310))
+    k = agent_kind(kind)
+    return plot_data(message_figure(k.no_routing_note if not k.has_routing else "no routing yet",
+                                    310))
 
 
 # -- posterior (streamed) ----------------------------------------------------------------------------
@@ -127,9 +130,9 @@ class PosteriorFigure:
 
 
 def posterior_unavailable(kind: str) -> PlotData:
-    return plot_data(message_figure(
-        "no context posterior: the sm oracle is told the task id (one-hot), it infers nothing"
-        if kind == "sm" else "no posterior yet"))
+    k = agent_kind(kind)
+    return plot_data(message_figure(k.no_posterior_note if not k.uses_context
+                                    else "no posterior yet"))
 
 
 # -- routing inspector ------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def success_bars_figure(table: dict[str, dict[str, dict]], tasks: list[str],
             y=[per_task.get(t, {}).get("mean") for t in tasks],
             error_y=dict(type="data", array=[per_task.get(t, {}).get("std") or 0 for t in tasks],
                          visible=n > 1),
-            name=f"{agent} (n={n})", marker_color=AGENT_COLORS.get(agent, PALETTE[i % len(PALETTE)]),
+            name=f"{agent} (n={n})", marker_color=agent_color(agent),
             hovertemplate="%{x}: %{y:.2f}<extra>" + agent + "</extra>"))
     fig.update_layout(barmode="group", title=title, height=400, yaxis=dict(range=[0, 1.05],
                       title="success rate"), margin=dict(l=50, r=20, t=60, b=60))
@@ -259,7 +262,7 @@ def return_curves_figure(curves: dict[str, list[dict]], tasks: list[str], held_o
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[
         t + (" (held out)" if t in held_out else "") for t in tasks])
     for ai, (agent, runs) in enumerate(curves.items()):
-        c = AGENT_COLORS.get(agent, PALETTE[ai % len(PALETTE)])
+        c = agent_color(agent)
         for ri, run in enumerate(runs):
             for ti, task in enumerate(tasks):
                 ys = run["returns"].get(task)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from cmrl.agent_kinds import agent_kind
 from cmrl.envs import CAMERAS
 from cmrl.routing_analysis import METRICS, nearest_tasks, similarity_matrix, task_context
 from cmrl.tasks import GOAL_TEXTS, canonical_goal_text
@@ -150,11 +151,9 @@ class App:
                                       horizon, size)
         except InputError as e:
             raise _error(e)
-        if agent.kind != "cmrl":
-            gr.Info(f"A {agent.kind} agent does not read the goal text: it adapts from "
-                    "transitions alone" if agent.kind == "pearl" else
-                    "The sm oracle does not read the goal text: it is told the task id (none for a "
-                    "held-out task).")
+        note = agent_kind(agent.kind).goal_text_note
+        if note:
+            gr.Info(note)
         self._busy_note()
         session = _session(request, "adapt")
         stop = self.sessions.start(session)
@@ -237,9 +236,10 @@ class App:
         except InputError as e:
             raise _error(e)
         spec_a.videos = spec_b.videos = False
-        if agent.kind != "cmrl":
+        if not agent.uses_text:
             gr.Warning(f"A {agent.kind} agent does not read goal texts: the two sides differ only "
-                       "by chance. Pick a cmrl checkpoint to see what the words change.")
+                       "by chance. Pick a checkpoint that reads the text (cmrl, care) to see what "
+                       "the words change.")
         self._busy_note()
         session = _session(request, "compare")
         stop = self.sessions.start(session)
@@ -311,9 +311,9 @@ class App:
             metric = parse_choice(metric, "The similarity", list(METRICS))
         except InputError as e:
             raise _error(e)
-        if agent.kind == "pearl":
-            raise gr.Error("A pearl agent's actor is a plain MLP: it has no routing to inspect. "
-                           "Pick a cmrl or sm checkpoint.")
+        if not agent.has_routing:
+            raise _error(InputError(f"{agent_kind(agent.kind).no_routing_note}: nothing to "
+                                    "inspect. Pick a cmrl or sm checkpoint."))
         session = _session(request, "inspect")
         stop = self.sessions.start(session)
         profiles, contexts, rows = {}, {}, []
@@ -333,8 +333,8 @@ class App:
                 if stop.is_set():
                     break
                 if res.routing_adaptation is None:
-                    raise _error(InputError("This agent's actor has no routing to inspect (a "
-                                            "plain MLP). Pick a cmrl or sm checkpoint."))
+                    raise _error(InputError(f"{agent_kind(agent.kind).no_routing_note}: nothing "
+                                            "to inspect. Pick a cmrl or sm checkpoint."))
                 profiles[task], contexts[task] = res.routing_adaptation, res
                 nearest = nearest_tasks(contexts, train_tasks, metric)
                 rows = [_inspect_row(t, c, nearest[t]) for t, c in contexts.items()]

@@ -33,17 +33,45 @@ class AgentKind:
     """Its actor has soft-modular routing to inspect (routing_analysis, the app's heatmaps)."""
     uses_task_id: bool
     """Conditioned on a one-hot id of the meta-train task (the sm oracle)."""
+    reads: str = ""
+    """What its actor and critics are conditioned on, in words (for pages and tables)."""
+    color: str = "#7f7f7f"
+    """Its colour in figures (the report's and the app's)."""
+
+    @property
+    def goal_text_note(self) -> str | None:
+        """What a user who types a goal for this agent should know (None: it reads the words)."""
+        if self.uses_text and self.uses_context:
+            return None
+        if self.uses_text:
+            return (f"A {self.name} agent reads the goal text but cannot adapt from transitions: "
+                    "its episodes after adaptation behave like the first.")
+        if self.uses_task_id:
+            return (f"The {self.name} oracle does not read the goal text: it is told the task id "
+                    "(none for a held-out task).")
+        return f"A {self.name} agent does not read the goal text: it adapts from transitions alone."
+
+    @property
+    def no_routing_note(self) -> str:
+        return (f"no routing: a {self.name} agent's actor is "
+                + ("a plain MLP" if self.backbone == "mlp" else f"a {self.backbone} network"))
+
+    @property
+    def no_posterior_note(self) -> str:
+        return (f"no context posterior: a {self.name} agent infers nothing from transitions "
+                f"(it reads {self.reads})")
 
 
 KINDS: dict[str, AgentKind] = {k.name: k for k in (
     AgentKind("cmrl", "modular", uses_text=True, uses_context=True, has_routing=True,
-              uses_task_id=False),
+              uses_task_id=False, reads="z from the context encoder and the goal text",
+              color="#1f77b4"),
     AgentKind("pearl", "mlp", uses_text=False, uses_context=True, has_routing=False,
-              uses_task_id=False),
+              uses_task_id=False, reads="z from the context encoder", color="#ff7f0e"),
     AgentKind("sm", "modular", uses_text=False, uses_context=False, has_routing=True,
-              uses_task_id=True),
+              uses_task_id=True, reads="a one-hot task id", color="#2ca02c"),
     AgentKind("care", "care", uses_text=True, uses_context=False, has_routing=False,
-              uses_task_id=False),
+              uses_task_id=False, reads="the goal-text embedding", color="#9467bd"),
 )}
 assert tuple(KINDS) == AGENT_KINDS, "config.AGENT_KINDS and agent_kinds.KINDS disagree"
 

@@ -341,6 +341,12 @@ def save_training_state(run_dir: str | Path, tensors: dict[str, torch.Tensor | n
     shutil.rmtree(old, ignore_errors=True)
 
 
+def has_resumable_state(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a training state a run can be resumed from (`--resume`)."""
+    run_dir = Path(run_dir)
+    return (run_dir / STATE_DIR).is_dir() or (run_dir / f".{STATE_DIR}.old").is_dir()
+
+
 def load_training_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     run_dir = Path(run_dir)
     folder = run_dir / STATE_DIR

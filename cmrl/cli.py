@@ -404,6 +404,41 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _add_recipe(sub) -> None:
+    from .recipes import RECIPES
+
+    p = sub.add_parser("recipe", help="train with a named recipe: data made on demand, then "
+                                      "offline and/or online phases (cmrl/recipes.py)")
+    p.add_argument("--name", choices=tuple(RECIPES), default="quick")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--benchmark", default="ml4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--data-root", default=None, help="where made datasets are cached "
+                                                     "(default data/cache)")
+    p.add_argument("--steps", type=int, help="replace every training phase's budget (smoke tests)")
+    p.add_argument("--data-episodes", type=int, help="expert episodes per noise level of the "
+                                                     "made data (smoke tests)")
+    p.add_argument("--estimate", action="store_true",
+                   help="only print how long each phase would take on this machine")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_recipe(args) -> int:
+    from .recipes import DATA_CACHE, estimate_seconds, get_recipe, run_recipe
+
+    root = args.data_root or DATA_CACHE
+    if args.estimate:
+        est = estimate_seconds(get_recipe(args.name), args.benchmark, args.device, root)
+        print(json.dumps(est, indent=2))
+        return 0
+    out = run_recipe(args.name, args.run_dir, args.benchmark, args.seed, args.device, root,
+                     progress=not args.no_progress, steps=args.steps,
+                     data_episodes=args.data_episodes)
+    print(json.dumps(out))
+    return 0
+
+
 def _add_ablation(sub) -> None:
     p = sub.add_parser("ablation", help="the cmrl variants' table and the pre-registered choice of "
                                         "the default (docs/method_selection.md)")
@@ -484,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_finetune, _add_sweep, _add_eval, _add_data, _add_report, _add_bench,
-                _add_ablation, _add_analyze, _add_info):
+                _add_recipe, _add_ablation, _add_analyze, _add_info):
         add(sub)
     return parser
 
@@ -492,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "finetune": cmd_finetune, "sweep": cmd_sweep, "eval": cmd_eval,
-                "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "ablation": cmd_ablation,
+                "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "ablation": cmd_ablation, "recipe": cmd_recipe,
                 "analyze": cmd_analyze, "info": cmd_info}
     from .checkpoint import CheckpointError
     from .tasks import HeldOutTaskError, UnknownTaskError

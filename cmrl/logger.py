@@ -12,14 +12,17 @@ from .checkpoint import atomic_write_bytes
 
 
 class JsonlWriter:
-    def __init__(self, path: str | Path, truncate_after_step: int | None = None):
+    def __init__(self, path: str | Path, truncate_after: dict[str, int] | None = None):
+        """`truncate_after` (resuming): counters of the checkpoint resumed from, e.g.
+        {"grad_steps": 4000, "env_steps": 0}; lines a killed run logged after it (any of these
+        counters beyond the checkpoint's) are dropped. Counting every counter, not one "step",
+        keeps an offline phase's history when its run goes on online (env steps start at 0)."""
         self.path = Path(path)
-        if truncate_after_step is not None and self.path.exists():
-            # Resuming: drop lines a killed run logged after its last checkpoint. The kept lines
-            # go to a new file swapped in by a rename, so a kill now leaves the old or the new
-            # history, never a half-written one.
+        if truncate_after is not None and self.path.exists():
+            # The kept lines go to a new file swapped in by a rename, so a kill now leaves the old
+            # or the new history, never a half-written one.
             kept = [line for line in self.path.read_text().splitlines()
-                    if _step_of(line) is not None and _step_of(line) <= truncate_after_step]
+                    if _within(line, truncate_after)]
             atomic_write_bytes(self.path, "".join(k + "\n" for k in kept).encode())
         self._f = open(self.path, "a", buffering=1)
 
@@ -32,11 +35,14 @@ class JsonlWriter:
         self._f.close()
 
 
-def _step_of(line: str) -> int | None:
+def _within(line: str, limits: dict[str, int]) -> bool:
+    """A metrics line none of whose counters in `limits` is beyond it (unreadable lines: False)."""
     try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
+        rec = json.loads(line)
+        counters = [int(rec[k]) <= v for k, v in limits.items() if k in rec]
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return bool(counters) and all(counters)
 
 
 class ProgressWriter:

@@ -53,6 +53,16 @@ def find_runs(root: str | Path, problems: list[str] | None = None) -> dict[str, 
     return {a: [r for _, r in sorted(runs[a])] for a in ordered}
 
 
+def agent_color(label: str) -> str:
+    """A run label's colour: its agent kind's (`agent_kinds.py`); cmrl variants a darker blue."""
+    from .agent_kinds import KINDS
+
+    kind = label.split(":")[0]
+    if kind == "cmrl" and ":" in label:
+        return "#17456b"
+    return KINDS[kind].color if kind in KINDS else "#7f7f7f"
+
+
 def run_label(config: dict) -> str:
     """How a run is named in tables: its agent kind, with the method variant for cmrl runs that
     are not the baseline (`cmrl:task-routing-mlp`; `cmrl:custom` when no named variant fits)."""
@@ -258,7 +268,7 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     agents = list(results["agents"])
-    colors = {"cmrl": "#1f77b4", "pearl": "#ff7f0e", "sm": "#2ca02c", "care": "#9467bd"}
+    colors = {a: agent_color(a) for a in set(agents) | {r["agent"] for r in results["finetune"]}}
     for proto in ("cmrl", "metaworld"):
         have = [a for a in agents if proto in results["agents"][a]["protocols"]]
         if not have:

@@ -39,7 +39,7 @@ def _run_trial(params: dict) -> None:
     cfg.train.agent, cfg.train.seed = params["agent"], int(params["seed"])
     cfg.train.threads = int(params["threads"])
     run_dir = trial_dir(params["out"], params["agent"], params["seed"])
-    resume = (run_dir / ckpt.STATE_DIR).exists() or (run_dir / f".{ckpt.STATE_DIR}.old").exists()
+    resume = ckpt.has_resumable_state(run_dir)
     if resume:
         from .trainer import config_for_resume
 

@@ -119,7 +119,8 @@ class Trainer:
                                   "it, or choose another --run-dir")
         self.collector = None
         writers = [JsonlWriter(self.run_dir / "metrics.jsonl",
-                               truncate_after_step=self._step() if resume else None),
+                               truncate_after={"grad_steps": self.grad_steps,
+                                               "env_steps": self.env_steps} if resume else None),
                    ProgressWriter(t.steps, self._step(), "grad" if self.offline else "env",
                                   enabled=progress)]
         if on_log is not None:

@@ -51,6 +51,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 )}
 
 
+DEFAULT_VARIANT = "baseline"
+"""The variant the recipes, the app's training presets and the shipped checkpoint use: chosen by the
+rule in docs/method_selection.md (stage 2)."""
+
+
 def variant_fields(name: str) -> dict:
     """The {"section.field": value} of a named variant."""
     if name not in VARIANTS:

@@ -237,10 +237,10 @@ def test_metrics_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt, "_fsync_write", killed)
     with pytest.raises(KeyboardInterrupt):
-        JsonlWriter(path, truncate_after_step=200)
+        JsonlWriter(path, truncate_after={"step": 200})
     assert path.read_text() == "\n".join(lines) + "\n"  # the whole history is still there
     monkeypatch.undo()
-    w = JsonlWriter(path, truncate_after_step=200)
+    w = JsonlWriter(path, truncate_after={"step": 200})
     w.write({"step": 300, "x": 3.5})
     w.close()
     assert [r["step"] for r in read_metrics(tmp_path)] == [100, 200, 300]

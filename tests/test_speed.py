@@ -41,9 +41,9 @@ CONFIGS = {
 }
 
 
-def _agent(name: str) -> MetaAgent:
+def _agent(name: str, layers: int = 3) -> MetaAgent:
     kind, fields = CONFIGS[name]
-    cfg = tiny_config(kind, num_layers=3, num_modules=3).updated(
+    cfg = tiny_config(kind, num_layers=layers, num_modules=3).updated(
         {"sac.bc_weight": 2.5, "sac.batch_size": B, "sac.context_size": N, **fields})
     torch.manual_seed(0)
     return MetaAgent(cfg, OBS_DIM, ACT_DIM, TEXT_DIM if kind == "cmrl" else 0, ML4_TRAIN)
@@ -64,10 +64,10 @@ def _inputs(agent: MetaAgent, seed: int) -> tuple:
     return batch, context, goal, mask
 
 
-def _run(name: str, impl: str, updates: int = 2, backend: str | None = None) -> dict:
+def _run(name: str, impl: str, updates: int = 2, backend=None, layers: int = 3) -> dict:
     """`updates` updates from the same start; the metrics of each, the gradients every optimiser
     stepped with in the first, and the final weights."""
-    agent = _agent(name)
+    agent = _agent(name, layers)
     learner = SACLearner(agent, update_impl=impl)
     if backend is not None:
         learner._compile_backend = backend
@@ -128,12 +128,14 @@ def test_fast_update_on_small_batches_matches_eager(name):
     _assert_same(_run(name, "eager"), _run(name, "fast"))
 
 
-@pytest.mark.parametrize("name", ["pearl", "sm", "cmrl-options"])
-def test_compiled_update_matches_eager(name, fast_kernels_always):
+@pytest.mark.parametrize("name", ["pearl", "cmrl-options"])
+def test_compiled_update_matches_eager(name):
     """The compiled path through dynamo and AOTAutograd (backend aot_eager: the graphs torch.compile
-    builds, run by eager kernels, so the test needs no C++ compiler), dry run included."""
-    ref = _run(name, "eager")
-    compiled = _run(name, "compiled", backend="aot_eager")
+    builds, run by eager kernels, so the test needs no C++ compiler), dry run included. (At these
+    batch sizes the networks trace their reference kernels: fewer ops to trace; the fast kernels
+    have their own tests above.)"""
+    ref = _run(name, "eager", layers=2)
+    compiled = _run(name, "compiled", backend="aot_eager", layers=2)
     assert compiled["learner"].impl == "compiled" and compiled["learner"].compile_seconds > 0
     _assert_same(ref, compiled)
 
@@ -155,9 +157,9 @@ def test_compile_failure_falls_back_to_fast_with_a_warning():
     def broken(gm, example_inputs):
         raise RuntimeError("no compiler here")
 
-    ref = _run("cmrl", "eager")
+    ref = _run("cmrl", "eager", layers=2)
     with pytest.warns(RuntimeWarning, match="torch.compile of the SAC update failed"):
-        fell_back = _run("cmrl", "compiled", backend=broken)
+        fell_back = _run("cmrl", "compiled", backend=broken, layers=2)
     assert fell_back["learner"].impl == "fast" and fell_back["learner"].compile_seconds is None
     _assert_same(ref, fell_back)  # the dry run left no trace: random state, gradients, weights
 
