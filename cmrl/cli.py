@@ -120,9 +120,7 @@ def config_from_args(args) -> RunConfig:
         cfg = cfg.updated(sets)
     if args.offline:
         cfg.train.offline = str(Path(args.offline).resolve())
-        cfg.train.mode = "offline"
-        if args.bc_weight is None:
-            cfg.sac.bc_weight = 2.5
+        cfg.train.mode = "offline"  # sac.bc_weight, unless set, becomes OFFLINE_BC_WEIGHT
     cfg.validate()
     return cfg
 

@@ -100,6 +100,10 @@ class NetworkConfig:
     and critic trunks after the mixture are `mlp_hidden`, as pearl's."""
 
 
+OFFLINE_BC_WEIGHT = 2.5
+"""The behaviour term's weight when a run trains offline and sets none (TD3+BC's alpha)."""
+
+
 @dataclass
 class SACConfig:
     gamma: float = 0.99
@@ -124,8 +128,9 @@ class SACConfig:
     """One entropy temperature per meta-train task (Soft-Module); False: one shared."""
     grad_clip: float = 10.0
     """Gradient-norm clip for every network (0 disables)."""
-    bc_weight: float = 0.0
-    """Behaviour-regularisation weight on the actor (TD3+BC style); used by offline training."""
+    bc_weight: float | None = None
+    """Behaviour-regularisation weight on the actor (see `bc_form`). None: OFFLINE_BC_WEIGHT (2.5)
+    when the run trains offline, 0 online (`RunConfig.resolved`, so every entry point agrees)."""
     precision: str = "fp32"
     """`fp32`, `bf16` (autocast for the matmuls) or `auto`. bf16 paid for the cmrl update only on CPUs
     with AMX (1.3-2.3x); with AVX-512 bf16 but no AMX it measured 1.0x (pearl 1.7x); with neither,
@@ -255,6 +260,14 @@ class RunConfig:
             data[section][name] = value
         return RunConfig.from_dict(data)
 
+    def resolved(self) -> "RunConfig":
+        """A copy with the mode-dependent defaults filled in (what a run saves and trains with):
+        `sac.bc_weight` None becomes OFFLINE_BC_WEIGHT offline and 0 online."""
+        if self.sac.bc_weight is not None:
+            return self
+        weight = OFFLINE_BC_WEIGHT if self.train.mode == "offline" else 0.0
+        return self.updated({"sac.bc_weight": weight})
+
     def validate(self) -> None:
         t = self.train
         if t.agent not in AGENT_KINDS:
@@ -291,6 +304,8 @@ class RunConfig:
                 ("sac.kl_prior", self.sac.kl_prior, KL_PRIORS)):
             if value not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        if self.sac.bc_weight is not None and not self.sac.bc_weight >= 0.0:
+            raise ConfigError(f"sac.bc_weight must be >= 0 (or null: by mode), got {self.sac.bc_weight}")
         if not 0.0 <= self.sac.context_dropout <= 1.0:
             raise ConfigError(f"sac.context_dropout must be in [0, 1], got {self.sac.context_dropout}")
         if not 0.0 <= self.sac.z_contrastive <= 100.0:
@@ -355,8 +370,8 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported value {value!r}")
 
 
-_OPTIONAL = {"sac.target_entropy", "train.offline", "train.init_from"}
-_OPTIONAL_FLOAT = {"sac.target_entropy"}
+_OPTIONAL = {"sac.target_entropy", "sac.bc_weight", "train.offline", "train.init_from"}
+_OPTIONAL_FLOAT = {"sac.target_entropy", "sac.bc_weight"}
 _OPTIONAL_STR = {"train.offline", "train.init_from"}
 
 

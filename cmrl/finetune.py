@@ -19,7 +19,7 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from .agent_kinds import agent_kind
 from .config import BenchmarkConfig, ConfigError, RunConfig
-from .logger import read_metrics
+from .logger import eval_key, read_metrics
 from .tasks import all_env_names
 
 SUMMARY_FILE = "finetune.json"
@@ -75,7 +75,7 @@ def first_reaching(curve: list[tuple[int, float]], threshold: float) -> int | No
 
 def success_curve(run_dir: str | Path, task: str) -> list[tuple[int, float]]:
     """(env steps, evaluation success) pairs of a fine-tuning run, in order."""
-    key = f"eval_train_success/{task}"
+    key = eval_key("train", "success", task)
     return [(int(r["env_steps"]), float(r[key])) for r in read_metrics(run_dir) if key in r]
 
 

@@ -10,6 +10,42 @@ from pathlib import Path
 
 from .checkpoint import atomic_write_bytes
 
+# -- metric keys ------------------------------------------------------------------------------------
+# Evaluation results are logged as "eval_<split>_<metric>/<task>", e.g. "eval_test_success/
+# window-close-v3"; these two functions are the only places that know the format.
+EVAL_SPLITS = ("train", "test")
+EVAL_METRICS = ("success", "return", "zeroshot")
+
+
+def eval_key(split: str, metric: str, task: str) -> str:
+    """The metrics key of one evaluation figure."""
+    if split not in EVAL_SPLITS or metric not in EVAL_METRICS:
+        raise ValueError(f"unknown evaluation split/metric {split!r}/{metric!r}")
+    return f"eval_{split}_{metric}/{task}"
+
+
+def parse_eval_key(key: str) -> tuple[str, str, str] | None:
+    """(split, metric, task) of an evaluation key, None for any other key."""
+    if not key.startswith("eval_") or "/" not in key:
+        return None
+    head, task = key[len("eval_"):].split("/", 1)
+    split, _, metric = head.partition("_")
+    if split not in EVAL_SPLITS or metric not in EVAL_METRICS or not task:
+        return None
+    return split, metric, task
+
+
+def eval_values(record: dict, split: str | None = None, metric: str | None = None) -> dict:
+    """{task: value} of a metrics record's evaluation figures of one split and metric (either
+    None: any), keyed by (split, metric, task) when either is None."""
+    out = {}
+    for key, value in record.items():
+        parsed = parse_eval_key(key)
+        if parsed is None or (split and parsed[0] != split) or (metric and parsed[1] != metric):
+            continue
+        out[parsed[2] if split and metric else parsed] = value
+    return out
+
 
 class JsonlWriter:
     def __init__(self, path: str | Path, truncate_after: dict[str, int] | None = None):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import CONFIG_FILE
-from .logger import read_metrics
+from .logger import eval_values, read_metrics
 
 EVAL_FILES = {"cmrl": "evaluation.json", "metaworld": "metaworld_evaluation.json"}
 RESULTS_FILE = "results.json"
@@ -226,12 +226,12 @@ def training_curves(runs: dict[str, list[Path]]) -> dict:
         for d in dirs:
             pts = []
             for rec in read_metrics(d):
-                succ = [v for k, v in rec.items() if k.startswith("eval_train_success/")]
+                succ = list(eval_values(rec, "train", "success").values())
                 if succ:
+                    returns = {task: v for (_, metric, task), v in eval_values(rec).items()
+                               if metric == "return"}
                     pts.append({"step": rec["step"], "success": float(np.mean(succ)),
-                                "returns": {k.split("/", 1)[1]: v for k, v in rec.items()
-                                            if k.startswith(("eval_train_return/",
-                                                             "eval_test_return/"))}})
+                                "returns": returns})
             out.setdefault(agent, []).append({"dir": str(d), "points": pts})
     return out
 

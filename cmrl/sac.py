@@ -55,6 +55,7 @@ class SACLearner:
         self.agent = agent
         cfg = agent.config.sac
         self.cfg = cfg
+        self.bc_weight = agent.config.resolved().sac.bc_weight  # None: by training mode
         self.impl = resolve_update_impl(update_impl or cfg.update_impl, agent.device)
         self.precision = resolve_precision(cfg.precision, agent.device)
         fast = self.impl != "eager"
@@ -192,17 +193,17 @@ class SACLearner:
             bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
             per_row = bc
             metrics["bc_mse"] = bc.detach().mean()
-        elif cfg.bc_weight > 0:
+        elif self.bc_weight > 0:
             # TD3+BC's normalisation of the Q term by its magnitude, floored at 1: at the start
             # Q is ~0 and 1/|Q| would blow the entropy and Q terms up over the BC term.
             scale = 1.0 / q_pi.abs().mean().detach().clamp(min=1.0)
             sq = (pi.mean_action - flat["actions"]).pow(2)
             if cfg.bc_form == "td3bc":  # lambda / |Q| on the RL term, mean over action dims
                 bc = sq.mean(-1)
-                per_row = cfg.bc_weight * scale * per_row + bc
+                per_row = self.bc_weight * scale * per_row + bc
             else:  # "sum": bc_weight on the summed squared error
                 bc = sq.sum(-1)
-                per_row = scale * per_row + cfg.bc_weight * bc
+                per_row = scale * per_row + self.bc_weight * bc
             metrics["bc_mse"] = sq.detach().sum(-1).mean()
         actor_loss = per_row.view(T, B).mean(-1).sum()
         log_prob = pi.log_prob.detach()

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import ConfigError, RunConfig
-from .logger import read_metrics
+from .logger import eval_values, parse_eval_key, read_metrics
 
 SWEEP_FILE = "sweep.json"
 
@@ -57,7 +57,7 @@ def _run_trial(params: dict) -> None:
 
 def last_evaluation(run_dir: str | Path) -> dict[str, float]:
     """The last record of a run's metrics.jsonl that carries evaluation results."""
-    evals = [r for r in read_metrics(run_dir) if any(k.startswith("eval_") for k in r)]
+    evals = [r for r in read_metrics(run_dir) if eval_values(r)]
     return evals[-1] if evals else {}
 
 
@@ -68,10 +68,9 @@ def aggregate(runs: dict[str, list[Path]]) -> dict:
         evals = [last_evaluation(d) for d in dirs]
         evals = [e for e in evals if e]
         tasks: dict = {}
-        keys = sorted({k for e in evals for k in e if k.startswith("eval_")})
+        keys = sorted({k for e in evals for k in e if parse_eval_key(k)})
         for key in keys:
-            split, metric_task = key[len("eval_"):].split("_", 1)
-            metric, task = metric_task.split("/", 1)
+            split, metric, task = parse_eval_key(key)
             vals = np.array([e[key] for e in evals if key in e], dtype=float)
             entry = tasks.setdefault(task, {"split": split, "n_seeds": len(vals)})
             entry[f"{metric}_mean"] = float(vals.mean())

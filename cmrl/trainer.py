@@ -30,10 +30,10 @@ from . import checkpoint as ckpt
 from .agent import MetaAgent
 from .agent_kinds import agent_kind
 from .collector import Collector, add_round
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .envs import ACTION_DIM, OBS_DIM, TaskPool
 from .evaluation import evaluate
-from .logger import CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter
+from .logger import CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter, eval_key
 from .goal_text import embed_goals
 from .normalizer import observation_stats
 from .replay import MultiTaskReplay
@@ -46,7 +46,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ConfigError("device cuda was asked for, but torch sees no CUDA device on this "
+                          "machine: use auto or cpu")
     return torch.device(name)
 
 
@@ -69,6 +70,7 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False,
                  progress: bool = True, on_log: Callable[[dict], None] | None = None):
         config.validate()
+        config = config.resolved()
         self.config, self.run_dir = config, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         t = config.train
@@ -350,9 +352,9 @@ class Trainer:
         out = {}
         for split, part in res["splits"].items():
             for task, r in part["tasks"].items():
-                out[f"eval_{split}_success/{task}"] = r["success_rate"]
-                out[f"eval_{split}_return/{task}"] = r["mean_return"]
-                out[f"eval_{split}_zeroshot/{task}"] = r["zero_shot_success"]
+                out[eval_key(split, "success", task)] = r["success_rate"]
+                out[eval_key(split, "return", task)] = r["mean_return"]
+                out[eval_key(split, "zeroshot", task)] = r["zero_shot_success"]
         return out
 
     # -- checkpoints ---------------------------------------------------------------------------------

@@ -35,6 +35,15 @@ def tiny_app_run(tmp_path_factory) -> Path:
     return run
 
 
+RECIPE_SMOKE = (20, 1)
+"""Recipes launched by the tests: 20 steps per training phase, 1 data episode per noise level."""
+
+
+def recipe_data_root(tmp_path_factory) -> Path:
+    """Where the tests' recipe launches cache the data they make (shared by the session)."""
+    return tmp_path_factory.getbasetemp() / "recipe-data"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,6 +120,8 @@ def server(trained_run, results_root, scratch_root, tmp_path_factory):
     runs = tmp_path_factory.mktemp("app-runs")
     app = App(checkpoint_roots=[trained_run.parent], runs_dir=runs, results_root=results_root,
               default=str(trained_run), hosted=False, extra_roots=[scratch_root])
+    app.jobs.recipe_smoke = RECIPE_SMOKE  # recipes at smoke size, their data made in a tmp dir
+    app.jobs.data_root = recipe_data_root(tmp_path_factory)
     demo = app.build()
     _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1",
                        server_port=free_port(), quiet=True)
@@ -337,9 +348,14 @@ def test_train_launch_curves_stop_resume(server, client):
     app, _ = server
     status, _ = client.predict(*train_args("tiny", 240), api_name="/train_launch")
     assert "Launched **tiny**" in status and "--steps 240" in status
-    # One run at a time: a second launch while it runs is refused.
-    with pytest.raises(Exception, match="already running"):
-        client.predict(*train_args("other", 240), api_name="/train_launch")
+    # One run at a time: a second launch while it runs is queued; Cancel takes it off the queue.
+    status, _ = client.predict(*train_args("other", 240), api_name="/train_launch")
+    assert "Queued **other** (position 1)" in status
+    assert app.jobs.status("other").state == "queued"
+    assert "Cancelled **other**" in client.predict("other", api_name="/train_cancel")
+    assert app.jobs.status("other").state == "cancelled"
+    with pytest.raises(Exception, match="nothing to cancel"):
+        client.predict("other", api_name="/train_cancel")
     assert app.jobs.status("tiny").state == "running"
     # Live curves from metrics.jsonl.
     def curves():
@@ -353,7 +369,7 @@ def test_train_launch_curves_stop_resume(server, client):
     data = _wait_for(curves, 150, "training curves")
     assert any("eval test" in t.get("name", "") or "(train)" in t.get("name", "") for t in data)
     _wait_for(lambda: app.jobs.status("tiny").state == "finished", 150, "the run to finish")
-    assert app.jobs_table()[0][:2] == ["tiny", "finished"]
+    assert next(r for r in app.jobs_table() if r[0] == "tiny")[1] == "finished"
     assert any(c.endswith("tiny") for c in app.checkpoints())  # now pickable in Adapt
     # Stop: SIGINT to the process group; the run is reported stopped and its process is gone.
     client.predict(*train_args("long", 100_000), api_name="/train_launch")
@@ -398,6 +414,114 @@ def test_train_bad_input_and_hosted_mode(client, tmp_path):
     assert spec.steps == 50 and "capped" in notes[0]
     argv = capped.build_argv(spec, tmp_path / "c" / "r")
     assert argv[1:5] == ["-m", "cmrl", "train", "--run-dir"] and "--steps" in argv
+
+
+def test_recipes_launch_queue_and_finish_with_a_checkpoint(server, client):
+    """The quick recipe runs (smoke size) while offline-online waits in the queue, then starts by
+    itself; both finish with status.json, curves with evaluation success per task, and a checkpoint
+    that loads and is listed in the other tabs."""
+    import cmrl
+    from cmrl.run_status import read_status
+
+    app, _ = server
+    status, run = client.predict("quick", "ml4", 0, "cpu", "rq", api_name="/train_recipe")
+    assert "Launched **rq**" in status and "cmrl recipe --name quick" in status
+    assert "--steps 20 --data-episodes 1" in status and "--data-root" in status
+    status, _ = client.predict("offline-online", "ml4", 1, "cpu", "roo", api_name="/train_recipe")
+    assert "Queued **roo** (position 1)" in status
+    row = next(r for r in app.jobs_table() if r[0] == "roo")
+    assert row[1] == "queued" and row[5] == "queued (position 1)"
+
+    def panel():  # the progress panel of the selected run: phases, a bar, step/total, device
+        out = _refresh(client, "rq")
+        return out[8] if "train-bar" in (out[8] or "") else None
+
+    html = _wait_for(panel, 150, "the progress bar of rq")
+    assert "phases:" in html and "making data" in html and "device cpu" in html
+    _wait_for(lambda: app.jobs.status("rq").state == "finished", 240, "rq to finish")
+    # the queued run starts by itself when rq ends
+    _wait_for(lambda: app.jobs.status("roo").state in ("running", "finished"), 30, "roo to start")
+    _wait_for(lambda: app.jobs.status("roo").state == "finished", 300, "roo to finish")
+    for name, phases in (("rq", ["data", "offline"]), ("roo", ["data", "offline", "online"])):
+        run_dir = app.jobs.run_dir(name)
+        st = read_status(run_dir)
+        assert st["state"] == "finished" and st["phases"] == phases, st
+        assert cmrl.load_agent(run_dir).kind == "cmrl"
+        assert any(c.endswith(name) for c in app.checkpoints())  # pickable in Adapt & co.
+        data = plot_json(_refresh(client, name)[2])["data"]
+        assert any("(eval train)" in t.get("name", "") for t in data)  # success per task
+        assert any(t.get("name") == "critic_loss" for t in data)
+    row = next(r for r in app.jobs_table() if r[0] == "roo")
+    assert row[1:5] == ["finished", "recipe offline-online", "ml4", "online"]
+    # a finished recipe has nothing to resume; a checkpoint appearing updates the dropdowns
+    with pytest.raises(Exception, match="finished every phase"):
+        client.predict("roo", None, "cpu", api_name="/train_resume")
+
+
+def test_recipe_validation_caps_queue_and_hosted_mode(client, tmp_path):
+    from app.jobs import MAX_QUEUED, JobError, JobManager, RecipeSpec
+
+    with pytest.raises(Exception, match="The recipe must be one of"):
+        client.predict("fastest", "ml4", 0, "cpu", "", api_name="/train_recipe")
+    with pytest.raises(Exception, match="Launch custom run"):
+        client.predict("custom", "ml4", 0, "cpu", "", api_name="/train_recipe")
+    with pytest.raises(Exception, match="Unknown benchmark"):
+        client.predict("quick", "ml99", 0, "cpu", "", api_name="/train_recipe")
+    with pytest.raises(Exception, match="Invalid run name"):
+        client.predict("quick", "ml4", 0, "cpu", "../up", api_name="/train_recipe")
+    # full: a GPU recipe; its 500,000 steps per phase are capped on a page with a step cap
+    capped = JobManager(tmp_path / "c", max_steps=1000, data_root=tmp_path / "d")
+    spec, notes, extra = capped.validate_recipe(RecipeSpec("full", "ml4", 0, "cpu"))
+    assert extra == {"steps": 1000} and any("capped at 1,000" in n for n in notes)
+    assert any("sized for a GPU" in n for n in notes)
+    argv = capped.build_recipe_argv(spec, tmp_path / "c" / "r", extra)
+    assert argv[1:6] == ["-m", "cmrl", "recipe", "--name", "full"]
+    assert argv[-4:] == ["--data-root", str(tmp_path / "d"), "--steps", "1000"]
+    # the queue holds MAX_QUEUED runs behind the running one, then refuses
+    fake = tmp_path / "py"
+    fake.write_text("#!/bin/sh\nsleep 60\n")
+    fake.chmod(0o755)
+    jobs = JobManager(tmp_path / "q", python=str(fake))
+    try:
+        assert jobs.launch(RecipeSpec(name="q0"))[0].state == "running"
+        for i in range(1, MAX_QUEUED + 1):
+            assert jobs.launch(RecipeSpec(name=f"q{i}"))[0].state == "queued"
+        with pytest.raises(JobError, match="queue is full"):
+            jobs.launch(RecipeSpec(name="one-too-many"))
+        assert jobs.cancel("q3").state == "cancelled"
+        assert jobs.status("q4").queue_position == 3
+        jobs.launch(RecipeSpec(name="q9"))  # room again
+    finally:
+        for name in jobs.queued():
+            jobs.cancel(name)
+        for j in jobs.running():
+            jobs.stop(j.name, grace_s=1)
+    hosted = JobManager(tmp_path / "h", hosted=True)
+    with pytest.raises(JobError, match="switched off on this hosted demo"):
+        hosted.launch(RecipeSpec(name="nope"))
+    assert hosted.pump() is None and not (tmp_path / "h").exists()
+
+
+def test_episode_length_defaults_to_the_checkpoint_horizon(server, client, trained_run,
+                                                           scratch_root):
+    import urllib.request
+
+    app, url = server
+    horizon = json.loads((trained_run / "config.json").read_text())["config"]["benchmark"]["horizon"]
+    config = json.loads(urllib.request.urlopen(f"{url.rstrip('/')}/config").read())
+    sliders = [c["props"] for c in config["components"]
+               if c["props"].get("label", "").startswith("episode length")]
+    assert len(sliders) == 3 and all(s["value"] == horizon for s in sliders), sliders
+    for h, expected in ((60, 60), (5000, 500)):
+        other = scratch_root / f"horizon-{h}"
+        other.mkdir(exist_ok=True)
+        info = json.loads((trained_run / "config.json").read_text())
+        info["config"]["benchmark"]["horizon"] = h
+        (other / "config.json").write_text(json.dumps(info))
+        shutil.copy(trained_run / "model.safetensors", other)
+        assert client.predict(str(other), api_name="/checkpoint_horizon") == expected
+    assert client.predict(str(trained_run), api_name="/checkpoint_horizon") == horizon
+    assert app.checkpoint_horizon("/etc") is None and app.checkpoint_horizon(None) is None
 
 
 def _rows(table) -> dict[tuple[str, str], list]:

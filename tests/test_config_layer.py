@@ -1,0 +1,59 @@
+"""Rules that live in one place: mode-dependent defaults in the config layer, the metric key format
+in the logger, and expected errors as one clean line from the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmrl.cli import main as cli_main
+from cmrl.config import OFFLINE_BC_WEIGHT, ConfigError, RunConfig
+from cmrl.logger import eval_key, eval_values, parse_eval_key
+from tests.conftest import tiny_config
+
+
+def test_bc_weight_default_follows_the_training_mode_for_every_entry_point(tmp_path):
+    online = RunConfig()
+    assert online.sac.bc_weight is None and online.resolved().sac.bc_weight == 0.0
+    offline = RunConfig().updated({"train.mode": "offline", "train.offline": str(tmp_path)})
+    assert offline.resolved().sac.bc_weight == OFFLINE_BC_WEIGHT
+    explicit = offline.updated({"sac.bc_weight": 0.5})
+    assert explicit.resolved().sac.bc_weight == 0.5 and explicit.resolved() is explicit
+    # a learner built straight from a config (no CLI, no trainer) uses the same rule
+    from cmrl.agent import MetaAgent
+    from cmrl.sac import SACLearner
+
+    cfg = tiny_config("pearl").updated({"train.mode": "offline", "train.offline": str(tmp_path)})
+    agent = MetaAgent(cfg, 39, 4, 0, ["drawer-open-v3", "drawer-close-v3", "window-open-v3"])
+    assert SACLearner(agent).bc_weight == OFFLINE_BC_WEIGHT
+    with pytest.raises(ConfigError, match="bc_weight"):
+        RunConfig().updated({"sac.bc_weight": -1.0})
+
+
+def test_old_configs_with_explicit_bc_weight_read_back_unchanged():
+    data = RunConfig().to_dict()
+    data["sac"]["bc_weight"] = 0.0
+    assert RunConfig.from_dict(data).sac.bc_weight == 0.0
+
+
+def test_metric_keys_are_written_and_parsed_by_one_owner():
+    key = eval_key("test", "success", "window-close-v3")
+    assert key == "eval_test_success/window-close-v3"
+    assert parse_eval_key(key) == ("test", "success", "window-close-v3")
+    for other in ("eval_train_success", "kl", "eval_every", "eval_test_bogus/x", "eval_x_success/t"):
+        assert parse_eval_key(other) is None
+    rec = {eval_key("train", "success", "a"): 1.0, eval_key("train", "return", "a"): 5.0,
+           eval_key("test", "success", "b"): 0.0, "kl": 3.0}
+    assert eval_values(rec, "train", "success") == {"a": 1.0}
+    assert set(eval_values(rec)) == {("train", "success", "a"), ("train", "return", "a"),
+                                     ("test", "success", "b")}
+    with pytest.raises(ValueError):
+        eval_key("val", "success", "a")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_a_gpu_is_one_clean_line(tmp_path, capsys):
+    rc = cli_main(["train", "--agent", "pearl", "--device", "cuda", "--steps", "1",
+                   "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "no CUDA device" in err and "Traceback" not in err
