@@ -61,6 +61,8 @@ def _add_config_flags(p) -> None:
     p.add_argument("--num-modules", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard events to RUN/tb (needs `pip install tensorboard`)")
     p.add_argument("--variant", choices=tuple(VARIANTS),
                    help="a named method variant (cmrl/variants.py); flags and --set still win")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -78,6 +80,7 @@ _FLAG_TO_FIELD = {
     "precision": "sac.precision", "batch_size": "sac.batch_size", "bc_weight": "sac.bc_weight", "bc_only": "sac.bc_only",
     "module_width": "net.module_width", "num_layers": "net.num_layers",
     "num_modules": "net.num_modules", "lr": "sac.lr", "obs_norm": "net.obs_norm",
+    "tensorboard": "train.tensorboard",
 }
 
 
@@ -132,7 +135,7 @@ def cmd_train(args) -> int:
         overrides = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items()
                      if getattr(args, flag, None) is not None and field in (
                          "train.steps", "train.device", "train.threads", "train.checkpoint_every",
-                         "train.eval_every")}
+                         "train.eval_every", "train.tensorboard")}
         if args.online:
             overrides["train.mode"] = "online"
         cfg = config_for_resume(args.run_dir, overrides)

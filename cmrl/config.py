@@ -224,6 +224,9 @@ class TrainConfig:
     """`auto` (CUDA when available), `cpu` or `cuda`."""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to RUN/tb with the same keys as metrics.jsonl (needs the
+    optional `tensorboard` package; then `tensorboard --logdir runs`)."""
 
 
 @dataclass

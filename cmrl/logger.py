@@ -81,6 +81,35 @@ def _within(line: str, limits: dict[str, int]) -> bool:
     return bool(counters) and all(counters)
 
 
+class TensorBoardWriter:
+    """TensorBoard scalars under `log_dir`, one per numeric key of each record (the metrics.jsonl
+    keys, e.g. `kl`, `eval_test_success/window-close-v3`), at the record's `step`. Resuming at
+    `purge_step` hides what a killed run wrote after its checkpoint, as metrics.jsonl does."""
+
+    COUNTERS = ("step", "env_steps", "grad_steps", "iteration")
+
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("train.tensorboard needs the optional tensorboard package: "
+                              "pip install tensorboard") from e
+        self._w = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def write(self, record: dict) -> None:
+        step = record.get("step")
+        if not isinstance(step, int):
+            return
+        for key, value in record.items():
+            if (key in self.COUNTERS or isinstance(value, bool)
+                    or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                continue
+            self._w.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._w.close()
+
+
 class ProgressWriter:
     """tqdm bar over the step budget, showing the latest headline metrics."""
 

@@ -33,7 +33,8 @@ from .collector import Collector, add_round
 from .config import ConfigError, RunConfig
 from .envs import ACTION_DIM, OBS_DIM, TaskPool
 from .evaluation import evaluate
-from .logger import CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter, eval_key
+from .logger import (CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter,
+                     TensorBoardWriter, eval_key)
 from .goal_text import embed_goals
 from .normalizer import observation_stats
 from .replay import MultiTaskReplay
@@ -125,6 +126,9 @@ class Trainer:
                                                "env_steps": self.env_steps} if resume else None),
                    ProgressWriter(t.steps, self._step(), "grad" if self.offline else "env",
                                   enabled=progress)]
+        if t.tensorboard:
+            writers.append(TensorBoardWriter(self.run_dir / "tb",
+                                             purge_step=self._step() if resume else None))
         if on_log is not None:
             writers.append(CallbackWriter(on_log))
         self.logger = MetricsLogger(*writers)

@@ -57,3 +57,24 @@ def test_cli_cuda_without_a_gpu_is_one_clean_line(tmp_path, capsys):
                    "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc != 0 and "no CUDA device" in err and "Traceback" not in err
+
+
+def test_tensorboard_writer_beside_metrics_jsonl(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cmrl.trainer import train
+    from tests.test_end_to_end import tiny
+
+    cfg = tiny("pearl", steps=60).updated({"train.tensorboard": True, "train.eval_every": 60,
+                                           "train.checkpoint_every": 60})
+    train(cfg, tmp_path / "run", progress=False)
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert "critic_loss" in tags and "eval_test_success/window-close-v3" in tags
+    assert "step" not in tags and "env_steps" not in tags
+    import json
+
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert acc.Scalars("critic_loss")[-1].step == last["step"] >= 60
