@@ -74,6 +74,47 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(Path(path), json.dumps(obj, indent=2).encode())
 
 
+def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
+    """`obj` (parsed JSON) with every string that is an absolute path inside `root` (default: the
+    working directory, the project root for the CLI) made relative to it, so files that are
+    shipped do not carry the training machine's folders."""
+    root = str(Path(root or Path.cwd()).resolve()).rstrip("/") + "/"
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_paths(v, root) for v in obj]
+    if isinstance(obj, str) and obj.startswith(root):
+        return obj[len(root):] or "."
+    return obj
+
+
+SHIPPED_FILES = (CONFIG_FILE, MODEL_FILE, "metrics.jsonl", "evaluation.json",
+                 "metaworld_evaluation.json", "evaluation_unseen.json")
+"""What a shipped checkpoint holds (those of them the run has): weights, config, curves,
+evaluations; never the resumable state or replay."""
+
+
+def ship(run_dir: str | Path, dest: str | Path, root: str | Path | None = None) -> list[str]:
+    """Copy a trained run's shippable files to `dest`, with `portable_paths` applied to its JSON
+    files; returns the file names copied. The run must have a readable model."""
+    import shutil
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    read_run_info(run_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in SHIPPED_FILES:
+        src = run_dir / name
+        if not src.is_file():
+            continue
+        if name.endswith(".json"):
+            atomic_write_json(dest / name, portable_paths(json.loads(src.read_text()), root))
+        else:
+            shutil.copyfile(src, dest / name)
+        copied.append(name)
+    return copied
+
+
 def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     from safetensors.torch import save
 

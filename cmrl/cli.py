@@ -494,6 +494,20 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _add_ship(sub) -> None:
+    p = sub.add_parser("ship", help="copy a trained run's weights, config, curves and evaluations "
+                                    "(no resumable state) with paths made relative to this folder")
+    p.add_argument("run_dir")
+    p.add_argument("dest")
+
+
+def cmd_ship(args) -> int:
+    from .checkpoint import ship
+
+    print(json.dumps({"shipped": ship(args.run_dir, args.dest), "to": args.dest}))
+    return 0
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a run directory")
     p.add_argument("run_dir")
@@ -520,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_finetune, _add_sweep, _add_eval, _add_data, _add_report, _add_bench,
-                _add_recipe, _add_ablation, _add_analyze, _add_info):
+                _add_recipe, _add_ablation, _add_analyze, _add_ship, _add_info):
         add(sub)
     return parser
 
@@ -528,8 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "finetune": cmd_finetune, "sweep": cmd_sweep, "eval": cmd_eval,
-                "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "ablation": cmd_ablation, "recipe": cmd_recipe,
-                "analyze": cmd_analyze, "info": cmd_info}
+                "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "ablation": cmd_ablation,
+                "recipe": cmd_recipe,
+                "analyze": cmd_analyze, "ship": cmd_ship, "info": cmd_info}
     from .checkpoint import CheckpointError
     from .tasks import HeldOutTaskError, UnknownTaskError
     from .text_encoders import GoalTextError, TextEncoderError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CONFIG_FILE
+from .checkpoint import CONFIG_FILE, portable_paths
 from .logger import eval_values, read_metrics
 
 EVAL_FILES = {"cmrl": "evaluation.json", "metaworld": "metaworld_evaluation.json"}
@@ -251,7 +251,7 @@ def report(root: str | Path, finetune_dirs: list[Path] | None = None,
     results = {"command": command, "root": str(root), "agents": aggregate_evaluations(runs),
                "training_curves": curves, "steps_to_90": steps_to_success(curves, 0.9),
                "finetune": finetune_table(finetune_dirs or [])}
-    (root / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    (root / RESULTS_FILE).write_text(json.dumps(portable_paths(results), indent=2))
     return results
 
 

@@ -71,8 +71,7 @@ for stage in "${stages[@]}"; do
       for run in $(run_dirs); do
         name=$(basename "$run"); agent=${name%-s*}
         dest="$SHIP/seeds/$name"; [ "$name" = "$agent-s0" ] && dest="$SHIP/$agent"
-        mkdir -p "$dest"
-        cp "$run"/{config.json,model.safetensors,metrics.jsonl,evaluation.json,metaworld_evaluation.json} "$dest/"
+        $PY -m cmrl ship "$run" "$dest" >/dev/null  # paths in its JSON made relative to here
       done ;;
     finetune)  # from the seed-0 runs, the ones shipped at checkpoints/ml4/<agent>
       for a in "${AGENTS[@]}"; do

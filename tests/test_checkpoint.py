@@ -473,3 +473,33 @@ def test_read_run_info_returns_info(tmp_path):
     shutil.rmtree(run)
     with pytest.raises(CheckpointError):
         read_run_info(run)
+
+
+def test_shipping_a_run_leaves_no_absolute_paths_of_the_training_machine(tmp_path):
+    import json
+    import shutil
+
+    from cmrl.checkpoint import SHIPPED_FILES, portable_paths, read_run_info, ship
+
+    assert portable_paths({"a": [str(tmp_path / "data" / "x"), "/etc/x", 3]}, tmp_path) == \
+        {"a": ["data/x", "/etc/x", 3]}
+    run = tmp_path / "runs" / "r"
+    shutil.copytree("checkpoints/ml4/pearl", run)
+    info = json.loads((run / "config.json").read_text())
+    info["config"]["train"]["offline"] = str(tmp_path / "data" / "ml4")
+    (run / "config.json").write_text(json.dumps(info))
+    (run / "state").mkdir()  # resumable state is never shipped
+    copied = ship(run, tmp_path / "ship", root=tmp_path)
+    assert "config.json" in copied and "model.safetensors" in copied
+    assert set(copied) <= set(SHIPPED_FILES)
+    assert not (tmp_path / "ship" / "state").exists()
+    assert str(tmp_path) not in (tmp_path / "ship" / "config.json").read_text()
+    assert read_run_info(tmp_path / "ship")["config"]["train"]["offline"] == "data/ml4"
+
+
+def test_shipped_checkpoints_hold_no_absolute_paths():
+    from pathlib import Path
+
+    for p in Path("checkpoints").rglob("*.json"):
+        text = p.read_text()
+        assert '"/work/' not in text and '"/home/' not in text and '"/tmp/' not in text, p
