@@ -545,15 +545,12 @@ def main(argv: list[str] | None = None) -> int:
                 "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "ablation": cmd_ablation,
                 "recipe": cmd_recipe,
                 "analyze": cmd_analyze, "ship": cmd_ship, "info": cmd_info}
-    from .checkpoint import CheckpointError
-    from .tasks import HeldOutTaskError, UnknownTaskError
-    from .text_encoders import GoalTextError, TextEncoderError
+    from .errors import user_errors, user_message
 
     try:
         return handlers[args.command](args)
-    except (ConfigError, CheckpointError, HeldOutTaskError, UnknownTaskError, GoalTextError,
-            TextEncoderError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except user_errors() as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)

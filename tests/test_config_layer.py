@@ -78,3 +78,16 @@ def test_tensorboard_writer_beside_metrics_jsonl(tmp_path):
 
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert acc.Scalars("critic_loss")[-1].step == last["step"] >= 60
+
+
+def test_one_place_maps_user_errors_to_one_line():
+    from cmrl.checkpoint import CheckpointError
+    from cmrl.data import DatasetError
+    from cmrl.errors import MAX_MESSAGE, user_errors, user_message
+
+    for cls in (ConfigError, CheckpointError, DatasetError, FileNotFoundError):
+        assert issubclass(cls, user_errors())
+    assert not issubclass(RuntimeError, user_errors()) and not issubclass(TypeError, user_errors())
+    assert user_message(ConfigError("bad\n  value\n")) == "bad; value"
+    assert len(user_message(ConfigError("x" * 10_000))) == MAX_MESSAGE
+    assert user_message(KeyError("no such task")) == "no such task"
