@@ -1,20 +1,37 @@
-"""Training runs launched from the app: `python -m cmrl train ...` as separate processes.
+"""Training runs launched from the app as separate processes: a recipe (`python -m cmrl recipe
+--name quick ...`, `cmrl/recipes.py`: data made on demand, then offline and/or online phases) or a
+custom run (`python -m cmrl train ...` with the trainer's flags).
 
 Every job lives in its run directory `RUNS/<name>/` next to what the trainer writes there:
 
-    app_job.json   what the app launched: the argv (and its command text), pid, process group,
-                   start time, stop requests and exit codes (one entry per launch or resume)
+    app_job.json   what the app launched: the spec, the argv (and its command text), pid, process
+                   group, start time, stop requests and exit codes (one entry per launch or
+                   resume); `queued` while the job waits for its turn, `cancelled` if it never ran
     train.log      the process's stdout and stderr
+    status.json    (recipes) phase, progress, rate and ETA, written by the run itself
+                   (`cmrl.run_status`)
 
 So the job list is rebuilt from disk on every refresh: it survives page reloads and app restarts.
 A process is alive if its pid exists, is not a zombie and its command line names its run directory.
 Processes start in their own session (`start_new_session=True`): Stop sends SIGINT to the process
 group (the CLI leaves the last checkpoint intact and exits), then SIGTERM and SIGKILL if it lingers.
-One run at a time per app; a hosted page (CMRL_HOSTED=1) launches nothing. Every launch is capped
-even without settings: at most DEFAULT_MAX_STEPS steps (CMRL_MAX_TRAIN_STEPS changes it) and
+
+One run at a time per app (`MAX_RUNNING`); a launch or resume while one runs is queued (at most
+`MAX_QUEUED` waiting, in their run dirs' app_job.json) and starts when the running one ends: the
+watcher thread of the ending process starts the next, and `pump()` (called on every page refresh and
+by a daemon poller while anything is queued) does it after an app restart. `cancel()` drops a queued
+job (or stops a running one). A hosted page (CMRL_HOSTED=1) launches and queues nothing.
+
+Every launch is capped even without settings: at most DEFAULT_MAX_STEPS steps (CMRL_MAX_TRAIN_STEPS
+changes it; a recipe whose phases ask for more gets `--steps <cap>`, said in the notes) and
 DEFAULT_MAX_SECONDS of wall time (CMRL_MAX_TRAIN_SECONDS), after which the run is stopped like Stop
 does (its last checkpoint kept). Every numeric field has a range (`LIMITS`), and an offline dataset
 must be one made by `python -m cmrl data` inside the page's allowed roots (`roots.py`).
+
+Recipes at smoke size (tests, demos): `JobManager(recipe_smoke=(steps, data_episodes))` or the
+environment variable CMRL_RECIPE_SMOKE="steps,data_episodes" adds `--steps/--data-episodes` to every
+recipe launch; `data_root=` or CMRL_RECIPE_DATA_ROOT sets `--data-root`, where recipes cache the data
+they make (default: the library's data/cache).
 """
 
 from __future__ import annotations
@@ -41,6 +58,11 @@ AGENTS = ("cmrl", "pearl", "sm")
 BENCHMARKS = ("ml4", "ml10", "ml45")
 DEVICES = ("auto", "cpu", "cuda")
 PRIOR_DATA = ("none", "expert")
+RECIPE = "recipe"
+CUSTOM = "custom"
+"""The recipe choice that launches `python -m cmrl train` with the trainer's flags."""
+MAX_RUNNING = 1
+MAX_QUEUED = 8
 DEFAULT_MAX_STEPS = 100_000
 DEFAULT_MAX_SECONDS = 4 * 3600
 LIMITS = {"horizon": (10, 500), "envs_per_task": (1, 16), "warmup_steps": (0, None),
@@ -94,6 +116,37 @@ class TrainSpec:
     extra: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RecipeSpec:
+    """A launch of a library recipe (`cmrl.recipes.RECIPES`)."""
+
+    recipe: str = "quick"
+    benchmark: str = "ml4"
+    seed: int = 0
+    device: str = "auto"
+    name: str | None = None
+
+
+def recipe_choices() -> list[tuple[str, str]]:
+    """(title, name) of the library's recipes, then custom."""
+    from cmrl.recipes import RECIPES
+
+    return [(r.title, r.name) for r in RECIPES.values()] + [
+        ("custom (the trainer's flags)", CUSTOM)]
+
+
+def _smoke_from_env() -> tuple[int, int] | None:
+    """CMRL_RECIPE_SMOKE="steps,data_episodes" (both positive whole numbers), else None."""
+    text = os.environ.get("CMRL_RECIPE_SMOKE", "").strip()
+    if not text:
+        return None
+    try:
+        steps, episodes = (int(x) for x in text.split(","))
+    except ValueError:
+        return None
+    return (steps, episodes) if steps > 0 and episodes > 0 else None
+
+
 def _env_cap(name: str, default: int) -> int:
     """A positive whole number from the environment, else `default`."""
     try:
@@ -107,7 +160,7 @@ def _env_cap(name: str, default: int) -> int:
 class JobStatus:
     name: str
     run_dir: Path
-    state: str  # running | stopping | finished | stopped | failed | interrupted
+    state: str  # queued | running | stopping | finished | stopped | failed | interrupted | cancelled
     pid: int | None
     agent: str
     benchmark: str
@@ -118,16 +171,55 @@ class JobStatus:
     command: str
     exit_code: int | None = None
     message: str = ""
+    recipe: str | None = None
+    """The recipe's name, None for a custom run."""
+    phase: str | None = None
+    phases: list[str] = field(default_factory=list)
+    unit: str = "steps"
+    rate: float | None = None
+    eta_s: float | None = None
+    precision: str = ""
+    queue_position: int | None = None
 
     @property
     def alive(self) -> bool:
         return self.state in ("running", "stopping")
 
     @property
+    def what(self) -> str:
+        return f"recipe {self.recipe}" if self.recipe else self.agent
+
+    @property
     def progress(self) -> str:
+        if self.state == "queued":
+            return f"queued (position {self.queue_position})"
         if self.target_steps:
             return f"{self.step:,}/{self.target_steps:,} ({100 * self.step / self.target_steps:.0f}%)"
         return f"{self.step:,}"
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.target_steps:
+            return None
+        return max(0.0, min(1.0, self.step / self.target_steps))
+
+    @property
+    def eta(self) -> str:
+        if not self.alive:
+            return ""
+        return "" if self.eta_s is None else format_seconds(self.eta_s)
+
+
+def format_seconds(s: float | None) -> str:
+    """1 h 05 min, 4 min 10 s, 12 s."""
+    if s is None:
+        return "?"
+    s = max(0, int(round(s)))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
 
 
 def _whole(value) -> bool:
@@ -190,6 +282,12 @@ def read_metrics(run_dir: Path, max_rows: int = 5000) -> list[dict]:
     return rows
 
 
+def _read_status(run_dir: Path) -> dict | None:
+    from cmrl.run_status import read_status
+
+    return read_status(run_dir)
+
+
 def log_tail(run_dir: Path, lines: int = 30, max_bytes: int = 64_000) -> str:
     path = Path(run_dir) / LOG_FILE
     try:
@@ -207,8 +305,12 @@ def log_tail(run_dir: Path, lines: int = 30, max_bytes: int = 64_000) -> str:
 class JobManager:
     def __init__(self, runs_dir: Path | None = None, hosted: bool | None = None,
                  max_steps: int | None = None, python: str | None = None,
-                 max_seconds: float | None = None, roots: Roots | None = None):
+                 max_seconds: float | None = None, roots: Roots | None = None,
+                 recipe_smoke: tuple[int, int] | None = None, data_root: Path | None = None):
         self.runs_dir = Path(runs_dir) if runs_dir else ROOT / "runs" / "app"
+        self.recipe_smoke = recipe_smoke or _smoke_from_env()
+        env_root = os.environ.get("CMRL_RECIPE_DATA_ROOT", "").strip()
+        self.data_root = Path(data_root) if data_root else (Path(env_root) if env_root else None)
         self.hosted = env_flag("CMRL_HOSTED") if hosted is None else hosted
         self.max_steps = max_steps or _env_cap("CMRL_MAX_TRAIN_STEPS", DEFAULT_MAX_STEPS)
         self.max_seconds = max_seconds or _env_cap("CMRL_MAX_TRAIN_SECONDS", DEFAULT_MAX_SECONDS)
@@ -217,6 +319,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._file_lock = threading.Lock()
         self._procs: dict[str, subprocess.Popen] = {}
+        self._poller: threading.Thread | None = None
 
     # -- listing ------------------------------------------------------------------------------------
     def run_dir(self, name: str) -> Path:
@@ -230,8 +333,10 @@ class JobManager:
             return []
         jobs = []
         for p in self.runs_dir.glob(f"*/{JOB_FILE}"):
-            launches = _read_json(p).get("launches") or [{}]
-            jobs.append((launches[0].get("started") or p.stat().st_mtime, p.parent.name))
+            job = _read_json(p)
+            launches = job.get("launches") or [{}]
+            jobs.append((launches[0].get("started") or job.get("created") or p.stat().st_mtime,
+                         p.parent.name))
         return [n for _, n in sorted(jobs, reverse=True)]  # newest first
 
     def status(self, name: str) -> JobStatus:
@@ -239,6 +344,16 @@ class JobManager:
         job = _read_json(run / JOB_FILE)
         if not job:
             raise JobError(f"No app-launched run called {name!r} in {display_path(self.runs_dir)}.")
+        spec = job.get("spec") or {}
+        recipe = spec.get("recipe")
+        if job.get("queued") or (job.get("cancelled") and not job.get("launches")):
+            queued = bool(job.get("queued"))
+            pos = self._queue_position(name) if queued else None
+            return JobStatus(name, run, "queued" if queued else "cancelled", None,
+                             spec.get("agent", "cmrl"), spec.get("benchmark", "?"), None, 0,
+                             spec.get("device", "auto"), None, (job.get("queued") or {}).get(
+                                 "command", ""), message=job.get("start_error", ""),
+                             recipe=recipe, queue_position=pos)
         launches = job.get("launches") or [{}]
         last = launches[-1]
         pid = last.get("pid")
@@ -265,6 +380,11 @@ class JobManager:
             device = (f"auto → {'cuda' if cuda_available() else 'cpu'}" if asked == "auto"
                       else asked)
         exit_code = last.get("exit_code")
+        run_status = _read_status(run) if recipe else None
+        if run_status:
+            step = int(run_status.get("step") or 0)
+            target = int(run_status.get("total") or 0) or None
+            device = run_status.get("device") or device
         message = ""
         if last.get("time_limit"):
             message = (f"stopped at this page's time limit of {self.max_seconds / 3600:g} h "
@@ -273,16 +393,22 @@ class JobManager:
             state = "stopping" if last.get("stop_requested") else "running"
         elif last.get("stop_requested"):
             state = "stopped"
-        elif exit_code == 0 or (target and step >= target and exit_code is None):
+        elif exit_code == 0 or (exit_code is None and (
+                (run_status or {}).get("state") == "finished" if recipe
+                else (target and step >= target))):
             state = "finished"
         elif exit_code is not None:
             state = "failed"
-            message = log_tail(run, 3)
+            message = (run_status or {}).get("message") or log_tail(run, 3)
         else:
             state = "interrupted"
-        return JobStatus(name, run, state, pid, job.get("spec", {}).get("agent", "?"),
-                         job.get("spec", {}).get("benchmark", "?"), target, step, device,
-                         launches[0].get("started"), last.get("command", ""), exit_code, message)
+        rs = run_status or {}
+        return JobStatus(name, run, state, pid, spec.get("agent", "cmrl" if recipe else "?"),
+                         spec.get("benchmark", "?"), target, step, device,
+                         launches[0].get("started"), last.get("command", ""), exit_code, message,
+                         recipe=recipe, phase=rs.get("phase"), phases=list(rs.get("phases") or []),
+                         unit=rs.get("unit") or "steps", rate=rs.get("rate"),
+                         eta_s=rs.get("eta_s"), precision=rs.get("precision") or "")
 
     @staticmethod
     def _device_from_log(run: Path) -> str | None:
@@ -303,15 +429,108 @@ class JobManager:
 
     # -- launching ----------------------------------------------------------------------------------
     def _check_can_launch(self) -> None:
+        """Hosted pages launch nothing; a full queue takes nothing more."""
         if self.hosted:
             raise JobError("Training is switched off on this hosted demo page (CMRL_HOSTED=1), so "
                            "that it cannot be used to burn compute. Run the app locally "
                            "(`bash scripts/run_app.sh`) to train, or use `python -m cmrl train`.")
-        busy = self.running()
-        if busy:
-            j = busy[0]
-            raise JobError(f"A training run is already running: {j.name} ({j.agent}, {j.progress} "
-                           f"steps). This app runs one at a time: stop it or wait for it to finish.")
+        if len(self.queued()) >= MAX_QUEUED:
+            raise JobError(f"The queue is full: {MAX_QUEUED} runs are waiting for their turn "
+                           "behind the running one. Cancel one of them or wait.")
+
+    # -- the queue ------------------------------------------------------------------------------------
+    def queued(self) -> list[str]:
+        """Names of the queued jobs, first in line first."""
+        if not self.runs_dir.is_dir():
+            return []
+        waiting = []
+        for p in self.runs_dir.glob(f"*/{JOB_FILE}"):
+            q = _read_json(p).get("queued")
+            if isinstance(q, dict):
+                waiting.append((q.get("since") or 0, p.parent.name))
+        return [n for _, n in sorted(waiting)]
+
+    def _queue_position(self, name: str) -> int | None:
+        names = self.queued()
+        return names.index(name) + 1 if name in names else None
+
+    def _enqueue(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None) -> None:
+        with self._file_lock:
+            job = _read_json(run / JOB_FILE) or job
+            job["queued"] = {"argv": argv, "command": self._command(argv, run), "steps": steps,
+                             "since": time.time()}
+            job.setdefault("created", time.time())
+            _write_json(run / JOB_FILE, job)
+        self._start_poller()
+
+    def _start_or_queue(self, name: str, run: Path, argv: list[str], job: dict,
+                        steps: int | None) -> list[str]:
+        """Starts the job now if nothing runs (and nothing waits before it), else queues it."""
+        if len(self.running()) < MAX_RUNNING and not self.queued():
+            self._start(name, run, argv, job, steps)
+            return []
+        self._enqueue(name, run, argv, job, steps)
+        return [f"{name} is queued (position {self._queue_position(name)}): it starts when the "
+                "running run ends. Cancel it with the Cancel button."]
+
+    def pump(self) -> str | None:
+        """Starts the first queued job if nothing runs; returns its name (None if none started).
+        Called when a run ends, on every page refresh and by the poller (so a queue survives an
+        app restart)."""
+        if self.hosted or not self.queued():
+            return None
+        with self._lock:
+            if len(self.running()) >= MAX_RUNNING:
+                return None
+            for name in self.queued():
+                run = self.runs_dir / name
+                job = _read_json(run / JOB_FILE)
+                q = job.get("queued") or {}
+                try:
+                    self._start(name, run, list(q["argv"]), job, q.get("steps"))
+                    return name
+                except (JobError, KeyError, TypeError) as e:
+                    with self._file_lock:
+                        job = _read_json(run / JOB_FILE)
+                        job.pop("queued", None)
+                        job["cancelled"] = time.time()
+                        job["start_error"] = f"could not start: {e}"[:500]
+                        _write_json(run / JOB_FILE, job)
+            return None
+
+    def _start_poller(self) -> None:
+        """A daemon thread that pumps the queue every 2 s while anything waits (the running run
+        may belong to an earlier app process, with no watcher thread here)."""
+        with self._file_lock:
+            if self._poller is not None and self._poller.is_alive():
+                return
+            self._poller = threading.Thread(target=self._poll, daemon=True, name="job-queue")
+            self._poller.start()
+
+    def _poll(self) -> None:
+        while self.queued():
+            try:
+                self.pump()
+            except Exception:  # noqa: BLE001 (a torn file; the next round reads it again)
+                pass
+            time.sleep(2.0)
+
+    def cancel(self, name: str) -> JobStatus:
+        """Drops a queued job from the queue, or stops a running one (like `stop`)."""
+        st = self.status(name)
+        if st.alive:
+            return self.stop(name)
+        if st.state != "queued":
+            raise JobError(f"{name} is neither queued nor running ({st.state}): nothing to cancel.")
+        path = st.run_dir / JOB_FILE
+        with self._file_lock:
+            job = _read_json(path)
+            if not job.pop("queued", None):
+                raise JobError(f"{name} has just started: press Stop to stop it.")
+            if not job.get("launches"):
+                job["cancelled"] = time.time()
+            _write_json(path, job)
+        return self.status(name)
 
     def _cap(self, steps: int) -> tuple[int, str]:
         if steps > self.max_steps:
@@ -344,23 +563,10 @@ class JobManager:
         notes = []
         if spec.agent not in AGENTS:
             raise JobError(f"Unknown agent {spec.agent!r}; choose one of {', '.join(AGENTS)}.")
-        bench = (spec.benchmark or "").strip()
-        if not (bench in BENCHMARKS or bench.startswith("ml1:")):
-            raise JobError(f"Unknown benchmark {bench[:60]!r}; choose ml4, ml10, ml45 or "
-                           "ml1:<env-name> (e.g. ml1:window-close-v3).")
-        if bench.startswith("ml1:"):
-            from cmrl.tasks import all_env_names
-
-            if bench[4:] not in all_env_names():
-                raise JobError(f"Unknown Meta-World env {bench[4:][:60]!r} in {bench[:70]!r}.")
-        spec.benchmark = bench
+        spec.benchmark = self._benchmark(spec.benchmark)
         if spec.prior_data not in PRIOR_DATA:
             raise JobError(f"Prior data must be 'none' or 'expert', not {spec.prior_data!r}.")
-        if spec.device not in DEVICES:
-            raise JobError(f"Device must be auto, cpu or cuda, not {spec.device!r}.")
-        if spec.device == "cuda" and not cuda_available():
-            raise JobError("Device cuda was asked for, but torch sees no CUDA device on this "
-                           "machine: choose auto or cpu.")
+        self._device(spec.device)
         if not _whole(spec.steps) or spec.steps < 1:
             raise JobError(f"Steps must be a whole number >= 1, got {str(spec.steps)[:30]}.")
         spec.steps, note = self._cap(spec.steps)
@@ -381,6 +587,81 @@ class JobManager:
                            f"{hi:g}, got {str(u)[:30]}.")
         return spec, notes
 
+    @staticmethod
+    def _benchmark(benchmark) -> str:
+        bench = (benchmark or "").strip() if isinstance(benchmark, str) else ""
+        if not (bench in BENCHMARKS or bench.startswith("ml1:")):
+            raise JobError(f"Unknown benchmark {bench[:60]!r}; choose ml4, ml10, ml45 or "
+                           "ml1:<env-name> (e.g. ml1:window-close-v3).")
+        if bench.startswith("ml1:"):
+            from cmrl.tasks import all_env_names
+
+            if bench[4:] not in all_env_names():
+                raise JobError(f"Unknown Meta-World env {bench[4:][:60]!r} in {bench[:70]!r}.")
+        return bench
+
+    @staticmethod
+    def _device(device) -> None:
+        if device not in DEVICES:
+            raise JobError(f"Device must be auto, cpu or cuda, not {str(device)[:30]!r}.")
+        if device == "cuda" and not cuda_available():
+            raise JobError("Device cuda was asked for, but torch sees no CUDA device on this "
+                           "machine: choose auto or cpu.")
+
+    # -- recipes ------------------------------------------------------------------------------------
+    def validate_recipe(self, spec: RecipeSpec) -> tuple[RecipeSpec, list[str], dict]:
+        """Checks a recipe launch; returns the spec, notes for the user and the recipe's extra
+        flags (`--steps` when a phase exceeds this page's step cap, the smoke size)."""
+        from cmrl.recipes import RECIPES
+
+        if spec.recipe not in RECIPES:
+            raise JobError(f"Unknown recipe {str(spec.recipe)[:40]!r}; choose one of "
+                           f"{', '.join(RECIPES)} (or custom, with the trainer's flags).")
+        spec.benchmark = self._benchmark(spec.benchmark)
+        self._device(spec.device)
+        lo, hi = self.limits("seed")
+        if not (_whole(spec.seed) and lo <= spec.seed <= hi):
+            raise JobError(f"Seed must be a whole number from {lo:,} to {hi:,}, got "
+                           f"{str(spec.seed)[:30]}.")
+        notes, extra = [], {}
+        smoke_steps, smoke_episodes = self.recipe_smoke or (None, None)
+        phases = RECIPES[spec.recipe].phases(spec.benchmark, spec.seed, spec.device, smoke_steps,
+                                             smoke_episodes)
+        budget = max((p.config.train.steps for p in phases if p.config is not None), default=0)
+        if smoke_steps is not None:
+            extra = {"steps": smoke_steps, "data_episodes": smoke_episodes}
+            notes.append(f"smoke size on this page (CMRL_RECIPE_SMOKE): {smoke_steps} steps per "
+                         f"training phase, {smoke_episodes} data episode(s) per noise level")
+        if budget > self.max_steps:
+            extra["steps"] = min(self.max_steps, extra.get("steps", self.max_steps))
+            notes.append(f"the recipe asks for {budget:,} steps in a phase; every training phase "
+                         f"is capped at {extra['steps']:,} steps on this page (CMRL_MAX_TRAIN_STEPS)")
+        if spec.recipe == "full" and not (spec.device == "cuda" or (spec.device == "auto"
+                                                                     and cuda_available())):
+            notes.append("the full recipe is sized for a GPU: on this CPU it takes days (see the "
+                         "estimate); quick is the CPU recipe")
+        return spec, notes, extra
+
+    def build_recipe_argv(self, spec: RecipeSpec, run_dir: Path, extra: dict) -> list[str]:
+        argv = [self.python, "-m", "cmrl", "recipe", "--name", spec.recipe, "--run-dir",
+                str(run_dir), "--benchmark", spec.benchmark, "--seed", str(spec.seed), "--device",
+                spec.device, "--no-progress"]
+        if self.data_root is not None:
+            argv += ["--data-root", str(self.data_root)]
+        if extra.get("steps") is not None:
+            argv += ["--steps", str(extra["steps"])]
+        if extra.get("data_episodes") is not None:
+            argv += ["--data-episodes", str(extra["data_episodes"])]
+        return argv
+
+    def estimate(self, recipe: str, benchmark: str, device: str) -> dict:
+        """`cmrl.recipes.estimate_seconds` for a launch from this page (its data root)."""
+        from cmrl.recipes import DATA_CACHE, estimate_seconds, get_recipe
+
+        spec, _, _ = self.validate_recipe(RecipeSpec(recipe, benchmark, 0, device))
+        root = self.data_root or (ROOT / DATA_CACHE)
+        return estimate_seconds(get_recipe(spec.recipe), spec.benchmark, spec.device, root)
+
     def _dataset(self, offline: str) -> str:
         """The offline dataset's folder, if it lies inside the allowed roots and is a dataset made
         by `python -m cmrl data`."""
@@ -397,12 +678,19 @@ class JobManager:
                            f"{str(e).replace(str(path), display_path(path))[:300]}") from None
         return str(path)
 
-    def launch(self, spec: TrainSpec) -> tuple[JobStatus, list[str]]:
+    def launch(self, spec: TrainSpec | RecipeSpec) -> tuple[JobStatus, list[str]]:
+        """Starts a custom run (TrainSpec) or a recipe (RecipeSpec) now, or queues it while
+        another runs; returns its status and notes for the user."""
         with self._lock:
             self._check_can_launch()
-            spec, notes = self.validate(spec)
+            if isinstance(spec, RecipeSpec):
+                spec, notes, extra = self.validate_recipe(spec)
+                what = f"{spec.recipe}"
+            else:
+                spec, notes = self.validate(spec)
+                what = spec.agent
             name = spec.name.strip() if spec.name and spec.name.strip() else (
-                f"{spec.agent}-{spec.benchmark.replace(':', '_')}-s{spec.seed}-"
+                f"{what}-{spec.benchmark.replace(':', '_')}-s{spec.seed}-"
                 f"{time.strftime('%Y%m%d-%H%M%S')}")
             run = self.run_dir(name)
             if run.exists() and any(run.iterdir()):
@@ -410,9 +698,17 @@ class JobManager:
                                "press Resume, or choose another name.")
             run.mkdir(parents=True, exist_ok=True)
             spec.name = name
-            argv = self.build_argv(spec, run)
-            job = {"name": name, "spec": spec.__dict__, "launches": []}
-            self._start(name, run, argv, job, spec.steps)
+            if isinstance(spec, RecipeSpec):
+                argv = self.build_recipe_argv(spec, run, extra)
+                job = {"name": name, "spec": dict(spec.__dict__, agent="cmrl", extra=extra),
+                       "launches": [], "created": time.time()}
+                steps = None
+            else:
+                argv = self.build_argv(spec, run)
+                job = {"name": name, "spec": spec.__dict__, "launches": [],
+                       "created": time.time()}
+                steps = spec.steps
+            notes += self._start_or_queue(name, run, argv, job, steps)
             return self.status(name), notes
 
     def resume(self, name: str, steps: int | None = None, device: str | None = None
@@ -421,6 +717,10 @@ class JobManager:
             self._check_can_launch()
             st = self.status(name)
             run = st.run_dir
+            if st.alive or st.state == "queued":
+                raise JobError(f"{name} is {st.state} already.")
+            if st.recipe:
+                return self._resume_recipe(st, steps, device)
             if not (run / "state").is_dir() and not (run / ".state.old").is_dir():
                 raise JobError(f"{name} has no checkpoint to resume from yet (it stopped before its "
                                "first checkpoint): launch a new run instead.")
@@ -446,8 +746,30 @@ class JobManager:
             if device:
                 argv += ["--device", device]
             job = _read_json(run / JOB_FILE)
-            self._start(name, run, argv, job, target)
+            notes += self._start_or_queue(name, run, argv, job, target)
             return self.status(name), notes
+
+    def _resume_recipe(self, st: JobStatus, steps, device) -> tuple[JobStatus, list[str]]:
+        """A recipe resumes by running its command again: `run_recipe` skips finished phases
+        and resumes the interrupted one from its checkpoint."""
+        job = _read_json(st.run_dir / JOB_FILE)
+        spec = job.get("spec") or {}
+        if st.state == "finished":
+            raise JobError(f"{st.name} has finished every phase of the {st.recipe} recipe: "
+                           "launch a new run to train again.")
+        notes = []  # a recipe resumes with its own budget: `steps` is not used
+        rspec = RecipeSpec(spec.get("recipe", ""), spec.get("benchmark", ""), spec.get("seed", 0),
+                           spec.get("device", "auto"), st.name)
+        if device is not None:
+            rspec.device = device
+        rspec, _, extra = self.validate_recipe(rspec)
+        argv = self.build_recipe_argv(rspec, st.run_dir, spec.get("extra") or extra)
+        notes += self._start_or_queue(st.name, st.run_dir, argv, job, None)
+        return self.status(st.name), notes
+
+    def _command(self, argv: list[str], run: Path) -> str:
+        shown = ["python"] + [display_path(Path(a)) if a == str(run) else a for a in argv[1:]]
+        return shlex.join(shown)
 
     def _start(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None) -> None:
         env = dict(os.environ)
@@ -456,8 +778,7 @@ class JobManager:
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                          else "")
-        shown = ["python"] + [display_path(Path(a)) if a == str(run) else a for a in argv[1:]]
-        command = shlex.join(shown)
+        command = self._command(argv, run)
         with open(run / LOG_FILE, "ab") as log:
             log.write(f"\n$ {command}\n".encode())
             log.flush()
@@ -470,6 +791,7 @@ class JobManager:
         started = time.time()
         with self._file_lock:
             job = _read_json(run / JOB_FILE) or job
+            job.pop("queued", None)
             job.setdefault("launches", []).append({"pid": proc.pid, "pgid": proc.pid, "argv": argv,
                                                    "command": command, "started": started,
                                                    "deadline": started + self.max_seconds,
@@ -486,6 +808,10 @@ class JobManager:
             self._stop_at_time_limit(name)
             rc = proc.wait()
         self._record_exit(name, rc, proc.pid)  # reaped: no zombie
+        try:
+            self.pump()  # the next queued run, if any
+        except Exception:  # noqa: BLE001 (the poller and the next refresh try again)
+            pass
 
     def _stop_at_time_limit(self, name: str) -> None:
         path = self.runs_dir / name / JOB_FILE

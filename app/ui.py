@@ -33,10 +33,11 @@ from .common import (FRAME_SIZES, GOAL_EXAMPLES, MAX_EPISODES, ML4_TASKS, NUM_VA
 from .figures import (mean_routing_figure, message_figure, return_curves_figure,
                       similarity_figure, success_bars_figure, training_figure)
 from .inputs import DropdownInput, NumberInput, RadioInput, SliderInput
-from .jobs import (AGENTS, DEVICES, PRIOR_DATA, UPDATES_PER_STEP, JobError, JobManager, TrainSpec,
-                   device_summary, log_tail, read_metrics)
+from .jobs import (AGENTS, CUSTOM, DEVICES, PRIOR_DATA, UPDATES_PER_STEP, JobError, JobManager,
+                   RecipeSpec, TrainSpec, device_summary, log_tail, read_metrics, recipe_choices)
 from .results import DEFAULT_RESULTS_ROOT, load_results, table_rows
 from .roots import CHECKPOINT_UNAVAILABLE, Roots, inside
+from .train_tab import estimate_text, progress_html, recipe_summary
 
 log = logging.getLogger("cmrl.app")
 ROLLOUT_CONCURRENCY = 4
@@ -84,6 +85,7 @@ class App:
         self.default = default
         self.agents = AgentCache()
         self.sessions = Sessions()
+        self._estimates: dict[tuple, str] = {}
 
     # -- checkpoints --------------------------------------------------------------------------------
     def checkpoints(self) -> list[str]:
@@ -122,6 +124,29 @@ class App:
             return describe_agent(self._agent(checkpoint))
         except InputError as e:
             return f"⚠️ {e}"
+
+    def checkpoint_horizon(self, checkpoint) -> int | None:
+        """The episode length the checkpoint was trained with (`config.benchmark.horizon` in its
+        config.json), clamped to the sliders' 10-500; None when it cannot be read here."""
+        if not isinstance(checkpoint, str) or not checkpoint.strip():
+            return None
+        if self.hosted and checkpoint.strip() not in self.checkpoints():
+            return None
+        from cmrl.checkpoint import CheckpointError, read_run_info
+
+        try:
+            info = read_run_info(self.access.checkpoint(checkpoint))
+        except (InputError, CheckpointError, OSError, ValueError):
+            return None
+        h = ((info.get("config") or {}).get("benchmark") or {}).get("horizon")
+        if not isinstance(h, int) or isinstance(h, bool):
+            return None
+        return max(10, min(500, h))
+
+    def horizon_update(self, checkpoint):
+        """The episode-length slider follows the picked checkpoint's training horizon."""
+        h = self.checkpoint_horizon(checkpoint)
+        return gr.skip() if h is None else gr.update(value=h)
 
     # -- Adapt ----------------------------------------------------------------------------------------
     def _rollout_spec(self, scene, goal, variation, camera, episodes, eval_episodes, horizon,
@@ -393,11 +418,83 @@ class App:
             st, notes = self.jobs.launch(spec)
         except (InputError, JobError) as e:
             raise _error(e)
+        return self._launched(st, notes)
+
+    def _launched(self, st, notes):
         for n in notes:
             gr.Warning(n)
-        return (f"Launched **{st.name}** (pid {st.pid}): `{st.command}`  \nlogs: "
-                f"`{display_path(st.run_dir / 'train.log')}`",
-                gr.update(choices=self.run_choices(), value=st.name))
+        if st.state == "queued":
+            text = (f"Queued **{st.name}** (position {st.queue_position}): it starts when the "
+                    f"running run ends. `{st.command}`")
+        else:
+            text = (f"Launched **{st.name}** (pid {st.pid}): `{st.command}`  \nlogs: "
+                    f"`{display_path(st.run_dir / 'train.log')}`")
+        if notes:
+            text += "  \n" + "  \n".join(f"note: {n}" for n in notes)
+        return text, gr.update(choices=self.run_choices(), value=st.name)
+
+    def train_recipe(self, recipe, benchmark, seed, device, name):
+        """Launches a library recipe (`python -m cmrl recipe ...`), or queues it while a run runs."""
+        try:
+            choices = [v for _, v in recipe_choices()]
+            recipe = parse_choice(recipe, "The recipe", choices)
+            if recipe == CUSTOM:
+                raise InputError("The custom recipe launches with the trainer's flags: open "
+                                 "*custom run* and press **Launch custom run** (API: train_launch).")
+            spec = RecipeSpec(recipe=recipe,
+                              benchmark=clean_text(benchmark, "The benchmark", 80),
+                              seed=parse_int(seed, "The seed", *self.jobs.limits("seed")),
+                              device=parse_choice(device, "The device", DEVICES),
+                              name=None if name is None or (isinstance(name, str)
+                                                            and not name.strip())
+                              else clean_text(name, "The run name"))
+            st, notes = self.jobs.launch(spec)
+        except (InputError, JobError) as e:
+            raise _error(e)
+        return self._launched(st, notes)
+
+    def train_cancel(self, run):
+        """Drops a queued run from the queue; a running one is stopped (like Stop)."""
+        try:
+            name = self._job_name(run)
+            was = self.jobs.status(name).state
+            st = self.jobs.cancel(name)
+        except (InputError, JobError) as e:
+            raise _error(e)
+        if was == "queued":
+            return f"Cancelled **{st.name}**: it left the queue without running."
+        return f"Stopping **{st.name}** (SIGINT to its process group; the last checkpoint is kept)."
+
+    def train_estimate(self, recipe, benchmark, device):
+        """How long the recipe takes on this machine (`cmrl.recipes.estimate_seconds`: a few
+        updates timed here, a couple of seconds); cached per recipe, benchmark and device."""
+        try:
+            choices = [v for _, v in recipe_choices()]
+            recipe = parse_choice(recipe, "The recipe", choices)
+            if recipe == CUSTOM:
+                return "No estimate for a custom run (its length depends on the flags)."
+            if self.hosted:
+                raise InputError("Training is switched off on this hosted demo page, so there is "
+                                 "nothing to estimate.")
+            benchmark = clean_text(benchmark, "The benchmark", 80)
+            device = parse_choice(device, "The device", DEVICES)
+            key = (recipe, benchmark, device)
+            if key not in self._estimates:
+                est = self.jobs.estimate(recipe, benchmark, device)
+                self._estimates[key] = estimate_text(recipe, benchmark, device, est)
+            return self._estimates[key]
+        except (InputError, JobError) as e:
+            raise _error(e)
+
+    def train_recipe_changed(self, recipe, benchmark, device):
+        """The recipe's description, its cached estimate (else how to get one), the custom section
+        open for custom, the recipe Launch button hidden for custom."""
+        custom = recipe == CUSTOM
+        key = tuple(v if isinstance(v, str) else "" for v in (recipe, benchmark, device))
+        est = self._estimates.get(key) or ("" if custom else
+                                           "Press **estimate** for the time on this machine.")
+        return (recipe_summary(recipe if isinstance(recipe, str) else ""), est,
+                gr.update(open=custom), gr.update(visible=not custom))
 
     def train_stop(self, run):
         try:
@@ -417,6 +514,9 @@ class App:
             raise _error(e)
         for n in notes:
             gr.Warning(n)
+        if st.state == "queued":
+            return (f"Queued the resume of **{st.name}** (position {st.queue_position}): it "
+                    "starts when the running run ends.")
         return f"Resumed **{st.name}** (pid {st.pid}): `{st.command}`"
 
     def _job_name(self, run) -> str:
@@ -450,8 +550,8 @@ class App:
     def jobs_table(self) -> list[list]:
         rows = []
         for j in self.jobs.list():
-            rows.append([j.name, j.state, j.agent, j.benchmark, j.progress, j.device,
-                         time.strftime("%Y-%m-%d %H:%M", time.localtime(j.started))
+            rows.append([j.name, j.state, j.what, j.benchmark, j.phase or "", j.progress, j.eta,
+                         j.device, time.strftime("%Y-%m-%d %H:%M", time.localtime(j.started))
                          if j.started else "", j.pid or ""])
         return rows
 
@@ -460,6 +560,10 @@ class App:
         is not disturbed), the selected run's curves (only when its metrics.jsonl changed), its
         status and log, and the checkpoint lists of the other tabs when a checkpoint appeared."""
         known = dict(known or {})
+        try:
+            self.jobs.pump()  # a queued run whose turn came while no watcher was there
+        except JobError:
+            pass
         choices = self.run_choices()
         run_update = gr.skip()
         if choices != known.get("runs"):
@@ -472,6 +576,7 @@ class App:
             known["table"] = table
         path = self._run_dir(run)
         curves, status, logs = gr.skip(), "", ""
+        panel = progress_html(None)
         stamp = None
         if path is not None:
             try:
@@ -485,7 +590,9 @@ class App:
                 curves = training_figure(rows, f"{run}: {len(rows)} metric rows", x)
             if run in self.jobs.names():
                 j = self.jobs.status(run)
-                status = (f"**{j.name}**: {j.state} · {j.progress} steps · device {j.device} · "
+                panel = progress_html(j)
+                steps = j.progress if j.state in ("queued", "cancelled") else f"{j.progress} steps"
+                status = (f"**{j.name}**: {j.state} · {steps} · device {j.device} · "
                           f"`{j.command}`" + (f"\n\n```\n{j.message}\n```" if j.message else ""))
             else:
                 status = f"**{run}**: not launched from this app (curves only)."
@@ -498,7 +605,7 @@ class App:
             ck_update = gr.update(choices=found)
         known["ckpts"] = found
         return (table_update, run_update, curves, status, logs, ck_update, ck_update, ck_update,
-                stamp if path is not None else None, known)
+                panel, stamp if path is not None else None, known)
 
     # -- Results --------------------------------------------------------------------------------------
     def results(self, protocol):
@@ -568,7 +675,8 @@ class App:
             timer = gr.Timer(2.0)
             timer.tick(self.train_refresh, [train["run"], train["shown"], known_state],
                        [train["table"], train["run"], train["curves"], train["status"],
-                        train["log"], *ck_dropdowns, train["shown"], known_state],
+                        train["log"], *ck_dropdowns, train["progress"], train["shown"],
+                        known_state],
                        show_progress="hidden", concurrency_limit=None, api_name="train_refresh")
             demo.load(self.results, [results["protocol"]],
                       [results["md"], results["bars"], results["curves"], results["table"]],
@@ -600,7 +708,9 @@ class App:
             with gr.Row():
                 eval_eps = SliderInput(0, 5, value=1, step=1,
                                      label="evaluation episodes (posterior mean, deterministic)")
-                horizon = SliderInput(10, 500, value=200, step=10, label="episode length (steps)")
+                horizon = SliderInput(10, 500, value=self.checkpoint_horizon(default) or 200,
+                                      step=10, label="episode length (steps)",
+                                      info="default: the checkpoint's training horizon")
                 size = DropdownInput(list(FRAME_SIZES), value=224, label="frame size (px)")
         with gr.Row():
             run = gr.Button("Run", variant="primary")
@@ -625,6 +735,8 @@ class App:
                        concurrency_limit=ROLLOUT_CONCURRENCY, concurrency_id="rollout",
                        api_name="adapt")
         cancel.click(self.cancel, None, None, cancels=[ev], api_name="cancel")
+        ck.change(self.horizon_update, ck, horizon, api_name="checkpoint_horizon",
+                  show_progress="hidden")
         scene.change(lambda s, g: canonical_goal_text(s) if (not g or g in CANONICAL_TEXTS)
                      and s in SCENES else gr.skip(), [scene, goal], goal, api_visibility="private",
                      show_progress="hidden")
@@ -640,7 +752,10 @@ class App:
             variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
             camera = DropdownInput(list(CAMERAS), value="corner", label="camera")
             episodes = SliderInput(1, 5, value=2, step=1, label="adaptation episodes")
-            horizon = SliderInput(10, 500, value=200, step=10, label="episode length")
+            horizon = SliderInput(10, 500, value=self.checkpoint_horizon(default) or 200, step=10,
+                                  label="episode length")
+        ck.change(self.horizon_update, ck, horizon, api_visibility="private",
+                  show_progress="hidden")
         with gr.Row():
             goal_a = gr.Textbox("open the window", label="goal A")
             goal_b = gr.Textbox("close the window", label="goal B")
@@ -677,7 +792,10 @@ class App:
         with gr.Row():
             episodes = SliderInput(1, 5, value=2, step=1, label="adaptation episodes per variation")
             variations = SliderInput(1, 5, value=1, step=1, label="goal variations per task")
-            horizon = SliderInput(10, 500, value=100, step=10, label="episode length")
+            horizon = SliderInput(10, 500, value=self.checkpoint_horizon(default) or 100, step=10,
+                                  label="episode length")
+        ck.change(self.horizon_update, ck, horizon, api_visibility="private",
+                  show_progress="hidden")
         with gr.Row():
             run = gr.Button("Inspect", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
@@ -701,23 +819,34 @@ class App:
             hosted = ("\n\n> **Hosted demo page: training is switched off here** (CMRL_HOSTED=1). "
                       "Run the app locally to train.")
         else:
-            hosted = (f"\n\n> Each run is capped at {self.jobs.max_steps:,} steps and "
-                      f"{self.jobs.max_seconds / 3600:g} h of wall time on this page.")
-        gr.Markdown(f"Launch `python -m cmrl train` as a separate process (it keeps running if you "
-                    f"reload the page); runs go to `{display_path(self.jobs.runs_dir)}/<name>`. "
-                    f"One run at a time.  \n**Device here:** {device_summary()}{hosted}")
+            hosted = (f"\n\n> Each run is capped at {self.jobs.max_steps:,} steps per training "
+                      f"phase and {self.jobs.max_seconds / 3600:g} h of wall time on this page.")
+        gr.Markdown(f"Pick a **recipe** (from `cmrl.recipes`: data made on demand, then offline "
+                    f"and/or online training) and launch it as a separate process (it keeps running "
+                    f"if you reload the page); runs go to `{display_path(self.jobs.runs_dir)}/<name>`."
+                    f" One run at a time: further launches wait in a queue.  \n**Device here:** "
+                    f"{device_summary()}{hosted}")
         with gr.Row():
-            agent = DropdownInput(list(AGENTS), value="cmrl", label="agent")
+            recipe = RadioInput(recipe_choices(), value="quick", label="recipe", scale=3)
+            estimate = gr.Button("estimate", scale=0, min_width=90)
+        about = gr.Markdown(recipe_summary("quick"), elem_classes="small-md")
+        est = gr.Markdown("Press **estimate** for the time on this machine.",
+                          elem_classes="small-md", elem_id="train-estimate")
+        with gr.Row():
             bench = DropdownInput(["ml4", "ml10", "ml45", "ml1:window-close-v3"], value="ml4",
-                                allow_custom_value=True, label="benchmark (or ml1:<env>)")
-            steps = NumberInput(20000, precision=0, label="steps (env steps; gradient steps offline)")
+                                  allow_custom_value=True, label="benchmark (or ml1:<env>)")
             seed = NumberInput(0, precision=0, label="seed")
-        with gr.Row():
-            prior = RadioInput(list(PRIOR_DATA), value="none", label="prior data (scripted expert)")
             device = RadioInput(list(DEVICES), value="auto", label="device")
-            offline = gr.Textbox("", label="offline dataset dir (optional; `python -m cmrl data`)")
             name = gr.Textbox("", label="run name (optional)")
-        with gr.Accordion("advanced (empty: the trainer's defaults)", open=False):
+        with gr.Accordion("custom run: python -m cmrl train with the trainer's flags (recipe "
+                          "custom; empty: the trainer's defaults)", open=False) as custom:
+            with gr.Row():
+                agent = DropdownInput(list(AGENTS), value="cmrl", label="agent")
+                steps = NumberInput(20000, precision=0,
+                                    label="steps (env steps; gradient steps offline)")
+                prior = RadioInput(list(PRIOR_DATA), value="none",
+                                   label="prior data (scripted expert)")
+                offline = gr.Textbox("", label="offline dataset dir (optional; `python -m cmrl data`)")
             with gr.Row():
                 horizon = NumberInput(None, precision=0, label="horizon")
                 envs = NumberInput(None, precision=0, label="envs per task")
@@ -725,6 +854,8 @@ class App:
                 upd = NumberInput(None, label="updates per env step")
                 eval_every = NumberInput(None, precision=0, label="evaluate every")
                 ckpt_every = NumberInput(None, precision=0, label="checkpoint every")
+            launch_custom = gr.Button("Launch custom run", variant="primary",
+                                      interactive=not self.hosted)
         with gr.Row():
             launch = gr.Button("Launch", variant="primary", interactive=not self.hosted)
             # Custom values: a run launched after this page was built (or by another client)
@@ -732,22 +863,36 @@ class App:
             run = DropdownInput(self.run_choices(), value=None, label="run", scale=3,
                                 allow_custom_value=True)
             stop = gr.Button("Stop", variant="stop")
-            resume = gr.Button("Resume (steps above = new total)", interactive=not self.hosted)
+            cancel = gr.Button("Cancel (queued: leave the queue)")
+            resume = gr.Button("Resume (custom: steps = new total)", interactive=not self.hosted)
         status = gr.Markdown()
-        table = gr.Dataframe(headers=["run", "state", "agent", "benchmark", "progress", "device",
-                                      "started", "pid"], label="runs launched from the app",
-                             value=self.jobs_table(), interactive=False)
-        curves = gr.Plot(label="training curves (metrics.jsonl, refreshed every 2 s)")
+        progress = gr.HTML(progress_html(None), elem_id="train-progress-panel")
+        table = gr.Dataframe(headers=["run", "state", "recipe / agent", "benchmark", "phase",
+                                      "progress", "ETA", "device", "started", "pid"],
+                             label="runs launched from the app", value=self.jobs_table(),
+                             interactive=False)
+        curves = gr.Plot(label="training curves (metrics.jsonl, refreshed every 2 s): success on "
+                               "fresh variations per task, losses, alpha", elem_id="train-curves")
         logbox = gr.Textbox(label="log (last lines)", lines=8, max_lines=12, interactive=False)
         shown = gr.State(None)
-        launch.click(self.train_launch, [agent, bench, steps, seed, prior, offline, device, name,
-                                         horizon, envs, warmup, upd, eval_every, ckpt_every],
-                     [status, run], api_name="train_launch", concurrency_limit=1)
+        for control in (recipe, bench, device):
+            control.change(self.train_recipe_changed, [recipe, bench, device],
+                           [about, est, custom, launch], api_visibility="private",
+                           show_progress="hidden")
+        estimate.click(self.train_estimate, [recipe, bench, device], est, api_name="train_estimate",
+                       concurrency_limit=1)
+        launch.click(self.train_recipe, [recipe, bench, seed, device, name], [status, run],
+                     api_name="train_recipe", concurrency_limit=1)
+        launch_custom.click(self.train_launch, [agent, bench, steps, seed, prior, offline, device,
+                                                name, horizon, envs, warmup, upd, eval_every,
+                                                ckpt_every],
+                            [status, run], api_name="train_launch", concurrency_limit=1)
         stop.click(self.train_stop, run, status, api_name="train_stop")
+        cancel.click(self.train_cancel, run, status, api_name="train_cancel")
         resume.click(self.train_resume, [run, steps, device], status, api_name="train_resume",
                      concurrency_limit=1)
         return {"run": run, "table": table, "curves": curves, "status": status, "log": logbox,
-                "shown": shown}
+                "shown": shown, "progress": progress}
 
     def _results_tab(self):
         gr.Markdown(f"From the evaluation files shipped in `{display_path(self.results_root)}/` "

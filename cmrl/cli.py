@@ -27,61 +27,74 @@ def _add_train(sub) -> None:
 
 
 def _add_config_flags(p) -> None:
+    """The run flags: a few by hand (the benchmark, its task lists, the offline dataset, named
+    variants, --set), then one generated flag per config field (`_config_flags`), its help the
+    field's docstring and its default the dataclass's."""
     p.add_argument("--config", help="a config.json to start from (flags below override it)")
     p.add_argument("--benchmark", help="ml4 (default), ml1:<env>, ml10, ml45, custom")
     p.add_argument("--train-tasks", help="custom benchmark: comma-separated meta-train envs")
     p.add_argument("--test-tasks", help="custom benchmark: comma-separated held-out envs")
-    p.add_argument("--horizon", type=int)
-    p.add_argument("--steps", type=int,
-                   help="total budget: env steps (online) or gradient steps (offline)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--text-encoder", choices=("auto", "clip", "minilm"))
-    p.add_argument("--clip-pretrained", help="open_clip weights: cache tag, local file, or none")
-    p.add_argument("--prior-data", choices=("none", "expert"),
-                   help="prefill meta-train buffers with scripted-expert episodes (labelled in config)")
-    p.add_argument("--prior-episodes", type=int)
     p.add_argument("--offline", metavar="DIR", help="train offline from a dataset made by `cmrl data`")
-    p.add_argument("--bc-weight", type=float, help="behaviour-regularisation weight (offline default 2.5)")
-    p.add_argument("--bc-only", action="store_true", default=None,
-                   help="actor loss is behaviour cloning alone (a baseline; checks the data path)")
-    p.add_argument("--lr", type=float, help="Adam learning rate of every network")
-    p.add_argument("--obs-norm", action=argparse.BooleanOptionalAction, default=None,
-                   help="standardise observations with statistics of the first training data "
-                        "(default on)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("fp32", "bf16"))
-    p.add_argument("--envs-per-task", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--updates-per-step", type=float)
-    p.add_argument("--warmup-steps", type=int, help="env steps collected before the first update")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--module-width", type=int)
-    p.add_argument("--num-layers", type=int)
-    p.add_argument("--num-modules", type=int)
-    p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--tensorboard", action="store_true", default=None,
-                   help="also write TensorBoard events to RUN/tb (needs `pip install tensorboard`)")
     p.add_argument("--variant", choices=tuple(VARIANTS),
                    help="a named method variant (cmrl/variants.py); flags and --set still win")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="set any config field, e.g. --set net.routing_input=cond "
                         "(VALUE is read as JSON, else as a string); repeatable")
+    group = p.add_argument_group("config fields (cmrl/config.py; unset: the dataclass default)")
+    for flag, info in _config_flags().items():
+        kind = info.type.replace(" | None", "")
+        extra: dict = {}
+        if kind == "bool":
+            extra["action"] = argparse.BooleanOptionalAction
+        elif kind in ("int", "float"):
+            extra["type"] = int if kind == "int" else float
+        elif kind.startswith("list["):
+            extra["type"] = _comma_list(int if kind == "list[int]" else str)
+            extra["metavar"] = "A,B,..."
+        if info.choices:
+            extra["choices"] = info.choices
+        doc = info.doc.split(". ")[0].rstrip(".")
+        group.add_argument(f"--{flag}", default=None,
+                           help=f"{doc} [{info.name}, default {info.default!r}]".replace("%", "%%"),
+                           **extra)
 
 
-_FLAG_TO_FIELD = {
-    "agent": "train.agent", "steps": "train.steps", "seed": "train.seed",
-    "text_encoder": "train.text_encoder", "clip_pretrained": "train.clip_pretrained",
-    "prior_data": "train.prior_data", "prior_episodes": "train.prior_episodes",
-    "device": "train.device", "envs_per_task": "train.envs_per_task",
-    "updates_per_step": "train.updates_per_step", "warmup_steps": "train.warmup_steps", "checkpoint_every": "train.checkpoint_every",
-    "eval_every": "train.eval_every", "threads": "train.threads", "horizon": "benchmark.horizon",
-    "precision": "sac.precision", "batch_size": "sac.batch_size", "bc_weight": "sac.bc_weight", "bc_only": "sac.bc_only",
-    "module_width": "net.module_width", "num_layers": "net.num_layers",
-    "num_modules": "net.num_modules", "lr": "sac.lr", "obs_norm": "net.obs_norm",
-    "tensorboard": "train.tensorboard",
-}
+_HAND_WRITTEN = {"benchmark.name", "benchmark.train_tasks", "benchmark.test_tasks", "train.offline",
+                 "train.mode", "train.agent"}
+"""Fields whose flags are written by hand above (or by the subcommand: --agent, --agents)."""
+
+
+def _config_flags() -> dict:
+    """{flag name: FieldInfo} for every other config field: the field's name with dashes, or
+    SECTION-NAME where two sections share a name (the train section keeps the short one)."""
+    from collections import Counter
+
+    from .config import config_fields
+
+    fields = [f for f in config_fields() if f.name not in _HAND_WRITTEN]
+    counts = Counter(f.name.split(".")[1] for f in fields)
+    out = {}
+    for f in fields:
+        section, name = f.name.split(".")
+        flag = name if counts[name] == 1 or section == "train" else f"{section}_{name}"
+        out[flag.replace("_", "-")] = f
+    return out
+
+
+def _comma_list(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, "
+                                             f"got {text!r}") from None
+    return parse
+
+
+_FLAG_TO_FIELD = {"agent": "train.agent",
+                  **{flag.replace("-", "_"): info.name for flag, info in _config_flags().items()}}
+"""argparse destination -> "section.field": --agent and every generated flag."""
 
 
 def _set(cfg: RunConfig, dotted: str, value) -> None:

@@ -20,6 +20,11 @@ GOAL_ENCODINGS = ("sentence", "verb_object")
 BC_FORMS = ("sum", "td3bc")
 KL_PRIORS = ("standard", "text")
 UPDATE_IMPLS = ("auto", "eager", "fast", "compiled")
+TEXT_ENCODERS = ("auto", "clip", "minilm")
+PRIOR_DATA = ("none", "expert")
+MODES = ("online", "offline")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 class ConfigError(ValueError):
@@ -275,21 +280,13 @@ class RunConfig:
         t = self.train
         if t.agent not in AGENT_KINDS:
             raise ConfigError(f"unknown agent {t.agent!r}; choose one of {', '.join(AGENT_KINDS)}")
-        if t.text_encoder not in ("auto", "clip", "minilm"):
-            raise ConfigError(f"unknown text encoder {t.text_encoder!r}; choose clip, minilm or auto")
-        if t.prior_data not in ("none", "expert"):
-            raise ConfigError(f"prior_data must be 'none' or 'expert', not {t.prior_data!r}")
-        if t.mode not in ("online", "offline"):
-            raise ConfigError(f"mode must be online or offline, not {t.mode!r}")
+        for name, choices in CHOICES.items():
+            section, _, attr = name.partition(".")
+            value = getattr(getattr(self, section), attr)
+            if value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
         if t.mode == "offline" and not t.offline:
             raise ConfigError("offline mode needs a dataset (train.offline / --offline DIR)")
-        if t.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, not {t.device!r}")
-        if self.sac.precision not in ("fp32", "bf16", "auto"):
-            raise ConfigError(f"precision must be fp32, bf16 or auto, not {self.sac.precision!r}")
-        if self.sac.update_impl not in UPDATE_IMPLS:
-            raise ConfigError(f"sac.update_impl must be one of {', '.join(UPDATE_IMPLS)}, not "
-                              f"{self.sac.update_impl!r}")
         for name, value in (("steps", t.steps), ("envs_per_task", t.envs_per_task),
                             ("horizon", self.benchmark.horizon), ("batch_size", self.sac.batch_size),
                             ("context_size", self.sac.context_size),
@@ -299,14 +296,6 @@ class RunConfig:
                             ("care_width", self.net.care_width)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        for name, value, choices in (
-                ("net.routing_input", self.net.routing_input, ROUTING_INPUTS),
-                ("net.cond_embed", self.net.cond_embed, COND_EMBEDS),
-                ("net.goal_encoding", self.net.goal_encoding, GOAL_ENCODINGS),
-                ("sac.bc_form", self.sac.bc_form, BC_FORMS),
-                ("sac.kl_prior", self.sac.kl_prior, KL_PRIORS)):
-            if value not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
         if self.sac.bc_weight is not None and not self.sac.bc_weight >= 0.0:
             raise ConfigError(f"sac.bc_weight must be >= 0 (or null: by mode), got {self.sac.bc_weight}")
         if not 0.0 <= self.sac.context_dropout <= 1.0:
@@ -324,6 +313,53 @@ class RunConfig:
 
 _SECTIONS = {"benchmark": BenchmarkConfig, "net": NetworkConfig, "sac": SACConfig,
              "train": TrainConfig}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.text_encoder": TEXT_ENCODERS, "train.prior_data": PRIOR_DATA, "train.mode": MODES,
+    "train.device": DEVICES, "sac.precision": PRECISIONS, "sac.update_impl": UPDATE_IMPLS,
+    "net.routing_input": ROUTING_INPUTS, "net.cond_embed": COND_EMBEDS,
+    "net.goal_encoding": GOAL_ENCODINGS, "sac.bc_form": BC_FORMS, "sac.kl_prior": KL_PRIORS,
+}
+"""The fields that take one of a few words, and those words: `validate`, the CLI and the app's
+forms all read them from here (train.agent: AGENT_KINDS, checked first)."""
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    """"section.field"."""
+    type: str
+    """The annotation as written, e.g. "int", "float | None", "list[int]"."""
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None
+
+
+def config_fields() -> list[FieldInfo]:
+    """Every field of every section, in order, with its type, default, docstring and choices:
+    what a command line or a form is generated from."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(__import__(__name__, fromlist=["_"])))
+    classes = {cls.__name__: sec for sec, cls in _SECTIONS.items()}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name in classes:
+            body = node.body
+            for a, b in zip(body, body[1:]):
+                if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
+                        and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+                        and isinstance(b.value.value, str)):
+                    docs[f"{classes[node.name]}.{a.target.id}"] = " ".join(b.value.value.split())
+    out = []
+    for sec, cls in _SECTIONS.items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            name = f"{sec}.{f.name}"
+            out.append(FieldInfo(name, str(f.type), getattr(defaults, f.name), docs.get(name, ""),
+                                 AGENT_KINDS if name == "train.agent" else CHOICES.get(name)))
+    return out
 
 
 def _build(section_cls, data: Any, section: str):

@@ -519,9 +519,14 @@ def test_episode_length_defaults_to_the_checkpoint_horizon(server, client, train
         info["config"]["benchmark"]["horizon"] = h
         (other / "config.json").write_text(json.dumps(info))
         shutil.copy(trained_run / "model.safetensors", other)
-        assert client.predict(str(other), api_name="/checkpoint_horizon") == expected
-    assert client.predict(str(trained_run), api_name="/checkpoint_horizon") == horizon
+        assert _value(client.predict(str(other), api_name="/checkpoint_horizon")) == expected
+    assert _value(client.predict(str(trained_run), api_name="/checkpoint_horizon")) == horizon
     assert app.checkpoint_horizon("/etc") is None and app.checkpoint_horizon(None) is None
+
+
+def _value(update):
+    """A component update's value as gradio_client returns it."""
+    return update["value"] if isinstance(update, dict) else update
 
 
 def _rows(table) -> dict[tuple[str, str], list]:

@@ -402,7 +402,7 @@ def test_fuzz_malformed_inputs_across_all_endpoints(page, capfd):
     from app.ui import STATE_SESSIONS
 
     cases = malformed_inputs(str(page.run), n=220, seed=1)
-    assert len({api for api, _ in cases}) == 8
+    assert len({api for api, _ in cases}) == 11
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda c: (c, call(page.url, *c)), cases))
     uncaught = [(c, a) for c, a in answers if a.kind == "uncaught"]

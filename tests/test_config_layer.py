@@ -91,3 +91,35 @@ def test_one_place_maps_user_errors_to_one_line():
     assert user_message(ConfigError("bad\n  value\n")) == "bad; value"
     assert len(user_message(ConfigError("x" * 10_000))) == MAX_MESSAGE
     assert user_message(KeyError("no such task")) == "no such task"
+
+
+def test_the_cli_has_a_flag_for_every_config_field_with_its_docstring():
+    from cmrl.cli import _FLAG_TO_FIELD, build_parser, config_from_args
+    from cmrl.config import CHOICES, config_fields
+
+    hand = {"benchmark.name", "benchmark.train_tasks", "benchmark.test_tasks", "train.offline",
+            "train.mode"}
+    covered = set(_FLAG_TO_FIELD.values()) | hand
+    assert {f.name for f in config_fields()} <= covered
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    assert "Soft-Module's deep width" in help_text or "module_width" in help_text
+    assert "[sac.kl_prior, default 'standard']" in help_text
+    args = parser.parse_args(["train", "--run-dir", "x", "--kl-prior", "text", "--mlp-hidden",
+                              "64,64", "--no-obs-norm", "--benchmark-seed", "3", "--seed", "5",
+                              "--context-dropout", "0.25"])
+    cfg = config_from_args(args)
+    assert cfg.sac.kl_prior == "text" and cfg.net.mlp_hidden == [64, 64]
+    assert cfg.net.obs_norm is False and cfg.benchmark.seed == 3 and cfg.train.seed == 5
+    assert cfg.sac.context_dropout == 0.25
+    # unset flags leave the dataclass defaults alone
+    assert config_from_args(parser.parse_args(["train", "--run-dir", "x"])).to_dict() == \
+        RunConfig().to_dict()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--run-dir", "x", "--kl-prior", "nope"])
+    for name, choices in CHOICES.items():
+        data = RunConfig().to_dict()
+        section, field = name.split(".")
+        data[section][field] = "not-a-choice"
+        with pytest.raises(ConfigError, match=f"{name} must be one of {', '.join(choices)}"):
+            RunConfig.from_dict(data)
