@@ -15,9 +15,10 @@ from pathlib import Path
 
 import cmrl
 from cmrl.agent_kinds import agent_kind
+from cmrl.errors import user_errors, user_message
 from cmrl.envs import CAMERAS
 from cmrl.tasks import ML4_TEST, ML4_TRAIN, GOAL_TEXTS, all_env_names
-from cmrl.text_encoders import GoalTextError, TextEncoderError, validate_goal_text
+from cmrl.text_encoders import GoalTextError, validate_goal_text
 
 ROOT = Path(__file__).resolve().parents[1]
 ML4_TASKS = list(ML4_TRAIN + ML4_TEST)
@@ -130,9 +131,9 @@ class AgentCache:
                 agent = cmrl.load_agent(run, max_bytes=self.max_bytes)
                 if agent.uses_text:
                     agent.encode_goal("warm up")  # load the text encoder now, not mid-rollout
-            except (cmrl.CheckpointError, cmrl.ConfigError, TextEncoderError) as e:
+            except user_errors() as e:  # the library's own list (cmrl/errors.py)
                 raise InputError(f"Cannot load checkpoint {shown(label)}: "
-                                 f"{_relative(str(e), run)}") from e
+                                 f"{_relative(user_message(e), run)}") from e
             except (OSError, ValueError, RuntimeError) as e:
                 raise InputError(f"Cannot load checkpoint {shown(label)}: {type(e).__name__}: "
                                  f"{_relative(str(e), run)}") from e

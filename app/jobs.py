@@ -48,16 +48,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmrl.checkpoint import atomic_write_json
+from cmrl.config import AGENT_KINDS, DEVICES, PRIOR_DATA  # the library's choice lists, not copies
+from cmrl.logger import read_metrics
+
 from .common import ROOT, InputError, display_path, env_flag
 from .roots import Roots
 
 JOB_FILE = "app_job.json"
 LOG_FILE = "train.log"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-AGENTS = ("cmrl", "pearl", "sm")
+AGENTS = AGENT_KINDS
 BENCHMARKS = ("ml4", "ml10", "ml45")
-DEVICES = ("auto", "cpu", "cuda")
-PRIOR_DATA = ("none", "expert")
 RECIPE = "recipe"
 CUSTOM = "custom"
 """The recipe choice that launches `python -m cmrl train` with the trainer's flags."""
@@ -234,9 +236,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def pid_alive(pid: int | None, run_dir: Path | None = None) -> bool:
@@ -262,24 +262,6 @@ def pid_alive(pid: int | None, run_dir: Path | None = None) -> bool:
         except OSError:
             return False
     return True
-
-
-def read_metrics(run_dir: Path, max_rows: int = 5000) -> list[dict]:
-    """Rows of metrics.jsonl (a torn last line while the trainer writes is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines()[-max_rows:]:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _read_status(run_dir: Path) -> dict | None:

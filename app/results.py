@@ -126,7 +126,7 @@ def _curves(res: Results, agents: dict) -> None:
     offline = total = 0
     for agent, entry in agents.items():
         for run in entry["runs"]:
-            rows = read_metrics(Path(run["dir"]))
+            rows = read_metrics(Path(run["dir"]), max_rows=5000)
             if not rows:
                 continue
             total += 1

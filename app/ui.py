@@ -585,7 +585,7 @@ class App:
             except OSError:
                 stamp = f"{path}:none"
             if stamp != shown:
-                rows = read_metrics(path)
+                rows = read_metrics(path, max_rows=5000)
                 x = "grad_steps" if rows and all(r.get("env_steps", 0) == 0 for r in rows) else "step"
                 curves = training_figure(rows, f"{run}: {len(rows)} metric rows", x)
             if run in self.jobs.names():

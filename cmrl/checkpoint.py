@@ -65,7 +65,11 @@ def _fsync_write(path: Path, data: bytes) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write `path` so that a reader (or a kill) sees the old or the new file, never a mix; safe
+    from several threads and processes at once (each writes its own temporary file)."""
+    import threading
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     _fsync_write(tmp, data)
     os.replace(tmp, path)
 

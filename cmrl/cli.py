@@ -424,7 +424,7 @@ def _add_recipe(sub) -> None:
     p = sub.add_parser("recipe", help="train with a named recipe: data made on demand, then "
                                       "offline and/or online phases (cmrl/recipes.py)")
     p.add_argument("--name", choices=tuple(RECIPES), default="quick")
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--run-dir", help="the run directory (not needed with --estimate)")
     p.add_argument("--benchmark", default="ml4")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -446,6 +446,8 @@ def cmd_recipe(args) -> int:
         est = estimate_seconds(get_recipe(args.name), args.benchmark, args.device, root)
         print(json.dumps(est, indent=2))
         return 0
+    if not args.run_dir:
+        raise ConfigError("recipe needs --run-dir (or --estimate)")
     out = run_recipe(args.name, args.run_dir, args.benchmark, args.seed, args.device, root,
                      progress=not args.no_progress, steps=args.steps,
                      data_episodes=args.data_episodes)

@@ -157,15 +157,21 @@ class MetricsLogger:
             w.close()
 
 
-def read_metrics(run_dir) -> list[dict]:
-    """The records of a run's metrics.jsonl, in order; a last line cut by a kill is skipped."""
+def read_metrics(run_dir, max_rows: int | None = None) -> list[dict]:
+    """The records of a run's metrics.jsonl in order (the last `max_rows` lines when given); a
+    line cut by a kill while it is written, or not a JSON object, is skipped; no file: []."""
     from pathlib import Path
 
-    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
     records = []
-    for line in (path.read_text().splitlines() if path.exists() else []):
+    for line in lines[-max_rows:] if max_rows else lines:
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            rec = json.loads(line)
+        except ValueError:
             continue
+        if isinstance(rec, dict):
+            records.append(rec)
     return records
