@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmrl.checkpoint import atomic_write_json
+from cmrl.checkpoint import atomic_write_json, has_resumable_state
 from cmrl.config import AGENT_KINDS, DEVICES, PRIOR_DATA  # the library's choice lists, not copies
 from cmrl.logger import read_metrics
 
@@ -356,7 +356,7 @@ class JobManager:
         target = last.get("steps") or job.get("spec", {}).get("steps")
         cfg_steps = (info.get("config") or {}).get("train", {}).get("steps")
         target = int(target or cfg_steps or 0) or None
-        device = info.get("device") or self._device_from_log(run)
+        device = info.get("device") or (_read_status(run) or {}).get("device")
         if not device:
             asked = (job.get("spec") or {}).get("device", "auto")
             device = (f"auto → {'cuda' if cuda_available() else 'cpu'}" if asked == "auto"
@@ -391,11 +391,6 @@ class JobManager:
                          recipe=recipe, phase=rs.get("phase"), phases=list(rs.get("phases") or []),
                          unit=rs.get("unit") or "steps", rate=rs.get("rate"),
                          eta_s=rs.get("eta_s"), precision=rs.get("precision") or "")
-
-    @staticmethod
-    def _device_from_log(run: Path) -> str | None:
-        m = re.search(r", device (\S+), run dir", log_tail(run, 200))
-        return m.group(1) if m else None
 
     def list(self) -> list[JobStatus]:
         out = []
@@ -703,7 +698,7 @@ class JobManager:
                 raise JobError(f"{name} is {st.state} already.")
             if st.recipe:
                 return self._resume_recipe(st, steps, device)
-            if not (run / "state").is_dir() and not (run / ".state.old").is_dir():
+            if not has_resumable_state(run):
                 raise JobError(f"{name} has no checkpoint to resume from yet (it stopped before its "
                                "first checkpoint): launch a new run instead.")
             notes = []

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import BenchmarkConfig, ConfigError, RunConfig
-from .run_status import RunStatus, StatusWriter
+from .run_status import RunStatus
 from .variants import DEFAULT_VARIANT, variant_fields
 
 DATA_CACHE = Path("data") / "cache"
@@ -293,13 +293,8 @@ def run_recipe(name: str, run_dir: str | Path, benchmark: str = "ml4", seed: int
                     continue  # the run went on to a later phase, so this one finished
                 if saved_mode == cfg.train.mode and _reached(saved, cfg):
                     continue
-            trainer = Trainer(cfg, run_dir, resume=resume, progress=progress,
-                              on_log=StatusWriter(status).write)
-            unit = "gradient steps" if cfg.train.mode == "offline" else "env steps"
-            status.phase(ph.name, cfg.train.steps, unit,
-                         trainer.grad_steps if cfg.train.mode == "offline" else trainer.env_steps,
-                         precision=cfg.sac.precision)
-            out[ph.name] = trainer.train()
+            trainer = Trainer(cfg, run_dir, resume=resume, progress=progress, status=status)
+            out[ph.name] = trainer.train()  # its phase in status.json is named by its mode
         status.end("finished")
     except KeyboardInterrupt:
         status.end("stopped", "interrupted")

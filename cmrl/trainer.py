@@ -38,6 +38,7 @@ from .logger import (CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter,
 from .goal_text import embed_goals
 from .normalizer import observation_stats
 from .replay import MultiTaskReplay
+from .run_status import RunStatus, StatusWriter
 from .sac import SACLearner
 from .tasks import HeldOutTaskError, goal_texts, resolve_benchmark
 from .text_encoders import encoder_info, get_text_encoder
@@ -69,7 +70,11 @@ def versions() -> dict[str, str]:
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False,
-                 progress: bool = True, on_log: Callable[[dict], None] | None = None):
+                 progress: bool = True, on_log: Callable[[dict], None] | None = None,
+                 status: RunStatus | None = None):
+        """`status`: the run's status.json keeper when a caller runs several phases in one run
+        directory (`recipes.run_recipe`, which then also ends it); by default the trainer keeps its
+        own and marks it finished, stopped or failed when `train` returns or raises."""
         config.validate()
         config = config.resolved()
         self.config, self.run_dir = config, Path(run_dir)
@@ -129,6 +134,11 @@ class Trainer:
         if t.tensorboard:
             writers.append(TensorBoardWriter(self.run_dir / "tb",
                                              purge_step=self._step() if resume else None))
+        self._own_status = status is None
+        self.status = status or RunStatus(self.run_dir, [t.mode], str(self.device))
+        self.status.phase(t.mode, t.steps, "gradient steps" if self.offline else "env steps",
+                          self._step(), precision=config.sac.precision, device=str(self.device))
+        writers.append(StatusWriter(self.status))
         if on_log is not None:
             writers.append(CallbackWriter(on_log))
         self.logger = MetricsLogger(*writers)
@@ -274,6 +284,16 @@ class Trainer:
                 self._train_offline()
             else:
                 self._train_online()
+            if self._own_status:
+                self.status.end("finished")
+        except KeyboardInterrupt:
+            if self._own_status:
+                self.status.end("stopped", "interrupted; the last checkpoint is intact")
+            raise
+        except BaseException as e:
+            if self._own_status:
+                self.status.end("failed", f"{type(e).__name__}: {e}")
+            raise
         finally:
             self.logger.close()
             if self.collector is not None:

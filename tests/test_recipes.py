@@ -128,3 +128,16 @@ def test_estimate_names_each_phase_and_knows_cached_data(tmp_path):
     assert est["total_s"] == pytest.approx(sum(est["phases"].values()))
     (tmp_path / recipe.phases("ml4")[0].data.key()).mkdir()
     assert estimate_seconds(recipe, "ml4", "cpu", tmp_path)["phases"]["data"] == 0.0
+
+
+def test_a_plain_training_run_keeps_its_own_status(tmp_path):
+    from cmrl.trainer import train
+    from tests.test_end_to_end import tiny
+
+    run = tmp_path / "run"
+    train(tiny("pearl", steps=60).updated({"train.checkpoint_every": 60, "train.eval_every": 0}),
+          run, progress=False)
+    status = read_status(run)
+    assert status["state"] == "finished" and status["phase"] == "online"
+    assert status["phases"] == ["online"] and status["unit"] == "env steps"
+    assert status["device"] == "cpu" and status["step"] >= 60
