@@ -3,7 +3,7 @@
 `python -m cmrl train --variant NAME` applies a variant's fields on top of the defaults (flags and
 `--set` given after it still win). Every field is an ordinary config field, saved with the run; a
 name only saves typing. The screening order and the rule that picked the default are in
-`docs/method_selection.md`; the README's ablation table has every variant's numbers.
+`docs/method_selection.md` (stage 2 kept `baseline`: no finalist beat it on the leave-one-task-out split); the README's ablation table has every variant's numbers.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 DEFAULT_VARIANT = "baseline"
 """The variant the recipes, the app's training presets and the shipped checkpoint use: chosen by the
-rule in docs/method_selection.md (stage 2)."""
+rule in docs/method_selection.md. Stage 2 kept `baseline`: neither finalist (text-prior,
+context-dropout) beat it on the leave-one-task-out split, where every run scored 0."""
 
 
 def variant_fields(name: str) -> dict:

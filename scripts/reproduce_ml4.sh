@@ -3,7 +3,10 @@
 # checkpoints -> fine-tuning -> results.json, tables and figures.
 #
 #   bash scripts/reproduce_ml4.sh [STAGE...]      stages: data sweep eval ship finetune report
-#                                                 (default: all, in that order)
+#                                                 variants (default: all but variants, in order)
+# `variants` is the method ablation (README "Method variants"): every cmrl variant screened at 1 seed
+# and 4,000 steps on ML4 and the leave-one-task-out split, the finalists and baseline at 3 seeds and
+# 10,000 steps, then the table and the pre-registered choice (`python -m cmrl ablation`).
 # Every stage resumes or skips finished work, so a killed run is continued by running it again.
 # Knobs (environment): STEPS (offline gradient steps, 10000), SEEDS (0,1,2), FT_STEPS (fine-tuning
 # env steps, 20000), CONCURRENT (trials at once, 2), OUT (work folder, runs/ml4-repro), AGENTS
@@ -88,6 +91,14 @@ for stage in "${stages[@]}"; do
       done ;;
     report)
       $PY -m cmrl report --root "$SHIP" --finetune "$OUT"/finetune/* --figures assets ;;
-    *) echo "unknown stage $stage (data sweep eval ship finetune report)" >&2; exit 2 ;;
+    variants)
+      PY=$PY bash scripts/variant_runs.sh
+      $PY -m cmrl ablation --root runs/variants/4000 --json runs/variants/screening.json
+      finalists=$($PY -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))
+        ["screening"]["finalists"]))' runs/variants/screening.json)
+      PY=$PY STEPS=10000 SEEDS=0,1,2 VARIANTS="$finalists baseline" bash scripts/variant_runs.sh
+      $PY -m cmrl ablation --root runs/variants/4000 --finalists runs/variants/10000 \
+        --json runs/variants/ablation.json ;;
+    *) echo "unknown stage $stage (data sweep eval ship finetune report variants)" >&2; exit 2 ;;
   esac
 done
