@@ -5,7 +5,7 @@ command line offer the same thing and neither copies a flag:
 
 - `quick`: scripted-expert data for the benchmark's meta-train tasks (made on demand, cached by its
   specification under `data/cache/`, so a second launch reuses it), then offline training of cmrl's
-  default variant; sized to pass 0.9 meta-train success on a laptop CPU in minutes.
+  `RECIPE_VARIANT`; sized to pass 0.9 meta-train success on a laptop CPU in minutes.
 - `offline-online`: `quick`, then online Algorithm 1 with the offline data kept in every batch and
   the behaviour term kept on, so online SAC starts from what the offline phase learned.
 - `full`: the seed's online meta-training (Algorithm 1) with scripted prior data and Soft-Module's
@@ -29,9 +29,17 @@ from typing import Callable
 
 from .config import BenchmarkConfig, ConfigError, RunConfig
 from .run_status import RunStatus
-from .variants import DEFAULT_VARIANT, variant_fields
+from .variants import variant_fields
 
 DATA_CACHE = Path("data") / "cache"
+
+RECIPE_VARIANT = "text-prior"
+"""The cmrl variant the recipes train. A recipe's job is an agent that does its meta-train tasks,
+so this is the variant with the highest and steadiest meta-train success on fresh variations in
+the method ablation's stage 2 (text-prior 0.97 +- 0.00 over 3 seeds at 10,000 offline steps, worst
+task 0.90; context-dropout 0.93 +- 0.09; baseline 0.83 +- 0.26): meta-train numbers only. It is
+not `variants.DEFAULT_VARIANT`, the method's default for claims about held-out tasks, which the
+pre-registered rule kept at baseline (README, "Method variants")."""
 
 
 # -- data made on demand ------------------------------------------------------------------------
@@ -115,7 +123,7 @@ class Recipe:
 
 
 def _offline_config(benchmark: str, seed: int, device: str, steps: int, data: Path | str) -> RunConfig:
-    cfg = RunConfig().updated(variant_fields(DEFAULT_VARIANT))
+    cfg = RunConfig().updated(variant_fields(RECIPE_VARIANT))
     cfg.benchmark.name = benchmark
     t = cfg.train
     t.agent, t.mode, t.offline, t.steps, t.seed, t.device = "cmrl", "offline", str(data), steps, \
@@ -127,8 +135,10 @@ def _offline_config(benchmark: str, seed: int, device: str, steps: int, data: Pa
     return cfg
 
 
-QUICK_STEPS = {"ml4": 6000}
-"""Offline gradient steps of `quick` per benchmark (others: 10,000)."""
+QUICK_STEPS = {"ml4": 10000}
+"""Offline gradient steps of `quick` per benchmark (others: 10,000). At 6,000 on ML4 the recipe
+ended at 0.80 meta-train success (project evaluator, seed 0); the stage-2 runs of its variant
+reached 0.97 +- 0.00 at 10,000."""
 ONLINE_STEPS = 20000
 FULL_STEPS = 500_000
 
@@ -150,7 +160,7 @@ def _offline_online(benchmark: str, seed: int, device: str) -> list[Phase]:
 
 
 def _full(benchmark: str, seed: int, device: str) -> list[Phase]:
-    cfg = RunConfig().updated(variant_fields(DEFAULT_VARIANT))
+    cfg = RunConfig().updated(variant_fields(RECIPE_VARIANT))
     cfg.benchmark.name = benchmark
     cfg.net.module_width = 128  # Soft-Module's "deep" width
     t = cfg.train
@@ -163,7 +173,8 @@ def _full(benchmark: str, seed: int, device: str) -> list[Phase]:
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("quick", "quick (CPU)", "scripted-expert data for the meta-train tasks (made once, then "
-           "cached), then offline training of cmrl's default variant; minutes on a laptop CPU",
+           f"cached), then offline training of cmrl ({RECIPE_VARIANT} variant); minutes on a "
+           "laptop CPU",
            _quick),
     Recipe("offline-online", "offline then online", "the quick recipe, then online meta-training "
            f"({ONLINE_STEPS:,} env steps) with the offline data in every batch and the behaviour "

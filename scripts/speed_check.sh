@@ -16,6 +16,7 @@ OUT=${OUT:-runs/speed-check}
 DATA=${DATA:-data/ml4-expert-v1}
 [ -f "$DATA/cmrl_dataset.json" ] || $PY -m cmrl data --benchmark ml4 --episodes 30 \
   --noise 0.1,0.3 --random-episodes 5 --seed 0 --out "$DATA"
+mkdir -p "$OUT"
 for impl in eager fast; do
   dir="$OUT/$impl"
   if ! $PY -m cmrl info --finished "$dir" >/dev/null 2>&1; then

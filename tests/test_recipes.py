@@ -12,7 +12,8 @@ from cmrl import checkpoint as ckpt
 from cmrl.config import ConfigError
 from cmrl.recipes import RECIPES, DataSpec, ensure_dataset, estimate_seconds, get_recipe, run_recipe
 from cmrl.run_status import STATUS_FILE, RunStatus, StatusWriter, read_status
-from cmrl.variants import DEFAULT_VARIANT, variant_fields
+from cmrl.recipes import RECIPE_VARIANT
+from cmrl.variants import variant_fields
 
 
 def test_every_recipe_builds_valid_configs_from_the_library():
@@ -24,7 +25,7 @@ def test_every_recipe_builds_valid_configs_from_the_library():
             if ph.config is not None:
                 ph.config.validate()
                 assert ph.config.train.seed == 3 and ph.config.train.agent == "cmrl"
-                for key, value in variant_fields(DEFAULT_VARIANT).items():
+                for key, value in variant_fields(RECIPE_VARIANT).items():
                     section, field = key.split(".")
                     assert getattr(getattr(ph.config, section), field) == value, (name, key)
     quick = RECIPES["quick"].phases("ml4")
