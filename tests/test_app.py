@@ -4,6 +4,7 @@ launched, followed, stopped and resumed as separate processes; shipped results; 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -115,23 +116,35 @@ def scratch_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(trained_run, results_root, scratch_root, tmp_path_factory):
-    from app.ui import App, launch
+    from app.ui import App
 
     runs = tmp_path_factory.mktemp("app-runs")
     app = App(checkpoint_roots=[trained_run.parent], runs_dir=runs, results_root=results_root,
               default=str(trained_run), hosted=False, extra_roots=[scratch_root])
     app.jobs.recipe_smoke = RECIPE_SMOKE  # recipes at smoke size, their data made in a tmp dir
     app.jobs.data_root = recipe_data_root(tmp_path_factory)
+    with serving(app) as (url, _):
+        yield app, url
+
+
+@contextlib.contextmanager
+def serving(app):
+    """The app's page on a free local port, as (url, gradio Blocks); afterwards its running jobs
+    are stopped and the server closed."""
+    from app.ui import launch
+
     demo = app.build()
     _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1",
                        server_port=free_port(), quiet=True)
-    yield app, url
-    for job in app.jobs.running():
-        try:
-            app.jobs.stop(job.name, grace_s=2)
-        except Exception:
-            pass
-    demo.close()
+    try:
+        yield url, demo
+    finally:
+        for job in app.jobs.running():
+            try:
+                app.jobs.stop(job.name, grace_s=2)
+            except Exception:
+                pass
+        demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -52,8 +52,8 @@ def _rss_mb() -> float:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from app.ui import App, launch
-    from test_app import free_port
+    from app.ui import App
+    from test_app import serving
 
     base = tmp_path_factory.mktemp("hostile")
     run = _save_run(base / "checkpoints" / "cmrl")
@@ -62,19 +62,11 @@ def page(tmp_path_factory):
     app = App(checkpoint_roots=[base / "checkpoints"], runs_dir=base / "runs",
               results_root=base / "no-results", hosted=False, extra_roots=[scratch])
     app.jobs.python = "/bin/true"  # launches are accepted but train nothing
-    demo = app.build()
-    _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1",
-                       server_port=free_port(), quiet=True)
-    ns = SimpleNamespace(app=app, demo=demo, url=url, run=run, scratch=scratch, base=base)
-    ok = call(url, "adapt", _adapt(str(run)))  # warm: agent, text encoder, renderer
-    assert ok.kind == "ok", ok
-    yield ns
-    for job in app.jobs.running():
-        try:
-            app.jobs.stop(job.name, grace_s=1)
-        except Exception:
-            pass
-    demo.close()
+    with serving(app) as (url, demo):
+        ns = SimpleNamespace(app=app, demo=demo, url=url, run=run, scratch=scratch, base=base)
+        ok = call(url, "adapt", _adapt(str(run)))  # warm: agent, text encoder, renderer
+        assert ok.kind == "ok", ok
+        yield ns
 
 
 def _adapt(checkpoint, goal="open the drawer", variation=0, episodes=1, horizon=10, **kw):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import free_port, recipe_data_root, tiny_app_run
+from tests.test_app import recipe_data_root, serving, tiny_app_run
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason(
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from app.ui import App, launch
+    from app.ui import App
 
     run = tiny_app_run(tmp_path_factory)
     app = App(checkpoint_roots=[run.parent], runs_dir=tmp_path_factory.mktemp("browser-runs"),
@@ -44,16 +44,8 @@ def served(tmp_path_factory):
     # Recipes at smoke size; the online phase of offline-online outlasts the first curve point.
     app.jobs.recipe_smoke = (40, 1)
     app.jobs.data_root = recipe_data_root(tmp_path_factory)
-    demo = app.build()
-    _, url, _ = launch(demo, prevent_thread_lock=True, server_name="127.0.0.1",
-                       server_port=free_port(), quiet=True)
-    yield app, url
-    for job in app.jobs.running():
-        try:
-            app.jobs.stop(job.name, grace_s=2)
-        except Exception:
-            pass
-    demo.close()
+    with serving(app) as (url, _):
+        yield app, url
 
 
 @pytest.fixture(scope="module")
