@@ -235,10 +235,6 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write_json(path, data)
-
-
 def pid_alive(pid: int | None, run_dir: Path | None = None) -> bool:
     """True if `pid` runs (not a zombie) and, when `run_dir` is given, its command line names it."""
     if not pid:
@@ -437,7 +433,7 @@ class JobManager:
             job["queued"] = {"argv": argv, "command": self._command(argv, run), "steps": steps,
                              "since": time.time()}
             job.setdefault("created", time.time())
-            _write_json(run / JOB_FILE, job)
+            atomic_write_json(run / JOB_FILE, job)
         self._start_poller()
 
     def _start_or_queue(self, name: str, run: Path, argv: list[str], job: dict,
@@ -472,7 +468,7 @@ class JobManager:
                         job.pop("queued", None)
                         job["cancelled"] = time.time()
                         job["start_error"] = f"could not start: {e}"[:500]
-                        _write_json(run / JOB_FILE, job)
+                        atomic_write_json(run / JOB_FILE, job)
             return None
 
     def _start_poller(self) -> None:
@@ -506,7 +502,7 @@ class JobManager:
                 raise JobError(f"{name} has just started: press Stop to stop it.")
             if not job.get("launches"):
                 job["cancelled"] = time.time()
-            _write_json(path, job)
+            atomic_write_json(path, job)
         return self.status(name)
 
     def _cap(self, steps: int) -> tuple[int, str]:
@@ -773,7 +769,7 @@ class JobManager:
                                                    "command": command, "started": started,
                                                    "deadline": started + self.max_seconds,
                                                    "steps": steps, "exit_code": None})
-            _write_json(run / JOB_FILE, job)
+            atomic_write_json(run / JOB_FILE, job)
         self._procs[name] = proc
         threading.Thread(target=self._wait, args=(name, proc), daemon=True,
                          name=f"job-{name}").start()
@@ -797,7 +793,7 @@ class JobManager:
             if not job.get("launches") or job["launches"][-1].get("time_limit"):
                 return  # stopped already (by the watcher thread or a status check)
             job["launches"][-1]["time_limit"] = True
-            _write_json(path, job)
+            atomic_write_json(path, job)
         try:
             self.stop(name)
         except JobError:
@@ -815,7 +811,7 @@ class JobManager:
             if last.get("exit_code") is None:
                 last["exit_code"] = rc
                 last["ended"] = time.time()
-                _write_json(path, job)
+                atomic_write_json(path, job)
 
     # -- stopping -----------------------------------------------------------------------------------
     def stop(self, name: str, grace_s: float = 10.0) -> JobStatus:
@@ -827,7 +823,7 @@ class JobManager:
             job = _read_json(path)
             last = job["launches"][-1]
             last["stop_requested"] = time.time()
-            _write_json(path, job)
+            atomic_write_json(path, job)
         pgid = last.get("pgid") or st.pid
         # SIGINT: the CLI exits cleanly and says the last checkpoint is intact. A child started while
         # SIGINT was ignored here (an app run in the background) inherits that, so use SIGTERM then;

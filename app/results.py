@@ -20,10 +20,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmrl.logger import read_metrics
 from cmrl.report import AGENT_ORDER, RESULTS_FILE, aggregate_evaluations, find_runs
 
 from .common import ML4_TASKS, ROOT, display_path
-from .jobs import read_metrics
 
 DEFAULT_RESULTS_ROOT = ROOT / "checkpoints" / "ml4"
 

@@ -21,6 +21,7 @@ import gradio as gr
 
 from cmrl.agent_kinds import agent_kind
 from cmrl.envs import CAMERAS
+from cmrl.logger import read_metrics
 from cmrl.routing_analysis import METRICS, nearest_tasks, similarity_matrix, task_context
 from cmrl.tasks import GOAL_TEXTS, canonical_goal_text
 
@@ -34,7 +35,7 @@ from .figures import (mean_routing_figure, message_figure, return_curves_figure,
                       similarity_figure, success_bars_figure, training_figure)
 from .inputs import DropdownInput, NumberInput, RadioInput, SliderInput
 from .jobs import (AGENTS, CUSTOM, DEVICES, PRIOR_DATA, UPDATES_PER_STEP, JobError, JobManager,
-                   RecipeSpec, TrainSpec, device_summary, log_tail, read_metrics, recipe_choices)
+                   RecipeSpec, TrainSpec, device_summary, log_tail, recipe_choices)
 from .results import DEFAULT_RESULTS_ROOT, load_results, table_rows
 from .roots import CHECKPOINT_UNAVAILABLE, Roots, inside
 from .train_tab import estimate_text, progress_html, recipe_summary

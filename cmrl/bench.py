@@ -105,13 +105,19 @@ def _update_fixture(kind: str, batch_per_task: int, device: torch.device, impl: 
     cfg = RunConfig().updated({"train.agent": kind, "sac.batch_size": batch_per_task,
                                "sac.bc_weight": 2.5, "sac.precision": precision,
                                "train.device": device.type, **(fields or {})})
-    spec = KINDS[kind]
-    text_dim = TEXT_DIM if spec.uses_text else 0
     tasks = TASKS if num_tasks == 3 else tuple(f"task-{i}" for i in range(num_tasks))
+    return update_step(cfg, device, tasks, impl)
+
+
+def update_step(cfg: RunConfig, device: torch.device, tasks, impl: str | None = None):
+    """`cfg`'s agent and learner (update path `impl`, default the config's) on random data for
+    `tasks`, and a zero-argument function doing one update: what the bench and
+    `recipes.estimate_seconds` time."""
+    text_dim = TEXT_DIM if KINDS[cfg.train.agent].uses_text else 0
     torch.manual_seed(0)
-    agent = MetaAgent(cfg, OBS_DIM, ACTION_DIM, text_dim, tasks).to(device)
+    agent = MetaAgent(cfg, OBS_DIM, ACTION_DIM, text_dim, tuple(tasks)).to(device)
     learner = SACLearner(agent, update_impl=impl)
-    T, B = num_tasks, batch_per_task
+    T, B = len(tasks), cfg.sac.batch_size
     g = torch.Generator().manual_seed(0)
     batch = {"obs": torch.randn(T, B, OBS_DIM, generator=g),
              "actions": torch.rand(T, B, ACTION_DIM, generator=g) * 2 - 1,
@@ -119,8 +125,8 @@ def _update_fixture(kind: str, batch_per_task: int, device: torch.device, impl: 
              "next_obs": torch.randn(T, B, OBS_DIM, generator=g), "dones": torch.zeros(T, B)}
     batch = {k: v.to(device) for k, v in batch.items()}
     context = (torch.randn(T, cfg.sac.context_size, 2 * OBS_DIM + ACTION_DIM + 1, generator=g)
-               .to(device) if spec.uses_context else None)
-    goal = torch.randn(T, text_dim, generator=g).to(device) if text_dim else None
+               .to(device) if agent.encoder is not None else None)
+    goal = torch.randn(T, agent.goal_dim, generator=g).to(device) if agent.goal_dim else None
     ids = torch.arange(T, device=device)
 
     def step():

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import AGENT_KINDS, ConfigError, RunConfig
+from .config import AGENT_KINDS, DEVICES, ConfigError, RunConfig
 from .variants import VARIANTS, variant_fields
 
 
@@ -215,7 +215,7 @@ def _add_finetune(sub) -> None:
                    help="keep a TD3+BC term towards the replay's own actions (0: plain SAC)")
     p.add_argument("--envs-per-task", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
 
@@ -427,7 +427,7 @@ def _add_recipe(sub) -> None:
     p.add_argument("--run-dir", help="the run directory (not needed with --estimate)")
     p.add_argument("--benchmark", default="ml4")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--data-root", default=None, help="where made datasets are cached "
                                                      "(default data/cache)")
     p.add_argument("--steps", type=int, help="replace every training phase's budget (smoke tests)")

@@ -8,6 +8,7 @@ file is user input too).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,14 +336,16 @@ class FieldInfo:
     choices: tuple[str, ...] | None
 
 
-def config_fields() -> list[FieldInfo]:
+@functools.lru_cache(maxsize=1)
+def config_fields() -> tuple[FieldInfo, ...]:
     """Every field of every section, in order, with its type, default, docstring and choices:
     what a command line or a form is generated from."""
     import ast
     import inspect
+    import sys
 
     docs: dict[str, str] = {}
-    tree = ast.parse(inspect.getsource(__import__(__name__, fromlist=["_"])))
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
     classes = {cls.__name__: sec for sec, cls in _SECTIONS.items()}
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name in classes:
@@ -359,7 +362,7 @@ def config_fields() -> list[FieldInfo]:
             name = f"{sec}.{f.name}"
             out.append(FieldInfo(name, str(f.type), getattr(defaults, f.name), docs.get(name, ""),
                                  AGENT_KINDS if name == "train.agent" else CHOICES.get(name)))
-    return out
+    return tuple(out)
 
 
 def _build(section_cls, data: Any, section: str):

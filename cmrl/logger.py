@@ -160,8 +160,6 @@ class MetricsLogger:
 def read_metrics(run_dir, max_rows: int | None = None) -> list[dict]:
     """The records of a run's metrics.jsonl in order (the last `max_rows` lines when given); a
     line cut by a kill while it is written, or not a JSON object, is skipped; no file: []."""
-    from pathlib import Path
-
     try:
         lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     except OSError:

@@ -196,13 +196,9 @@ _SPEED_CACHE: dict[str, float] = {}
 
 
 def measure_updates_per_s(cfg: RunConfig, seconds: float = 1.5) -> float:
-    """Gradient updates per second of `cfg`'s agent on its device (synthetic batch; cached per
-    configuration for the life of the process)."""
-    import torch
-
-    from .agent import MetaAgent
-    from .envs import ACTION_DIM, OBS_DIM
-    from .sac import SACLearner
+    """Gradient updates per second of `cfg`'s agent on its device (synthetic batch, the bench's
+    `update_step`; cached per configuration for the life of the process)."""
+    from .bench import update_step
     from .tasks import resolve_benchmark
     from .trainer import resolve_device
 
@@ -210,23 +206,12 @@ def measure_updates_per_s(cfg: RunConfig, seconds: float = 1.5) -> float:
                           cfg.benchmark.name, cfg.train.device, cfg.sac.precision], sort_keys=True)
     if net_key in _SPEED_CACHE:
         return _SPEED_CACHE[net_key]
-    device = resolve_device(cfg.train.device)
     tasks = resolve_benchmark(cfg.benchmark).train_tasks
-    text_dim = 384
-    agent = MetaAgent(cfg, OBS_DIM, ACTION_DIM, text_dim, tasks).to(device)
-    learner = SACLearner(agent)
-    T, B = len(tasks), cfg.sac.batch_size
-    batch = {"obs": torch.randn(T, B, OBS_DIM, device=device),
-             "actions": torch.rand(T, B, ACTION_DIM, device=device) * 2 - 1,
-             "rewards": torch.rand(T, B, device=device), "dones": torch.zeros(T, B, device=device),
-             "next_obs": torch.randn(T, B, OBS_DIM, device=device)}
-    context = torch.randn(T, cfg.sac.context_size, 2 * OBS_DIM + ACTION_DIM + 1, device=device)
-    goal = torch.randn(T, agent.goal_dim, device=device) if agent.uses_text else None
-    ids = torch.arange(T, device=device)
-    learner.update(batch, context, goal, ids)
+    _, step = update_step(cfg, resolve_device(cfg.train.device), tasks)
+    step()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or n < 3:
-        learner.update(batch, context, goal, ids)
+        step()
         n += 1
     _SPEED_CACHE[net_key] = n / (time.perf_counter() - start)
     return _SPEED_CACHE[net_key]

@@ -399,7 +399,7 @@ def test_train_launch_curves_stop_resume(server, client):
     msg = client.predict("tiny", 360, "cpu", api_name="/train_resume")
     assert "Resumed **tiny**" in msg and "--resume" in msg
     _wait_for(lambda: app.jobs.status("tiny").state == "finished", 150, "the resumed run")
-    from app.jobs import read_metrics
+    from cmrl.logger import read_metrics
 
     steps = [r["step"] for r in read_metrics(app.jobs.run_dir("tiny"))]
     assert steps[-1] == 360 and steps == sorted(steps)

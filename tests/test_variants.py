@@ -21,6 +21,7 @@ from cmrl.sac import SACLearner
 from cmrl.trainer import Trainer
 from cmrl.variants import VARIANTS, variant_fields, variant_of
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
+from test_networks import _batch
 
 TEXT_DIM = 384
 TRANSITION_DIM = 2 * OBS_DIM + ACT_DIM + 1
@@ -33,15 +34,6 @@ def _cfg(kind: str = "cmrl", **fields) -> RunConfig:
 def _agent(cfg: RunConfig, seed: int = 0) -> MetaAgent:
     torch.manual_seed(seed)
     return MetaAgent(cfg, OBS_DIM, ACT_DIM, TEXT_DIM if cfg.train.agent == "cmrl" else 0, ML4_TRAIN)
-
-
-def _batch(T: int, B: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"obs": torch.randn(T, B, OBS_DIM, generator=g),
-            "actions": torch.rand(T, B, ACT_DIM, generator=g) * 2 - 1,
-            "rewards": torch.rand(T, B, generator=g),
-            "next_obs": torch.randn(T, B, OBS_DIM, generator=g),
-            "dones": torch.zeros(T, B)}
 
 
 def _goal(agent: MetaAgent, T: int = 3, seed: int = 2) -> torch.Tensor:
