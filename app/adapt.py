@@ -14,7 +14,6 @@ generator's `finally` when gradio stops iterating it, or when nobody has read th
 
 from __future__ import annotations
 
-import itertools
 import os
 import queue
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmrl.routing_analysis import RoutingMean, cosine_similarity, js_similarity
+from cmrl.experiments.routing_analysis import RoutingMean, cosine_similarity, js_similarity
 
 from .figures import (PosteriorFigure, RoutingFigure, posterior_unavailable, routing_unavailable)
 
@@ -37,10 +36,6 @@ STALL_S = 60.0
 """A worker whose queue nobody has read for this long stops (an abandoned request)."""
 VIDEO_ROOT = Path(tempfile.gettempdir()) / "cmrl-app-videos"
 VIDEO_FPS = 30
-SCENE_LOCK = threading.Lock()
-"""Held while a rollout builds its scene (its first step). Meta-World draws the 50 goal variations
-of a scene from numpy's *global* RNG, so two threads building scenes at once corrupt each other's
-draws (wrong variations, or its "Only generated 47 unique goals" assertion)."""
 
 
 class Sessions:
@@ -176,9 +171,7 @@ class RolloutWorker(threading.Thread):
                                      adaptation_episodes=s.episodes, eval_episodes=s.eval_episodes,
                                      render=True, camera=s.camera, size=s.size, seed=s.seed,
                                      horizon=s.horizon, stop=self.stop)
-            with SCENE_LOCK:
-                first = next(gen, None)
-            for rec in itertools.chain([first] if first is not None else [], gen):
+            for rec in gen:  # (building the scene is locked in cmrl.envs.metaworld_env.make_scene)
                 self.steps += 1
                 if self.video_dir is not None:
                     if writer is None:

@@ -16,9 +16,10 @@ from pathlib import Path
 import cmrl
 from cmrl.agent_kinds import agent_kind
 from cmrl.errors import user_errors, user_message
-from cmrl.envs import CAMERAS
-from cmrl.tasks import ML4_TEST, ML4_TRAIN, GOAL_TEXTS, all_env_names
-from cmrl.text_encoders import GoalTextError, validate_goal_text
+from cmrl.envs.metaworld_env import CAMERAS
+from cmrl.envs.tasks import ML4_TEST, ML4_TRAIN, GOAL_TEXTS, all_env_names
+from cmrl.nets.text_encoders import GoalTextError, validate_goal_text
+from cmrl.runs.checkpoint import find_run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 ML4_TASKS = list(ML4_TRAIN + ML4_TEST)
@@ -59,20 +60,15 @@ def resolve_path(text: str) -> Path:
 
 
 def find_checkpoints(roots: list[Path] | None = None) -> list[str]:
-    """Run directories (config.json + model.safetensors) under checkpoints/ then runs/ (and any
-    extra roots), as paths relative to the repository where possible."""
+    """Run directories (`cmrl.runs.checkpoint.find_run_dirs`) under checkpoints/ then runs/ (and
+    any extra roots), as paths relative to the repository where possible."""
     roots = roots or [ROOT / "checkpoints", ROOT / "runs"]
     found: list[str] = []
     for base in roots:
-        base = Path(base)
-        if not base.is_dir():
-            continue
-        for cfg in sorted(base.rglob("config.json")):
-            run = cfg.parent
-            if (run / "model.safetensors").is_file() and ".state" not in run.name:
-                name = display_path(run)
-                if name not in found:
-                    found.append(name)
+        for run in find_run_dirs(base):
+            name = display_path(run)
+            if name not in found:
+                found.append(name)
     return found
 
 

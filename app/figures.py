@@ -17,7 +17,7 @@ from gradio.components.plot import PlotData
 from plotly.subplots import make_subplots
 
 from cmrl.agent_kinds import agent_kind
-from cmrl.report import agent_color
+from cmrl.experiments.report import agent_color
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]

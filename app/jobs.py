@@ -1,5 +1,5 @@
 """Training runs launched from the app as separate processes: a recipe (`python -m cmrl recipe
---name quick ...`, `cmrl/recipes.py`: data made on demand, then offline and/or online phases) or a
+--name quick ...`, `cmrl/experiments/recipes.py`: data made on demand, then offline and/or online phases) or a
 custom run (`python -m cmrl train ...` with the trainer's flags).
 
 Every job lives in its run directory `RUNS/<name>/` next to what the trainer writes there:
@@ -9,7 +9,7 @@ Every job lives in its run directory `RUNS/<name>/` next to what the trainer wri
                    resume); `queued` while the job waits for its turn, `cancelled` if it never ran
     train.log      the process's stdout and stderr
     status.json    (recipes) phase, progress, rate and ETA, written by the run itself
-                   (`cmrl.run_status`)
+                   (`cmrl.runs.run_status`)
 
 So the job list is rebuilt from disk on every refresh: it survives page reloads and app restarts.
 A process is alive if its pid exists, is not a zombie and its command line names its run directory.
@@ -48,9 +48,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmrl.checkpoint import atomic_write_json, has_resumable_state
-from cmrl.config import AGENT_KINDS, DEVICES, PRIOR_DATA  # the library's choice lists, not copies
-from cmrl.logger import read_metrics
+from cmrl.runs.checkpoint import atomic_write_json, has_resumable_state
+from cmrl.config import (AGENT_KINDS, DEVICES, PRIOR_DATA,  # the library's choice lists, not copies
+                         BenchmarkConfig, RunConfig, check_bounds)
+from cmrl.envs.tasks import resolve_benchmark
+from cmrl.errors import user_errors, user_message
+from cmrl.runs.logger import read_metrics
 
 from .common import ROOT, InputError, display_path, env_flag
 from .roots import Roots
@@ -59,7 +62,8 @@ JOB_FILE = "app_job.json"
 LOG_FILE = "train.log"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 AGENTS = AGENT_KINDS
-BENCHMARKS = ("ml4", "ml10", "ml45")
+LAUNCH_CONFIG = "launch_config.json"
+"""The validated RunConfig of a custom launch, in its run directory (`train --config`)."""
 RECIPE = "recipe"
 CUSTOM = "custom"
 """The recipe choice that launches `python -m cmrl train` with the trainer's flags."""
@@ -120,7 +124,7 @@ class TrainSpec:
 
 @dataclass
 class RecipeSpec:
-    """A launch of a library recipe (`cmrl.recipes.RECIPES`)."""
+    """A launch of a library recipe (`cmrl.experiments.recipes.RECIPES`)."""
 
     recipe: str = "quick"
     benchmark: str = "ml4"
@@ -131,7 +135,7 @@ class RecipeSpec:
 
 def recipe_choices() -> list[tuple[str, str]]:
     """(title, name) of the library's recipes, then custom."""
-    from cmrl.recipes import RECIPES
+    from cmrl.experiments.recipes import RECIPES
 
     return [(r.title, r.name) for r in RECIPES.values()] + [
         ("custom (the trainer's flags)", CUSTOM)]
@@ -212,6 +216,14 @@ class JobStatus:
         return "" if self.eta_s is None else format_seconds(self.eta_s)
 
 
+def _sentence(message: str) -> str:
+    """A library message as the page writes its own: capitalised (unless it opens with a config
+    field's name, e.g. `train.prior_data must be ...`)."""
+    if re.match(r"\w+\.\w+", message):
+        return message
+    return message[:1].upper() + message[1:]
+
+
 def format_seconds(s: float | None) -> str:
     """1 h 05 min, 4 min 10 s, 12 s."""
     if s is None:
@@ -261,7 +273,7 @@ def pid_alive(pid: int | None, run_dir: Path | None = None) -> bool:
 
 
 def _read_status(run_dir: Path) -> dict | None:
-    from cmrl.run_status import read_status
+    from cmrl.runs.run_status import read_status
 
     return read_status(run_dir)
 
@@ -516,29 +528,44 @@ class JobManager:
         lo, hi = LIMITS[name]
         return lo, self.max_steps if hi is None else hi
 
-    def build_argv(self, spec: TrainSpec, run_dir: Path) -> list[str]:
-        argv = [self.python, "-m", "cmrl", "train", "--run-dir", str(run_dir), "--agent", spec.agent,
-                "--benchmark", spec.benchmark, "--steps", str(spec.steps), "--seed", str(spec.seed),
-                "--prior-data", spec.prior_data, "--device", spec.device, "--no-progress"]
+    def run_config(self, spec: TrainSpec) -> RunConfig:
+        """The `RunConfig` a custom launch trains with: the trainer's defaults with the form's
+        fields set, checked by the library itself (types, choices, ranges, the benchmark); its
+        ConfigError & co. become one JobError line."""
+        fields = {"train.agent": spec.agent, "benchmark.name": spec.benchmark,
+                  "train.steps": spec.steps, "train.seed": spec.seed,
+                  "train.prior_data": spec.prior_data, "train.device": spec.device}
+        optional = {"benchmark.horizon": spec.horizon, "train.envs_per_task": spec.envs_per_task,
+                    "train.warmup_steps": spec.warmup_steps,
+                    "train.updates_per_step": spec.updates_per_step,
+                    "train.eval_every": spec.eval_every,
+                    "train.checkpoint_every": spec.checkpoint_every}
+        fields.update({k: v for k, v in optional.items() if v is not None})
         if spec.offline:
-            argv += ["--offline", str(spec.offline)]
-        for flag, value in (("--horizon", spec.horizon), ("--envs-per-task", spec.envs_per_task),
-                            ("--warmup-steps", spec.warmup_steps),
-                            ("--updates-per-step", spec.updates_per_step),
-                            ("--eval-every", spec.eval_every),
-                            ("--checkpoint-every", spec.checkpoint_every)):
-            if value is not None:
-                argv += [flag, str(value)]
+            fields.update({"train.offline": str(spec.offline), "train.mode": "offline"})
+        try:
+            cfg = RunConfig().updated(fields)
+            check_bounds(cfg)
+            resolve_benchmark(cfg.benchmark)
+        except user_errors() as e:
+            raise JobError(_sentence(user_message(e))) from None
+        return cfg
+
+    def build_argv(self, spec: TrainSpec, run_dir: Path) -> list[str]:
+        """`python -m cmrl train --config FILE`: the validated RunConfig written into the run
+        directory (LAUNCH_CONFIG), so the process trains exactly what was checked here."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LAUNCH_CONFIG
+        atomic_write_json(path, {"config": self.run_config(spec).to_dict()})
+        argv = [self.python, "-m", "cmrl", "train", "--run-dir", str(run_dir), "--config",
+                str(path), "--no-progress"]
         return argv + list(spec.extra)
 
     def validate(self, spec: TrainSpec) -> tuple[TrainSpec, list[str]]:
-        """Checks every field; returns the spec (steps possibly capped) and notes for the user."""
+        """This page's rules (the step cap, the ranges of `LIMITS`, datasets only from the allowed
+        roots, no cuda where there is none), then the library's own check of the RunConfig the
+        launch makes (`run_config`); returns the spec (steps possibly capped) and notes."""
         notes = []
-        if spec.agent not in AGENTS:
-            raise JobError(f"Unknown agent {spec.agent!r}; choose one of {', '.join(AGENTS)}.")
-        spec.benchmark = self._benchmark(spec.benchmark)
-        if spec.prior_data not in PRIOR_DATA:
-            raise JobError(f"Prior data must be 'none' or 'expert', not {spec.prior_data!r}.")
         self._device(spec.device)
         if not _whole(spec.steps) or spec.steps < 1:
             raise JobError(f"Steps must be a whole number >= 1, got {str(spec.steps)[:30]}.")
@@ -558,19 +585,17 @@ class JobManager:
                                   and lo < u <= hi):
             raise JobError(f"Updates per env step must be a number above {lo:g} and at most "
                            f"{hi:g}, got {str(u)[:30]}.")
+        spec.benchmark = self.run_config(spec).benchmark.name
         return spec, notes
 
     @staticmethod
     def _benchmark(benchmark) -> str:
-        bench = (benchmark or "").strip() if isinstance(benchmark, str) else ""
-        if not (bench in BENCHMARKS or bench.startswith("ml1:")):
-            raise JobError(f"Unknown benchmark {bench[:60]!r}; choose ml4, ml10, ml45 or "
-                           "ml1:<env-name> (e.g. ml1:window-close-v3).")
-        if bench.startswith("ml1:"):
-            from cmrl.tasks import all_env_names
-
-            if bench[4:] not in all_env_names():
-                raise JobError(f"Unknown Meta-World env {bench[4:][:60]!r} in {bench[:70]!r}.")
+        """A benchmark name the library resolves (`cmrl.envs.tasks.resolve_benchmark`)."""
+        bench = benchmark.strip() if isinstance(benchmark, str) else ""
+        try:
+            resolve_benchmark(BenchmarkConfig(name=bench))
+        except user_errors() as e:
+            raise JobError(_sentence(user_message(e))) from None
         return bench
 
     @staticmethod
@@ -585,7 +610,7 @@ class JobManager:
     def validate_recipe(self, spec: RecipeSpec) -> tuple[RecipeSpec, list[str], dict]:
         """Checks a recipe launch; returns the spec, notes for the user and the recipe's extra
         flags (`--steps` when a phase exceeds this page's step cap, the smoke size)."""
-        from cmrl.recipes import RECIPES
+        from cmrl.experiments.recipes import RECIPES
 
         if spec.recipe not in RECIPES:
             raise JobError(f"Unknown recipe {str(spec.recipe)[:40]!r}; choose one of "
@@ -628,8 +653,8 @@ class JobManager:
         return argv
 
     def estimate(self, recipe: str, benchmark: str, device: str) -> dict:
-        """`cmrl.recipes.estimate_seconds` for a launch from this page (its data root)."""
-        from cmrl.recipes import DATA_CACHE, estimate_seconds, get_recipe
+        """`cmrl.experiments.recipes.estimate_seconds` for a launch from this page (its data root)."""
+        from cmrl.experiments.recipes import DATA_CACHE, estimate_seconds, get_recipe
 
         spec, _, _ = self.validate_recipe(RecipeSpec(recipe, benchmark, 0, device))
         root = self.data_root or (ROOT / DATA_CACHE)

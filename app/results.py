@@ -8,7 +8,7 @@ Sources under the results root (default `checkpoints/ml4/`), all optional:
   `sm/` or `seeds/cmrl-s1/`..., each with its evaluation files (`evaluation.json`,
   `metaworld_evaluation.json`: `python -m cmrl eval --json`) and `metrics.jsonl` (training curves).
   For an agent and protocol that results.json lacks, they are averaged over seeds by
-  `cmrl.report.aggregate_evaluations`, the same code that writes results.json.
+  `cmrl.experiments.report.aggregate_evaluations`, the same code that writes results.json.
 
 Unreadable files become `Results.problems`, never exceptions.
 """
@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmrl.logger import read_metrics
-from cmrl.report import AGENT_ORDER, RESULTS_FILE, aggregate_evaluations, find_runs
+from cmrl.runs.logger import eval_series, read_metrics
+from cmrl.experiments.report import AGENT_ORDER, RESULTS_FILE, aggregate_evaluations, find_runs
 
 from .common import ML4_TASKS, ROOT, display_path
 
@@ -133,16 +133,9 @@ def _curves(res: Results, agents: dict) -> None:
             mode = run.get("mode", "online")
             offline += mode == "offline"
             xkey = "grad_steps" if mode == "offline" else "env_steps"
-            evals = [r for r in rows if any(k.startswith(("eval_train_return/", "eval_test_return/"))
-                                            for k in r)]
-            xs, returns = [r.get(xkey, r.get("step")) for r in evals], {}
-            for r_i, r in enumerate(evals):
-                for k, v in r.items():
-                    if k.startswith(("eval_train_return/", "eval_test_return/")):
-                        task = k.split("/", 1)[1]
-                        returns.setdefault(task, [None] * len(evals))[r_i] = _num(v)
-                        if k.startswith("eval_test"):
-                            res.held_out.add(task)
+            xs, series, held_out = eval_series(rows, "return", xkey)
+            returns = {task: [_num(v) for v in values] for task, values in series.items()}
+            res.held_out |= held_out
             if xs:
                 seed = run.get("seed")
                 res.curves.setdefault(agent, []).append(
@@ -154,7 +147,7 @@ def _curves(res: Results, agents: dict) -> None:
 
 def load_results(root: Path | str | None = None, protocol: str = "cmrl") -> Results:
     """What is shipped under `root`, with the success table of evaluation `protocol` (a key of
-    `cmrl.report.EVAL_FILES`: "cmrl" or "metaworld")."""
+    `cmrl.experiments.report.EVAL_FILES`: "cmrl" or "metaworld")."""
     root = Path(root) if root else DEFAULT_RESULTS_ROOT
     res = Results(root)
     if not root.is_dir():

@@ -1,14 +1,28 @@
-"""What the Train tab shows: a recipe's description, its time estimate, a run's progress panel.
-
-Text and HTML only; every number comes from `cmrl` (`cmrl.recipes`, the run's `status.json`) or
-from `jobs.py`. The event wiring is in `ui.py`.
+"""The Train tab: pick a recipe (or the trainer's flags), launch it as its own process, follow,
+stop, cancel or resume it. A recipe's description, its time estimate and a run's progress panel
+are text and HTML made here; every number comes from `cmrl` (`cmrl.experiments.recipes`, the
+run's `status.json`) or from `jobs.py`, which owns the processes.
 """
 
 from __future__ import annotations
 
 import html
+import time
+from pathlib import Path
 
-from .jobs import CUSTOM, JobStatus, format_seconds
+import gradio as gr
+
+from cmrl.runs.logger import read_metrics
+
+from .base import PageBase, page_error
+from .common import (InputError, clean_text, display_path, find_checkpoints, parse_choice,
+                     parse_float, parse_int, resolve_path, shown)
+from .figures import message_figure, training_figure
+from .inputs import DropdownInput, NumberInput, RadioInput
+from .jobs import (AGENTS, CUSTOM, DEVICES, LAUNCH_CONFIG, PRIOR_DATA, UPDATES_PER_STEP, JobError,
+                   JobStatus, RecipeSpec, TrainSpec, device_summary, format_seconds, log_tail,
+                   recipe_choices)
+from .roots import inside
 
 PHASE_WORDS = {"data": "making data", "offline": "offline training", "online": "online training"}
 STATE_COLOURS = {"running": "#2b7bd6", "stopping": "#d6892b", "finished": "#2e9e4f",
@@ -17,8 +31,8 @@ STATE_COLOURS = {"running": "#2b7bd6", "stopping": "#d6892b", "finished": "#2e9e
 
 
 def recipe_summary(name: str) -> str:
-    """The recipe's title, summary and phases, from `cmrl.recipes.RECIPES` (custom: the flags)."""
-    from cmrl.recipes import RECIPES
+    """The recipe's title, summary and phases, from `cmrl.experiments.recipes.RECIPES` (custom: the flags)."""
+    from cmrl.experiments.recipes import RECIPES
 
     if name == CUSTOM or name not in RECIPES:
         return ("**custom**: `python -m cmrl train` with the flags in the *custom run* section "
@@ -29,7 +43,7 @@ def recipe_summary(name: str) -> str:
 
 
 def estimate_text(recipe: str, benchmark: str, device: str, est: dict) -> str:
-    """`cmrl.recipes.estimate_seconds`'s answer in words."""
+    """`cmrl.experiments.recipes.estimate_seconds`'s answer in words."""
     parts = ", ".join(f"{PHASE_WORDS.get(k, k)} {format_seconds(v)}"
                       for k, v in est.get("phases", {}).items())
     return (f"**Estimate** for `{recipe}` on {benchmark}, device {est.get('device') or device}: "
@@ -69,3 +83,311 @@ def progress_html(st: JobStatus | None) -> str:
     if st.message and st.state in ("failed", "stopped", "cancelled", "interrupted"):
         lines.append(f"<pre style='white-space:pre-wrap'>{e(st.message[-1500:])}</pre>")
     return "<div id='train-progress'>" + "<br>".join(lines) + "</div>"
+
+
+class TrainTab(PageBase):
+    def train_launch(self, agent, benchmark, steps, seed, prior_data, offline, device, name,
+                     horizon, envs_per_task, warmup_steps, updates_per_step, eval_every,
+                     checkpoint_every):
+        try:
+            def blank(v) -> bool:
+                return v is None or (isinstance(v, str) and not v.strip())
+
+            def opt_int(v, what, field):
+                return None if blank(v) else parse_int(v, what, *self.jobs.limits(field))
+
+            def opt_text(v, what):
+                return None if blank(v) else clean_text(v, what)
+
+            spec = TrainSpec(agent=parse_choice(agent, "The agent", AGENTS),
+                             benchmark=clean_text(benchmark, "The benchmark", 80),
+                             steps=parse_int(steps, "Steps", 1, 10**9),
+                             seed=parse_int(seed, "The seed", *self.jobs.limits("seed")),
+                             prior_data=parse_choice(prior_data, "Prior data", PRIOR_DATA),
+                             offline=opt_text(offline, "The offline dataset"),
+                             device=parse_choice(device, "The device", DEVICES),
+                             name=opt_text(name, "The run name"),
+                             horizon=opt_int(horizon, "The horizon", "horizon"),
+                             envs_per_task=opt_int(envs_per_task, "Envs per task", "envs_per_task"),
+                             warmup_steps=opt_int(warmup_steps, "Warm-up steps", "warmup_steps"),
+                             updates_per_step=None if blank(updates_per_step) else parse_float(
+                                 updates_per_step, "Updates per env step", *UPDATES_PER_STEP),
+                             eval_every=opt_int(eval_every, "Evaluate every", "eval_every"),
+                             checkpoint_every=opt_int(checkpoint_every, "Checkpoint every",
+                                                      "checkpoint_every"))
+            st, notes = self.jobs.launch(spec)
+        except (InputError, JobError) as e:
+            raise page_error(e)
+        return self._launched(st, notes)
+
+    def _launched(self, st, notes):
+        for n in notes:
+            gr.Warning(n)
+        if st.state == "queued":
+            text = (f"Queued **{st.name}** (position {st.queue_position}): it starts when the "
+                    f"running run ends. `{st.command}`")
+        else:
+            text = (f"Launched **{st.name}** (pid {st.pid}): `{st.command}`  \nlogs: "
+                    f"`{display_path(st.run_dir / 'train.log')}`")
+        if st.recipe is None and st.target_steps:
+            text += (f"  \ntrains: {st.agent} on {st.benchmark}, {st.target_steps:,} steps, "
+                     f"device {st.device} (the checked config: "
+                     f"`{display_path(st.run_dir / LAUNCH_CONFIG)}`)")
+        if notes:
+            text += "  \n" + "  \n".join(f"note: {n}" for n in notes)
+        return text, gr.update(choices=self.run_choices(), value=st.name)
+
+    def train_recipe(self, recipe, benchmark, seed, device, name):
+        """Launches a library recipe (`python -m cmrl recipe ...`), or queues it while a run runs."""
+        try:
+            choices = [v for _, v in recipe_choices()]
+            recipe = parse_choice(recipe, "The recipe", choices)
+            if recipe == CUSTOM:
+                raise InputError("The custom recipe launches with the trainer's flags: open "
+                                 "*custom run* and press **Launch custom run** (API: train_launch).")
+            spec = RecipeSpec(recipe=recipe,
+                              benchmark=clean_text(benchmark, "The benchmark", 80),
+                              seed=parse_int(seed, "The seed", *self.jobs.limits("seed")),
+                              device=parse_choice(device, "The device", DEVICES),
+                              name=None if name is None or (isinstance(name, str)
+                                                            and not name.strip())
+                              else clean_text(name, "The run name"))
+            st, notes = self.jobs.launch(spec)
+        except (InputError, JobError) as e:
+            raise page_error(e)
+        return self._launched(st, notes)
+
+    def train_cancel(self, run):
+        """Drops a queued run from the queue; a running one is stopped (like Stop)."""
+        try:
+            name = self._job_name(run)
+            was = self.jobs.status(name).state
+            st = self.jobs.cancel(name)
+        except (InputError, JobError) as e:
+            raise page_error(e)
+        if was == "queued":
+            return f"Cancelled **{st.name}**: it left the queue without running."
+        return f"Stopping **{st.name}** (SIGINT to its process group; the last checkpoint is kept)."
+
+    def train_estimate(self, recipe, benchmark, device):
+        """How long the recipe takes on this machine (`cmrl.experiments.recipes.estimate_seconds`: a few
+        updates timed here, a couple of seconds); cached per recipe, benchmark and device."""
+        try:
+            choices = [v for _, v in recipe_choices()]
+            recipe = parse_choice(recipe, "The recipe", choices)
+            if recipe == CUSTOM:
+                return "No estimate for a custom run (its length depends on the flags)."
+            if self.hosted:
+                raise InputError("Training is switched off on this hosted demo page, so there is "
+                                 "nothing to estimate.")
+            benchmark = clean_text(benchmark, "The benchmark", 80)
+            device = parse_choice(device, "The device", DEVICES)
+            key = (recipe, benchmark, device)
+            if key not in self._estimates:
+                est = self.jobs.estimate(recipe, benchmark, device)
+                self._estimates[key] = estimate_text(recipe, benchmark, device, est)
+            return self._estimates[key]
+        except (InputError, JobError) as e:
+            raise page_error(e)
+
+    def train_recipe_changed(self, recipe, benchmark, device):
+        """The recipe's description, its cached estimate (else how to get one), the custom section
+        open for custom, the recipe Launch button hidden for custom."""
+        custom = recipe == CUSTOM
+        key = tuple(v if isinstance(v, str) else "" for v in (recipe, benchmark, device))
+        est = self._estimates.get(key) or ("" if custom else
+                                           "Press **estimate** for the time on this machine.")
+        return (recipe_summary(recipe if isinstance(recipe, str) else ""), est,
+                gr.update(open=custom), gr.update(visible=not custom))
+
+    def train_stop(self, run):
+        try:
+            st = self.jobs.stop(self._job_name(run))
+        except (InputError, JobError) as e:
+            raise page_error(e)
+        return f"Stopping **{st.name}** (SIGINT to its process group; the last checkpoint is kept)."
+
+    def train_resume(self, run, steps, device):
+        try:
+            name = self._job_name(run)
+            blank = steps is None or (isinstance(steps, str) and not steps.strip())
+            steps = None if blank else parse_int(steps, "Steps", 1, 10**9)
+            device = None if device is None else parse_choice(device, "The device", DEVICES)
+            st, notes = self.jobs.resume(name, steps, device)
+        except (InputError, JobError) as e:
+            raise page_error(e)
+        for n in notes:
+            gr.Warning(n)
+        if st.state == "queued":
+            return (f"Queued the resume of **{st.name}** (position {st.queue_position}): it "
+                    "starts when the running run ends.")
+        return f"Resumed **{st.name}** (pid {st.pid}): `{st.command}`"
+
+    def _job_name(self, run) -> str:
+        """A run launched by this app (by any client, listed or not on its page), or InputError."""
+        if run is None or (isinstance(run, str) and not run.strip()):
+            raise InputError("Pick a run in the list first.")
+        run = clean_text(run, "The run name", 100)
+        if run not in self.jobs.names():
+            raise InputError(f"{shown(run)} was not launched from this app: only app runs can be "
+                             "stopped or resumed here (use `python -m cmrl train --resume`).")
+        return run
+
+    def run_choices(self) -> list[str]:
+        names = self.jobs.names()
+        others = []
+        for c in find_checkpoints(self.roots):
+            p = resolve_path(c)
+            if not inside(p, self.jobs.runs_dir) and (p / "metrics.jsonl").is_file():
+                others.append(c)
+        return names + others
+
+    def _run_dir(self, run) -> Path | None:
+        if not run or not isinstance(run, str):
+            return None
+        if run in self.jobs.names():
+            return self.jobs.run_dir(run)
+        if run in self.run_choices():
+            return resolve_path(run)
+        return None
+
+    def jobs_table(self) -> list[list]:
+        rows = []
+        for j in self.jobs.list():
+            rows.append([j.name, j.state, j.what, j.benchmark, j.phase or "", j.progress, j.eta,
+                         j.device, time.strftime("%Y-%m-%d %H:%M", time.localtime(j.started))
+                         if j.started else "", j.pid or ""])
+        return rows
+
+    def train_refresh(self, run, shown, known):
+        """Timer tick: the job list and run choices (only when they changed, so an open dropdown
+        is not disturbed), the selected run's curves (only when its metrics.jsonl changed), its
+        status and log, and the checkpoint lists of the other tabs when a checkpoint appeared."""
+        known = dict(known or {})
+        try:
+            self.jobs.pump()  # a queued run whose turn came while no watcher was there
+        except JobError:
+            pass
+        choices = self.run_choices()
+        run_update = gr.skip()
+        if choices != known.get("runs"):
+            run_update = gr.update(choices=choices, value=run if run in choices else None)
+            known["runs"] = choices
+        table = self.jobs_table()
+        table_update = gr.skip()
+        if table != known.get("table"):
+            table_update = table
+            known["table"] = table
+        path = self._run_dir(run)
+        curves, status, logs = gr.skip(), "", ""
+        panel = progress_html(None)
+        stamp = None
+        if path is not None:
+            try:
+                st = (path / "metrics.jsonl").stat()
+                stamp = f"{path}:{st.st_mtime_ns}:{st.st_size}"
+            except OSError:
+                stamp = f"{path}:none"
+            if stamp != shown:
+                rows = read_metrics(path, max_rows=5000)
+                x = "grad_steps" if rows and all(r.get("env_steps", 0) == 0 for r in rows) else "step"
+                curves = training_figure(rows, f"{run}: {len(rows)} metric rows", x)
+            if run in self.jobs.names():
+                j = self.jobs.status(run)
+                panel = progress_html(j)
+                steps = j.progress if j.state in ("queued", "cancelled") else f"{j.progress} steps"
+                status = (f"**{j.name}**: {j.state} · {steps} · device {j.device} · "
+                          f"`{j.command}`" + (f"\n\n```\n{j.message}\n```" if j.message else ""))
+            else:
+                status = f"**{run}**: not launched from this app (curves only)."
+            logs = log_tail(path, 25)
+        elif shown is not None:
+            curves = message_figure("pick a run to see its curves", 420)
+        found = self.checkpoints()
+        ck_update = gr.skip()
+        if "ckpts" in known and found != known["ckpts"]:
+            ck_update = gr.update(choices=found)
+        known["ckpts"] = found
+        return (table_update, run_update, curves, status, logs, ck_update, ck_update, ck_update,
+                panel, stamp if path is not None else None, known)
+
+    def _train_tab(self):
+        hosted = ""
+        if self.hosted:
+            hosted = ("\n\n> **Hosted demo page: training is switched off here** (CMRL_HOSTED=1). "
+                      "Run the app locally to train.")
+        else:
+            hosted = (f"\n\n> Each run is capped at {self.jobs.max_steps:,} steps per training "
+                      f"phase and {self.jobs.max_seconds / 3600:g} h of wall time on this page.")
+        gr.Markdown(f"Pick a **recipe** (from `cmrl.experiments.recipes`: data made on demand, then offline "
+                    f"and/or online training) and launch it as a separate process (it keeps running "
+                    f"if you reload the page); runs go to `{display_path(self.jobs.runs_dir)}/<name>`."
+                    f" One run at a time: further launches wait in a queue.  \n**Device here:** "
+                    f"{device_summary()}{hosted}")
+        with gr.Row():
+            recipe = RadioInput(recipe_choices(), value="quick", label="recipe", scale=3)
+            estimate = gr.Button("estimate", scale=0, min_width=90)
+        about = gr.Markdown(recipe_summary("quick"), elem_classes="small-md")
+        est = gr.Markdown("Press **estimate** for the time on this machine.",
+                          elem_classes="small-md", elem_id="train-estimate")
+        with gr.Row():
+            bench = DropdownInput(["ml4", "ml10", "ml45", "ml1:window-close-v3"], value="ml4",
+                                  allow_custom_value=True, label="benchmark (or ml1:<env>)")
+            seed = NumberInput(0, precision=0, label="seed")
+            device = RadioInput(list(DEVICES), value="auto", label="device")
+            name = gr.Textbox("", label="run name (optional)")
+        with gr.Accordion("custom run: python -m cmrl train with the trainer's flags (recipe "
+                          "custom; empty: the trainer's defaults)", open=False) as custom:
+            with gr.Row():
+                agent = DropdownInput(list(AGENTS), value="cmrl", label="agent")
+                steps = NumberInput(20000, precision=0,
+                                    label="steps (env steps; gradient steps offline)")
+                prior = RadioInput(list(PRIOR_DATA), value="none",
+                                   label="prior data (scripted expert)")
+                offline = gr.Textbox("", label="offline dataset dir (optional; `python -m cmrl data`)")
+            with gr.Row():
+                horizon = NumberInput(None, precision=0, label="horizon")
+                envs = NumberInput(None, precision=0, label="envs per task")
+                warmup = NumberInput(None, precision=0, label="warm-up steps")
+                upd = NumberInput(None, label="updates per env step")
+                eval_every = NumberInput(None, precision=0, label="evaluate every")
+                ckpt_every = NumberInput(None, precision=0, label="checkpoint every")
+            launch_custom = gr.Button("Launch custom run", variant="primary",
+                                      interactive=not self.hosted)
+        with gr.Row():
+            launch = gr.Button("Launch", variant="primary", interactive=not self.hosted)
+            # Custom values: a run launched after this page was built (or by another client)
+            # can be stopped and resumed by name; the handlers check the name.
+            run = DropdownInput(self.run_choices(), value=None, label="run", scale=3,
+                                allow_custom_value=True)
+            stop = gr.Button("Stop", variant="stop")
+            cancel = gr.Button("Cancel (queued: leave the queue)")
+            resume = gr.Button("Resume (custom: steps = new total)", interactive=not self.hosted)
+        status = gr.Markdown()
+        progress = gr.HTML(progress_html(None), elem_id="train-progress-panel")
+        table = gr.Dataframe(headers=["run", "state", "recipe / agent", "benchmark", "phase",
+                                      "progress", "ETA", "device", "started", "pid"],
+                             label="runs launched from the app", value=self.jobs_table(),
+                             interactive=False)
+        curves = gr.Plot(label="training curves (metrics.jsonl, refreshed every 2 s): success on "
+                               "fresh variations per task, losses, alpha", elem_id="train-curves")
+        logbox = gr.Textbox(label="log (last lines)", lines=8, max_lines=12, interactive=False)
+        shown = gr.State(None)
+        for control in (recipe, bench, device):
+            control.change(self.train_recipe_changed, [recipe, bench, device],
+                           [about, est, custom, launch], api_visibility="private",
+                           show_progress="hidden")
+        estimate.click(self.train_estimate, [recipe, bench, device], est, api_name="train_estimate",
+                       concurrency_limit=1)
+        launch.click(self.train_recipe, [recipe, bench, seed, device, name], [status, run],
+                     api_name="train_recipe", concurrency_limit=1)
+        launch_custom.click(self.train_launch, [agent, bench, steps, seed, prior, offline, device,
+                                                name, horizon, envs, warmup, upd, eval_every,
+                                                ckpt_every],
+                            [status, run], api_name="train_launch", concurrency_limit=1)
+        stop.click(self.train_stop, run, status, api_name="train_stop")
+        cancel.click(self.train_cancel, run, status, api_name="train_cancel")
+        resume.click(self.train_resume, [run, steps, device], status, api_name="train_resume",
+                     concurrency_limit=1)
+        return {"run": run, "table": table, "curves": curves, "status": status, "log": logbox,
+                "shown": shown, "progress": progress}

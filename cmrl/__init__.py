@@ -6,16 +6,16 @@ Public API: `load_agent`, `train`, `RunConfig` and its sections, `generate_datas
 This package never imports gradio.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
-from .api import TrainedAgent, load_agent  # noqa: E402
-from .checkpoint import CheckpointError  # noqa: E402
+from .algo.trained_agent import TrainedAgent, load_agent  # noqa: E402
+from .runs.checkpoint import CheckpointError  # noqa: E402
 from .config import (BenchmarkConfig, ConfigError, NetworkConfig, RunConfig, SACConfig,  # noqa: E402
                      TrainConfig)
-from .tasks import GOAL_TEXTS, goal_texts, resolve_benchmark  # noqa: E402
-from .text_encoders import GoalTextError, TextEncoderError  # noqa: E402
-from .trainer import train  # noqa: E402
-from . import routing_analysis  # noqa: E402,F401
+from .envs.tasks import GOAL_TEXTS, goal_texts, resolve_benchmark  # noqa: E402
+from .nets.text_encoders import GoalTextError, TextEncoderError  # noqa: E402
+from .algo.trainer import train  # noqa: E402
+from .experiments import routing_analysis  # noqa: E402,F401
 
 __all__ = ["BenchmarkConfig", "CheckpointError", "ConfigError", "GOAL_TEXTS", "GoalTextError",
            "NetworkConfig", "RunConfig", "SACConfig", "TextEncoderError", "TrainConfig",

@@ -142,19 +142,17 @@ def config_from_args(args) -> RunConfig:
 
 
 def cmd_train(args) -> int:
-    from .trainer import Trainer, config_for_resume
+    from .algo.trainer import Trainer, start_or_resume
 
-    if args.resume:
-        overrides = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items()
-                     if getattr(args, flag, None) is not None and field in (
-                         "train.steps", "train.device", "train.threads", "train.checkpoint_every",
-                         "train.eval_every", "train.tensorboard")}
-        if args.online:
-            overrides["train.mode"] = "online"
-        cfg = config_for_resume(args.run_dir, overrides)
-    else:
-        cfg = config_from_args(args)
-    trainer = Trainer(cfg, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    overrides = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items()
+                 if getattr(args, flag, None) is not None and field in (
+                     "train.steps", "train.device", "train.threads", "train.checkpoint_every",
+                     "train.eval_every", "train.tensorboard")}
+    if args.online:
+        overrides["train.mode"] = "online"
+    cfg, resume = start_or_resume(args.run_dir, args.resume, lambda: config_from_args(args),
+                                  overrides)
+    trainer = Trainer(cfg, args.run_dir, resume=resume, progress=not args.no_progress)
     print(f"[cmrl] {cfg.train.agent} on {cfg.benchmark.name} ({', '.join(trainer.tasks)}; held out: "
           f"{', '.join(trainer.benchmark.test_tasks)}), {cfg.train.mode}, device {trainer.device}, "
           f"run dir {args.run_dir}", file=sys.stderr)
@@ -176,7 +174,7 @@ def _add_sweep(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import markdown_table, sweep
+    from .experiments.sweep import markdown_table, sweep
 
     try:
         agents = [a.strip() for a in args.agents.split(",") if a.strip()]
@@ -221,7 +219,7 @@ def _add_finetune(sub) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from .finetune import finetune
+    from .experiments.finetune import finetune
 
     out = finetune(args.checkpoint, args.task, args.steps, args.run_dir, seed=args.seed,
                    scratch=args.scratch, resume=args.resume, progress=not args.no_progress,
@@ -250,17 +248,17 @@ def _add_eval(sub) -> None:
     p.add_argument("--goal", action="append", default=[], metavar="TASK=TEXT",
                    help="goal text for a task (default: its canonical text)")
     p.add_argument("--unseen-paraphrases", action="store_true",
-                   help="give every task a phrasing training never used (cmrl.tasks."
+                   help="give every task a phrasing training never used (cmrl.envs.tasks."
                         "UNSEEN_GOAL_TEXTS) instead of its canonical text; --goal still wins")
 
 
 def cmd_eval(args) -> int:
-    from .api import load_agent
+    from .algo.trained_agent import load_agent
 
     agent = load_agent(args.checkpoint)
     goals = {}
     if args.unseen_paraphrases:
-        from .tasks import unseen_goal_text
+        from .envs.tasks import unseen_goal_text
 
         for task in agent.info.get("train_tasks", []) + agent.info.get("test_tasks", []):
             if unseen_goal_text(task):
@@ -274,7 +272,7 @@ def cmd_eval(args) -> int:
     if args.variations < 1 or args.adaptation_episodes < 0 or args.eval_episodes < 1:
         raise ConfigError("--variations and --eval-episodes must be >= 1, --adaptation-episodes >= 0")
     if args.protocol == "metaworld":
-        from .metaworld_adapter import metaworld_protocol
+        from .algo.metaworld_adapter import metaworld_protocol
 
         res = metaworld_protocol(agent, splits, num_evals=args.variations, meta_batch_size=1,
                                  adaptation_episodes=args.adaptation_episodes,
@@ -354,9 +352,9 @@ def cmd_data(args) -> int:
 def _check_experts(args, noise: list[float], train: list[str], test: list[str]) -> int:
     """`data --check-experts`: the scripted experts' success table, nothing written."""
     from .config import BenchmarkConfig
-    from .envs import TaskPool  # (importing it filters the experts' per-step warnings)
-    from .experts import expert_success_table, success_markdown
-    from .tasks import resolve_benchmark
+    from .envs.metaworld_env import TaskPool  # (importing it filters the experts' per-step warnings)
+    from .envs.experts import expert_success_table, success_markdown
+    from .envs.tasks import resolve_benchmark
 
     try:
         horizons = tuple(int(h) for h in (args.check_horizons or str(args.horizon)).split(","))
@@ -382,7 +380,7 @@ def _add_report(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from .report import figures, finetune_markdown, markdown, report, zero_shot_markdown
+    from .experiments.report import figures, finetune_markdown, markdown, report, zero_shot_markdown
 
     res = report(args.root, [Path(d) for d in args.finetune], command="python -m cmrl " + " ".join(
         shlex.quote(a) for a in sys.argv[1:]))
@@ -410,7 +408,7 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .experiments.bench import run_bench
 
     figures = run_bench(args.seconds)
     if args.json:
@@ -419,10 +417,10 @@ def cmd_bench(args) -> int:
 
 
 def _add_recipe(sub) -> None:
-    from .recipes import RECIPES
+    from .experiments.recipes import RECIPES
 
     p = sub.add_parser("recipe", help="train with a named recipe: data made on demand, then "
-                                      "offline and/or online phases (cmrl/recipes.py)")
+                                      "offline and/or online phases (cmrl/experiments/recipes.py)")
     p.add_argument("--name", choices=tuple(RECIPES), default="quick")
     p.add_argument("--run-dir", help="the run directory (not needed with --estimate)")
     p.add_argument("--benchmark", default="ml4")
@@ -439,7 +437,7 @@ def _add_recipe(sub) -> None:
 
 
 def cmd_recipe(args) -> int:
-    from .recipes import DATA_CACHE, estimate_seconds, get_recipe, run_recipe
+    from .experiments.recipes import DATA_CACHE, estimate_seconds, get_recipe, run_recipe
 
     root = args.data_root or DATA_CACHE
     if args.estimate:
@@ -464,7 +462,7 @@ def _add_ablation(sub) -> None:
 
 
 def cmd_ablation(args) -> int:
-    from .ablation import report
+    from .experiments.ablation import report
 
     out = report(args.root, args.finalists)
     for stage in ("screening", "finalists"):
@@ -492,8 +490,8 @@ def _add_analyze(sub) -> None:
 
 
 def cmd_analyze(args) -> int:
-    from .api import load_agent
-    from .routing_analysis import context_map
+    from .algo.trained_agent import load_agent
+    from .experiments.routing_analysis import context_map
 
     if args.episodes < 0 or not 1 <= args.variations <= 50:
         raise ConfigError("--episodes must be >= 0 and --variations in 1..50")
@@ -517,7 +515,7 @@ def _add_ship(sub) -> None:
 
 
 def cmd_ship(args) -> int:
-    from .checkpoint import ship
+    from .runs.checkpoint import ship
 
     print(json.dumps({"shipped": ship(args.run_dir, args.dest), "to": args.dest}))
     return 0
@@ -531,7 +529,7 @@ def _add_info(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import read_run_info
+    from .runs.checkpoint import read_run_info
 
     info = read_run_info(args.run_dir)
     if args.finished:

@@ -9,11 +9,11 @@ MAX_MESSAGE = 500
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception classes that mean "the input was wrong", not "the code is wrong"."""
-    from .checkpoint import CheckpointError
+    from .runs.checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DatasetError
-    from .tasks import HeldOutTaskError, UnknownTaskError
-    from .text_encoders import GoalTextError, TextEncoderError
+    from .envs.tasks import HeldOutTaskError, UnknownTaskError
+    from .nets.text_encoders import GoalTextError, TextEncoderError
 
     return (ConfigError, CheckpointError, DatasetError, HeldOutTaskError, UnknownTaskError,
             GoalTextError, TextEncoderError, FileExistsError, FileNotFoundError)

@@ -8,7 +8,7 @@ group, the mean over the group's tasks and the seeds (± sample std over seeds o
   and the evaluation episode after 3 adaptation episodes;
 - Meta-World's `metalearning_evaluation`: `metaworld_evaluation_zeroshot.json` (0 adaptation
   episodes) and `metaworld_evaluation.json` (after adaptation).
-Groups: the meta-train tasks whose goal position is hidden (`cmrl.tasks.ML10_GOAL_POSITION_TASKS`:
+Groups: the meta-train tasks whose goal position is hidden (`cmrl.envs.tasks.ML10_GOAL_POSITION_TASKS`:
 only the rewards can reveal it), the other meta-train tasks (the objects in the scene say what to
 do), and the held-out tasks. A file a run lacks leaves its cells at "-".
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cmrl.report import find_runs
-from cmrl.tasks import ML10_GOAL_POSITION_TASKS
+from cmrl.experiments.report import find_runs
+from cmrl.envs.tasks import ML10_GOAL_POSITION_TASKS
 
 COLUMNS = (  # (column name, evaluation file, key of a task's entry)
     ("zero-shot", "evaluation.json", "zero_shot_success"),

@@ -35,6 +35,6 @@ def tiny_config(kind: str = "cmrl", num_layers: int = 3, num_modules: int = 2,
 
 @pytest.fixture(scope="session")
 def minilm():
-    from cmrl.text_encoders import get_text_encoder
+    from cmrl.nets.text_encoders import get_text_encoder
 
     return get_text_encoder("minilm", verbose=False)

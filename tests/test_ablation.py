@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cmrl.ablation import ablation_markdown, load_variants, report, select_default, select_finalists
+from cmrl.experiments.ablation import ablation_markdown, load_variants, report, select_default, select_finalists
 
 ML4_TRAIN = ("drawer-open-v3", "drawer-close-v3", "window-open-v3")
 

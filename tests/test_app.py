@@ -360,7 +360,9 @@ def train_args(name, steps, agent="pearl", **kw):
 def test_train_launch_curves_stop_resume(server, client):
     app, _ = server
     status, _ = client.predict(*train_args("tiny", 240), api_name="/train_launch")
-    assert "Launched **tiny**" in status and "--steps 240" in status
+    assert "Launched **tiny**" in status and "--config" in status and "240 steps" in status
+    launched = json.loads((app.jobs.run_dir("tiny") / "launch_config.json").read_text())["config"]
+    assert launched["train"]["steps"] == 240 and launched["benchmark"]["horizon"] == HORIZON
     # One run at a time: a second launch while it runs is queued; Cancel takes it off the queue.
     status, _ = client.predict(*train_args("other", 240), api_name="/train_launch")
     assert "Queued **other** (position 1)" in status
@@ -399,7 +401,7 @@ def test_train_launch_curves_stop_resume(server, client):
     msg = client.predict("tiny", 360, "cpu", api_name="/train_resume")
     assert "Resumed **tiny**" in msg and "--resume" in msg
     _wait_for(lambda: app.jobs.status("tiny").state == "finished", 150, "the resumed run")
-    from cmrl.logger import read_metrics
+    from cmrl.runs.logger import read_metrics
 
     steps = [r["step"] for r in read_metrics(app.jobs.run_dir("tiny"))]
     assert steps[-1] == 360 and steps == sorted(steps)
@@ -407,6 +409,7 @@ def test_train_launch_curves_stop_resume(server, client):
 
 def test_train_bad_input_and_hosted_mode(client, tmp_path):
     from app.jobs import JobError, JobManager, TrainSpec
+    from cmrl.config import RunConfig
 
     with pytest.raises(Exception, match="Unknown benchmark"):
         client.predict(*train_args("x1", 100)[:1], "ml99", *train_args("x1", 100)[2:],
@@ -426,7 +429,17 @@ def test_train_bad_input_and_hosted_mode(client, tmp_path):
     spec, notes = capped.validate(TrainSpec(steps=10_000))
     assert spec.steps == 50 and "capped" in notes[0]
     argv = capped.build_argv(spec, tmp_path / "c" / "r")
-    assert argv[1:5] == ["-m", "cmrl", "train", "--run-dir"] and "--steps" in argv
+    assert argv[1:5] == ["-m", "cmrl", "train", "--run-dir"] and "--steps" not in argv
+    # the launch trains the RunConfig checked here, handed over as a file (train --config)
+    path = Path(argv[argv.index("--config") + 1])
+    assert path.parent == tmp_path / "c" / "r"
+    cfg = RunConfig.from_dict(json.loads(path.read_text())["config"])
+    assert (cfg.train.steps, cfg.train.agent, cfg.benchmark.name) == (50, "cmrl", "ml4")
+    # the library's own checks answer for the page: a value it refuses is one line
+    with pytest.raises(JobError, match="Unknown agent 'nope'; choose one of cmrl"):
+        capped.validate(TrainSpec(steps=10, agent="nope"))
+    with pytest.raises(JobError, match="Unknown task 'nope-v3'"):
+        capped.validate(TrainSpec(steps=10, benchmark="ml1:nope-v3"))
 
 
 def test_recipes_launch_queue_and_finish_with_a_checkpoint(server, client):
@@ -434,7 +447,7 @@ def test_recipes_launch_queue_and_finish_with_a_checkpoint(server, client):
     itself; both finish with status.json, curves with evaluation success per task, and a checkpoint
     that loads and is listed in the other tabs."""
     import cmrl
-    from cmrl.run_status import read_status
+    from cmrl.runs.run_status import read_status
 
     app, _ = server
     status, run = client.predict("quick", "ml4", 0, "cpu", "rq", api_name="/train_recipe")

@@ -27,9 +27,9 @@ SLOW_S = 4.0
 
 
 def _save_run(run: Path) -> Path:
-    from cmrl.agent import MetaAgent
-    from cmrl.checkpoint import save_model
-    from cmrl.tasks import ML4_TEST
+    from cmrl.algo.agent import MetaAgent
+    from cmrl.runs.checkpoint import save_model
+    from cmrl.envs.tasks import ML4_TEST
 
     agent = MetaAgent(tiny_config("cmrl"), OBS_DIM, ACT_DIM, 384, ML4_TRAIN)
     save_model(run, agent, {"config": agent.config.to_dict(), "agent": "cmrl", "obs_dim": OBS_DIM,

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import cmrl
-from cmrl.agent import MetaAgent, TaskBelief
+from cmrl.algo.agent import MetaAgent, TaskBelief
 from cmrl.agent_kinds import KINDS, agent_kind
 from cmrl.config import AGENT_KINDS, BenchmarkConfig, ConfigError
 from cmrl.data import generate_dataset
-from cmrl.mixture_encoder import MixtureEncoder
-from cmrl.routing_analysis import NoRoutingError, task_routing
+from cmrl.nets.mixture_encoder import MixtureEncoder
+from cmrl.experiments.routing_analysis import NoRoutingError, task_routing
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 from tests.test_end_to_end import tiny
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cmrl.agent import MetaAgent, TaskBelief
+from cmrl.algo.agent import MetaAgent, TaskBelief
 from cmrl.agent_kinds import KINDS
-from cmrl.api import TrainedAgent, load_agent
-from cmrl.checkpoint import (CONFIG_FILE, FORMAT, MODEL_FILE, STATE_DIR, CheckpointError,
-                             flatten_state, load_training_state, read_run_info, save_model,
-                             save_training_state, unflatten_state)
-from cmrl.tasks import ML4_TEST
-from cmrl.text_encoders import TextEncoderError
+from cmrl.algo.trained_agent import TrainedAgent, load_agent
+from cmrl.runs.checkpoint import (CONFIG_FILE, FORMAT, MODEL_FILE, STATE_DIR, CheckpointError,
+                                  flatten_state, load_training_state, read_run_info, save_model,
+                                  save_training_state, unflatten_state)
+from cmrl.envs.tasks import ML4_TEST
+from cmrl.nets.text_encoders import TextEncoderError
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 
 TEXT = {"cmrl": {"name": "minilm", "dim": 384}, "pearl": {"name": "none", "dim": 0},
@@ -479,7 +479,7 @@ def test_shipping_a_run_leaves_no_absolute_paths_of_the_training_machine(tmp_pat
     import json
     import shutil
 
-    from cmrl.checkpoint import SHIPPED_FILES, portable_paths, read_run_info, ship
+    from cmrl.runs.checkpoint import SHIPPED_FILES, portable_paths, read_run_info, ship
 
     assert portable_paths({"a": [str(tmp_path / "data" / "x"), "/etc/x", 3]}, tmp_path) == \
         {"a": ["data/x", "/etc/x", 3]}

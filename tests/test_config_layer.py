@@ -8,7 +8,7 @@ import torch
 
 from cmrl.cli import main as cli_main
 from cmrl.config import OFFLINE_BC_WEIGHT, ConfigError, RunConfig
-from cmrl.logger import eval_key, eval_values, parse_eval_key
+from cmrl.runs.logger import eval_key, eval_values, parse_eval_key
 from tests.conftest import tiny_config
 
 
@@ -20,8 +20,8 @@ def test_bc_weight_default_follows_the_training_mode_for_every_entry_point(tmp_p
     explicit = offline.updated({"sac.bc_weight": 0.5})
     assert explicit.resolved().sac.bc_weight == 0.5 and explicit.resolved() is explicit
     # a learner built straight from a config (no CLI, no trainer) uses the same rule
-    from cmrl.agent import MetaAgent
-    from cmrl.sac import SACLearner
+    from cmrl.algo.agent import MetaAgent
+    from cmrl.algo.sac import SACLearner
 
     cfg = tiny_config("pearl").updated({"train.mode": "offline", "train.offline": str(tmp_path)})
     agent = MetaAgent(cfg, 39, 4, 0, ["drawer-open-v3", "drawer-close-v3", "window-open-v3"])
@@ -63,7 +63,7 @@ def test_tensorboard_writer_beside_metrics_jsonl(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from cmrl.trainer import train
+    from cmrl.algo.trainer import train
     from tests.test_end_to_end import tiny
 
     cfg = tiny("pearl", steps=60).updated({"train.tensorboard": True, "train.eval_every": 60,
@@ -81,7 +81,7 @@ def test_tensorboard_writer_beside_metrics_jsonl(tmp_path):
 
 
 def test_one_place_maps_user_errors_to_one_line():
-    from cmrl.checkpoint import CheckpointError
+    from cmrl.runs.checkpoint import CheckpointError
     from cmrl.data import DatasetError
     from cmrl.errors import MAX_MESSAGE, user_errors, user_message
 

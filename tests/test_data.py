@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from cmrl.config import BenchmarkConfig
-from cmrl.data import (MANIFEST_NAME, DatasetError, WeakExpertError, _plan_jobs, dataset_id,
-                       generate_dataset, held_out_tasks, load_dataset)
-from cmrl.envs import GOAL_SLICE, TaskPool
-from cmrl.experts import collect_prior_episodes
-from cmrl.tasks import (ML4_TEST, ML4_TRAIN, Benchmark, HeldOutTaskError, goal_texts,
-                        resolve_benchmark)
+from cmrl.data import (MANIFEST_NAME, DatasetError, WeakExpertError, dataset_id, generate_dataset,
+                       held_out_tasks, load_dataset)
+from cmrl.data.generation import _plan_jobs
+from cmrl.envs.metaworld_env import GOAL_SLICE, TaskPool
+from cmrl.envs.experts import collect_prior_episodes
+from cmrl.envs.tasks import (ML4_TEST, ML4_TRAIN, Benchmark, HeldOutTaskError, goal_texts,
+                             resolve_benchmark)
 
 H = 50
 TINY = dict(episodes=2, noise_levels=(0.1,), random_episodes=1, progress=False)

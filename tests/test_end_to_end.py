@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cmrl
-from cmrl import checkpoint as ckpt
+from cmrl.runs import checkpoint as ckpt
 from cmrl.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_metaworld_metalearning_evaluation(tmp_path):
     run = tmp_path / "cmrl"
     cmrl.train(tiny("cmrl", steps=180), run, progress=False)
     agent = cmrl.load_agent(run)
-    envs = gym.make_vec("Meta-World/custom-ml-envs", train_envs=list(cmrl.tasks.ML4_TRAIN),
+    envs = gym.make_vec("Meta-World/custom-ml-envs", train_envs=list(cmrl.envs.tasks.ML4_TRAIN),
                         test_envs=["window-close-v3"], meta_batch_size=2, split="test", seed=0,
                         max_episode_steps=30, vector_strategy="sync")
     mw = agent.as_metaworld_agent(goal_texts={"window-close-v3": "close the window"})

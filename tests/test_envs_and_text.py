@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from cmrl.config import BenchmarkConfig, ConfigError
-from cmrl.envs import TaskEnv, TaskPool, make_scene
-from cmrl.experts import collect_prior_episodes, run_episode, scripted_policy
-from cmrl.tasks import (ML4_TEST, ML4_TRAIN, HeldOutTaskError, UnknownTaskError, goal_texts,
-                        resolve_benchmark)
-from cmrl.text_encoders import (GoalTextError, TextEncoderError, check_compatible,
-                                encoder_for_checkpoint, get_text_encoder, validate_goal_text)
+from cmrl.envs.metaworld_env import TaskEnv, TaskPool, make_scene
+from cmrl.envs.experts import collect_prior_episodes, run_episode, scripted_policy
+from cmrl.envs.tasks import (ML4_TEST, ML4_TRAIN, HeldOutTaskError, UnknownTaskError, goal_texts,
+                             resolve_benchmark)
+from cmrl.nets.text_encoders import (GoalTextError, TextEncoderError, check_compatible,
+                                     encoder_for_checkpoint, get_text_encoder, validate_goal_text)
 
 ALL_ML4 = ("drawer-open-v3", "drawer-close-v3", "window-open-v3", "window-close-v3")
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cmrl.agent import MetaAgent
+from cmrl.algo.agent import MetaAgent
 from cmrl.config import BenchmarkConfig
-from cmrl.envs import TaskPool
-from cmrl.evaluation import evaluate_task
-from cmrl.tasks import resolve_benchmark
+from cmrl.envs.metaworld_env import TaskPool
+from cmrl.algo.evaluation import evaluate_task
+from cmrl.envs.tasks import resolve_benchmark
 from tests.conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 
 

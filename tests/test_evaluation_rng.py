@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cmrl.agent import MetaAgent
-from cmrl.envs import make_scene
-from cmrl.evaluation import rollout
+from cmrl.algo.agent import MetaAgent
+from cmrl.envs.metaworld_env import make_scene
+from cmrl.algo.evaluation import rollout
 from tests.conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 
 TASK, HORIZON, TEXT_DIM = "drawer-open-v3", 8, 16

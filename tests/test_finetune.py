@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import cmrl
-from cmrl.api import load_agent
-from cmrl.checkpoint import CheckpointError
+from cmrl.algo.trained_agent import load_agent
+from cmrl.runs.checkpoint import CheckpointError
 from cmrl.config import ConfigError
-from cmrl.finetune import finetune, finetune_config, first_reaching
+from cmrl.experiments.finetune import finetune, finetune_config, first_reaching
 from tests.test_end_to_end import tiny
 
 HELD_OUT = "window-close-v3"
@@ -48,7 +48,7 @@ def test_finetune_writes_curve_and_starts_from_the_checkpoint(kind, meta_runs, t
 
 
 def test_finetune_initial_weights_equal_the_source(meta_runs, tmp_path):
-    from cmrl.trainer import Trainer
+    from cmrl.algo.trainer import Trainer
 
     src = load_agent(meta_runs["cmrl"])
     trainer = Trainer(finetune_config(meta_runs["cmrl"], HELD_OUT, 30), tmp_path / "a", progress=False)

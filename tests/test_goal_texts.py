@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from cmrl.goal_text import OBJECT_WORDS, split_goal
-from cmrl.tasks import GOAL_TEXTS, ML4_TEST, ML4_TRAIN, UNSEEN_GOAL_TEXTS, goal_texts
-from cmrl.text_encoders import validate_goal_text
+from cmrl.nets.goal_text import OBJECT_WORDS, split_goal
+from cmrl.envs.tasks import GOAL_TEXTS, ML4_TEST, ML4_TRAIN, UNSEEN_GOAL_TEXTS, goal_texts
+from cmrl.nets.text_encoders import validate_goal_text
 
 ML10_TRAIN = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-close-v3",
               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "sweep-v3",

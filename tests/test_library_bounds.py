@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from cmrl import checkpoint as ckpt
-from cmrl.agent import MetaAgent
-from cmrl.api import load_agent
-from cmrl.checkpoint import CONFIG_FILE, MODEL_FILE, CheckpointError, save_model
+from cmrl.runs import checkpoint as ckpt
+from cmrl.algo.agent import MetaAgent
+from cmrl.algo.trained_agent import load_agent
+from cmrl.runs.checkpoint import CONFIG_FILE, MODEL_FILE, CheckpointError, save_model
 from cmrl.config import ConfigError, NetworkConfig, RunConfig, SACConfig, check_bounds
-from cmrl.logger import JsonlWriter, read_metrics
-from cmrl.tasks import ML4_TEST
-from cmrl.text_encoders import GoalTextError, TextEncoder, validate_goal_text
+from cmrl.runs.logger import JsonlWriter, read_metrics
+from cmrl.envs.tasks import ML4_TEST
+from cmrl.nets.text_encoders import GoalTextError, TextEncoder, validate_goal_text
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 
 

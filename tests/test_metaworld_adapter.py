@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from cmrl.agent import MetaAgent, TaskBelief
-from cmrl.metaworld_adapter import MetaWorldAgent
+from cmrl.algo.agent import MetaAgent, TaskBelief
+from cmrl.algo.metaworld_adapter import MetaWorldAgent
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 
 

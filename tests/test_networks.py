@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from cmrl.agent import MetaAgent, TaskBelief
+from cmrl.algo.agent import MetaAgent, TaskBelief
 from cmrl.agent_kinds import KINDS
 from cmrl.config import NetworkConfig
-from cmrl.context_encoder import kl_to_standard_normal, product_of_gaussians
-from cmrl.modular_net import SoftModularNet
-from cmrl.sac import SACLearner
+from cmrl.nets.context_encoder import kl_to_standard_normal, product_of_gaussians
+from cmrl.nets.modular_net import SoftModularNet
+from cmrl.algo.sac import SACLearner
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 
 TEXT_DIM = 384

@@ -10,13 +10,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import cmrl
-from cmrl.agent import MetaAgent
-from cmrl.checkpoint import MODEL_FILE
+from cmrl.algo.agent import MetaAgent
+from cmrl.runs.checkpoint import MODEL_FILE
 from cmrl.config import BenchmarkConfig
 from cmrl.data import generate_dataset, load_dataset
-from cmrl.finetune import finetune
-from cmrl.normalizer import CLIP, STD_FLOOR, ObsNormalizer, observation_stats
-from cmrl.sac import SACLearner
+from cmrl.experiments.finetune import finetune
+from cmrl.nets.normalizer import CLIP, STD_FLOOR, ObsNormalizer, observation_stats
+from cmrl.algo.sac import SACLearner
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 from tests.test_end_to_end import tiny
 
@@ -102,7 +102,7 @@ def test_offline_run_fixes_dataset_statistics_and_resume_keeps_them(tiny_data, t
     got = _stats(run)
     assert torch.allclose(got[0], want[0], atol=1e-5) and torch.allclose(got[1], want[1], atol=1e-5)
 
-    from cmrl.trainer import config_for_resume
+    from cmrl.algo.trainer import config_for_resume
 
     cmrl.train(config_for_resume(run, {"train.steps": 40}), run, resume=True, progress=False)
     again = _stats(run)

@@ -27,7 +27,7 @@ def test_offline_then_online(tmp_path):
     agent = cmrl.load_agent(run)
     assert agent.info["mode"] == "offline" and agent.info["offline_data"]["path"] == str(data)
 
-    from cmrl.trainer import config_for_resume
+    from cmrl.algo.trainer import config_for_resume
 
     online = config_for_resume(run, {"train.mode": "online", "train.steps": 180})
     out = cmrl.train(online, run, resume=True, progress=False)

@@ -1,4 +1,4 @@
-"""Recipes (cmrl/recipes.py) and the run status file (cmrl/run_status.py): data made once and
+"""Recipes (cmrl/experiments/recipes.py) and the run status file (cmrl/runs/run_status.py): data made once and
 reused, phases run in order and resumed, metrics kept across phases, status and estimates."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from cmrl import checkpoint as ckpt
+from cmrl.runs import checkpoint as ckpt
 from cmrl.config import ConfigError
-from cmrl.recipes import RECIPES, DataSpec, ensure_dataset, estimate_seconds, get_recipe, run_recipe
-from cmrl.run_status import STATUS_FILE, RunStatus, StatusWriter, read_status
-from cmrl.recipes import RECIPE_VARIANT
+from cmrl.experiments.recipes import RECIPES, DataSpec, ensure_dataset, estimate_seconds, get_recipe, run_recipe
+from cmrl.runs.run_status import STATUS_FILE, RunStatus, StatusWriter, read_status
+from cmrl.experiments.recipes import RECIPE_VARIANT
 from cmrl.variants import variant_fields
 
 
@@ -90,7 +90,7 @@ def test_offline_online_recipe_runs_resumes_and_keeps_the_offline_history(tmp_pa
 
 
 def test_failed_recipe_says_why_in_its_status(tmp_path, monkeypatch):
-    import cmrl.recipes as recipes
+    import cmrl.experiments.recipes as recipes
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -132,7 +132,7 @@ def test_estimate_names_each_phase_and_knows_cached_data(tmp_path):
 
 
 def test_a_plain_training_run_keeps_its_own_status(tmp_path):
-    from cmrl.trainer import train
+    from cmrl.algo.trainer import train
     from tests.test_end_to_end import tiny
 
     run = tmp_path / "run"

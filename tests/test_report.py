@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import cmrl
-from cmrl.report import find_runs, report
+from cmrl.experiments.report import find_runs, report
 from tests.test_end_to_end import tiny
 
 
@@ -39,7 +39,7 @@ def root(tmp_path_factory):
 def test_metaworld_protocol_file(root):
     ev = json.loads((root / "pearl-s0" / "metaworld_evaluation.json").read_text())
     assert ev["protocol"]["name"] == "metaworld.evaluation.metalearning_evaluation"
-    assert set(ev["splits"]["train"]["tasks"]) == set(cmrl.tasks.ML4_TRAIN)
+    assert set(ev["splits"]["train"]["tasks"]) == set(cmrl.envs.tasks.ML4_TRAIN)
     assert set(ev["splits"]["test"]["tasks"]) == {"window-close-v3"}
     assert "--protocol metaworld" in ev["command"]
 
@@ -70,7 +70,7 @@ def test_unreadable_files_raise_or_become_problems(root, tmp_path):
     out of the mean."""
     import shutil
 
-    from cmrl.report import aggregate_evaluations
+    from cmrl.experiments.report import aggregate_evaluations
 
     for s in (0, 1, 2):
         shutil.copytree(root / f"pearl-s{min(s, 1)}", tmp_path / f"pearl-s{s}")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from cmrl.agent_kinds import KINDS
-from cmrl.routing_analysis import (NoRoutingError, RoutingMean, centered_cosine_similarity,
-                                   cosine_similarity, flatten_routing,
-                                   js_divergence, js_similarity, mean_routing,
-                                   routing_distributions, similarity, similarity_matrix,
-                                   task_routing)
+from cmrl.experiments.routing_analysis import (NoRoutingError, RoutingMean,
+                                               centered_cosine_similarity, cosine_similarity,
+                                               flatten_routing, js_divergence, js_similarity,
+                                               mean_routing, routing_distributions, similarity,
+                                               similarity_matrix, task_routing)
 
 
 def random_routing(rng, n=3, layers=2):
@@ -103,7 +103,7 @@ def test_task_routing_of_a_trained_agent(tmp_path):
 
 
 def test_nearest_tasks_by_z_and_routing():
-    from cmrl.routing_analysis import TaskContext, nearest_tasks
+    from cmrl.experiments.routing_analysis import TaskContext, nearest_tasks
 
     rng = np.random.default_rng(3)
     routing = {t: random_routing(rng) for t in ("a", "b", "new")}
@@ -122,7 +122,7 @@ def test_nearest_tasks_by_z_and_routing():
 
 def test_context_map_of_a_trained_agent(tmp_path):
     import cmrl
-    from cmrl.routing_analysis import context_map
+    from cmrl.experiments.routing_analysis import context_map
     from tests.test_end_to_end import tiny
 
     cfg = tiny("cmrl", steps=40)

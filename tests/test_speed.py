@@ -15,12 +15,12 @@ import warnings
 import pytest
 import torch
 
-from cmrl import modular_net
-from cmrl import sac as sac_module
-from cmrl.agent import MetaAgent
+from cmrl.nets import modular_net
+from cmrl.algo import sac as sac_module
+from cmrl.algo.agent import MetaAgent
 from cmrl.config import ConfigError, NetworkConfig
-from cmrl.modular_net import SoftModularNet, grouped_rows, reference_kernels
-from cmrl.sac import SACLearner, clip_grad_norm_foreach, resolve_precision
+from cmrl.nets.modular_net import SoftModularNet, grouped_rows, reference_kernels
+from cmrl.algo.sac import SACLearner, clip_grad_norm_foreach, resolve_precision
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 
 TEXT_DIM = 24

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cmrl.sweep import aggregate, markdown_table
+from cmrl.experiments.sweep import aggregate, markdown_table
 
 pytest.importorskip("ray.tune", reason="Ray Tune is an optional install: requirements-ray.txt")
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from cmrl.agent import MetaAgent, TaskBelief
+from cmrl.algo.agent import MetaAgent, TaskBelief
 from cmrl.config import ConfigError, NetworkConfig, RunConfig
-from cmrl.context_encoder import kl_gaussians, kl_to_standard_normal, task_contrastive_loss
-from cmrl.goal_text import embed_goals, goal_dim, split_goal
-from cmrl.modular_net import SoftModularNet
-from cmrl.sac import SACLearner
-from cmrl.trainer import Trainer
+from cmrl.nets.context_encoder import kl_gaussians, kl_to_standard_normal, task_contrastive_loss
+from cmrl.nets.goal_text import embed_goals, goal_dim, split_goal
+from cmrl.nets.modular_net import SoftModularNet
+from cmrl.algo.sac import SACLearner
+from cmrl.algo.trainer import Trainer
 from cmrl.variants import VARIANTS, variant_fields, variant_of
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
 from test_networks import _batch

@@ -1,0 +1,222 @@
+"""Evaluation: the meta-test protocol, and a step-by-step rollout iterator for the app.
+
+Protocol (Meta-World / PEARL meta-test): for each task and goal variation, start from the prior (the
+goal text's factor for cmrl, N(0, I) for pearl), run `adaptation_episodes` episodes, each with a z
+sampled from the posterior of all transitions so far (the posterior is updated after every
+transition, z is redrawn per episode as in PEARL), then run `eval_episodes` episodes with the posterior
+mean and deterministic actions. An episode is a success if `info["success"]` is 1 at any step.
+Before all that, a zero-shot episode (deterministic, z at the prior's mean, its transitions not kept)
+says what the goal text alone achieves, so zero-shot, adapted and the gain come from one evaluation
+(`TaskResult.success_by_episode`).
+Meta-train tasks are evaluated on *fresh* goal variations (a differently seeded Meta-World draw);
+held-out tasks on their test variations. Results are deterministic for a seed.
+
+`rollout` yields one `StepRecord` per env step (obs, action, reward, success, z posterior, routing,
+and optionally the rendered frame), which is what the app streams.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .agent import MetaAgent, TaskBelief
+from ..envs.metaworld_env import TaskEnv, TaskPool
+from ..nets.goal_text import embed_goals
+from ..envs.tasks import canonical_goal_text
+
+
+@dataclass
+class StepRecord:
+    episode: int
+    """Episode index, adaptation episodes first."""
+    phase: str
+    """`adapt` (z sampled from the posterior, stochastic actions) or `eval` (posterior mean,
+    deterministic actions)."""
+    t: int
+    obs: np.ndarray
+    action: np.ndarray
+    reward: float
+    success: bool
+    """Success at this step."""
+    episode_success: bool
+    """Success at any step of this episode so far."""
+    episode_return: float
+    done: bool
+    z_mean: np.ndarray
+    """Posterior mean after this step's transition [latent_dim] (empty for sm)."""
+    z_std: np.ndarray
+    routing: list[np.ndarray] | None
+    """Actor routing at this step: L-1 arrays [n, n] (rows sum to 1) plus the final [n] mix last;
+    None for the MLP (pearl) actor."""
+    num_transitions: int
+    """Transitions in the context so far."""
+    frame: np.ndarray | None = None
+
+
+def _routing_numpy(routing, index: int = 0) -> list[np.ndarray] | None:
+    if routing is None:
+        return None
+    return [p[index].float().cpu().numpy() for p in routing.layers] + [
+        routing.final[index].float().cpu().numpy()]
+
+
+def rollout(agent: MetaAgent, env: TaskEnv, variation, goal_embedding: np.ndarray | None = None,
+            task_id: int = -1, adaptation_episodes: int = 3, eval_episodes: int = 1,
+            render: bool = False, seed: int = 0,
+            stop: threading.Event | None = None) -> Iterator[StepRecord]:
+    """Adapt to one goal variation step by step, yielding every step. `stop` ends it early.
+    z and the actions are drawn from the rollout's own generator seeded with `seed`, so the same seed
+    gives the same rollout whatever runs beside it, and torch's global RNG is left alone."""
+    gen = torch.Generator(device=agent.device).manual_seed(seed)
+    belief = TaskBelief(agent, 1, goal=goal_embedding, task_ids=[task_id], generator=gen)
+    for episode in range(adaptation_episodes + eval_episodes):
+        phase = "adapt" if episode < adaptation_episodes else "eval"
+        deterministic = phase == "eval"
+        belief.sample_z(deterministic=deterministic)
+        obs = env.reset(variation, seed=seed + episode)
+        ep_success, ep_return, done = False, 0.0, False
+        while not done:
+            if stop is not None and stop.is_set():
+                return
+            out = belief.act(obs[None], deterministic=deterministic)
+            action = out.action[0].cpu().numpy()
+            next_obs, reward, success, done = env.step(action)
+            if phase == "adapt":
+                belief.observe(obs[None], action[None], np.array([reward]), next_obs[None])
+            ep_success |= success
+            ep_return += reward
+            mu, std = belief.posterior_numpy()
+            yield StepRecord(episode, phase, env.t, obs, action, reward, success, ep_success,
+                             ep_return, done, mu[0], std[0], _routing_numpy(out.routing),
+                             int(belief.num_transitions[0]),
+                             env.render() if render else None)
+            obs = next_obs
+
+
+@dataclass
+class TaskResult:
+    task: str
+    split: str
+    goal_text: str | None
+    success_rate: float
+    """Fraction of evaluation episodes (over variations) with success at any step."""
+    mean_return: float
+    adaptation_success: list[float] = field(default_factory=list)
+    """Success rate of each adaptation episode (the learning curve within a trial)."""
+    adaptation_return: list[float] = field(default_factory=list)
+    variations: int = 0
+    zero_shot_success: float | None = None
+    """Success rate of the zero-shot episode: before any interaction, z at the prior's mean (the
+    goal text alone for cmrl; N(0, I)'s mean for pearl), deterministic actions; None if not run."""
+    zero_shot_return: float | None = None
+    adaptation_gain: float | None = None
+    """success_rate - zero_shot_success: what the context added to the words (negative: it hurt)."""
+    episode_phases: list[str] = field(default_factory=list)
+    """The phase of each episode in order: `zero-shot`, then `adapt` x adaptation episodes, then
+    `eval` x evaluation episodes."""
+    success_by_episode: list[float] = field(default_factory=list)
+    """Success rate of each episode, in the order of `episode_phases`."""
+    return_by_episode: list[float] = field(default_factory=list)
+
+
+ZERO_SHOT_RESET = 500
+"""Offset of the zero-shot episode's reset seed (adaptation and evaluation episodes use 0, 1, ...)."""
+
+
+def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encoder=None,
+                  goal_text: str | None = None, num_variations: int = 5,
+                  adaptation_episodes: int = 3, eval_episodes: int = 1,
+                  seed: int = 0, zero_shot: bool = True) -> TaskResult:
+    """The meta-test protocol on one task, its variations stepped in lockstep (one forward pass).
+    `zero_shot`: first run one deterministic episode at the prior's mean whose transitions are not
+    kept (it consumes no randomness, so the other episodes are the same with or without it)."""
+    fresh = split == "train"  # meta-train tasks: goals never trained on
+    variations = pool.variations(task, split, fresh=fresh)
+    rng = np.random.default_rng(seed)
+    chosen = [variations[i] for i in rng.permutation(len(variations))[:num_variations]]
+    E = len(chosen)
+    goal = None
+    if agent.uses_text:
+        goal_text = goal_text or canonical_goal_text(task)
+        goal = np.repeat(embed_goals(encoder, goal_text, agent.config.net.goal_encoding)[None], E,
+                         axis=0)
+    task_id = agent.task_id(task) if split == "train" else -1
+    envs = [pool.make_env(task, split) for _ in range(E)]
+    phases = (["zero-shot"] if zero_shot else []) + ["adapt"] * adaptation_episodes + \
+        ["eval"] * eval_episodes
+    succ_by_ep, ret_by_ep = [], []
+    try:
+        gen = torch.Generator(device=agent.device).manual_seed(seed)
+        belief = TaskBelief(agent, E, goal=goal, task_ids=[task_id] * E, generator=gen)
+        episode = 0
+        for phase in phases:
+            deterministic = phase != "adapt"
+            belief.sample_z(deterministic=deterministic)
+            reset_seed = seed * 1000 + (ZERO_SHOT_RESET if phase == "zero-shot" else episode)
+            obs = np.stack([env.reset(v, seed=reset_seed) for env, v in zip(envs, chosen)])
+            succ, ret, done = np.zeros(E, bool), np.zeros(E), False
+            while not done:
+                actions = belief.act(obs, deterministic=deterministic).action.cpu().numpy()
+                steps = [env.step(a) for env, a in zip(envs, actions)]
+                next_obs = np.stack([s[0] for s in steps])
+                rewards = np.array([s[1] for s in steps], np.float32)
+                succ |= np.array([s[2] for s in steps])
+                ret += rewards
+                done = steps[0][3]
+                if phase == "adapt":
+                    belief.observe(obs, actions, rewards, next_obs)
+                obs = next_obs
+            succ_by_ep.append(float(succ.mean()))
+            ret_by_ep.append(float(ret.mean()))
+            episode += phase != "zero-shot"
+    finally:
+        for env in envs:
+            env.close()
+
+    def of(phase: str, values: list[float]) -> list[float]:
+        return [v for p, v in zip(phases, values) if p == phase]
+
+    success = float(np.mean(of("eval", succ_by_ep))) if eval_episodes else float("nan")
+    zs_succ = of("zero-shot", succ_by_ep)[0] if zero_shot else None
+    return TaskResult(task, split, goal_text, success,
+                      float(np.mean(of("eval", ret_by_ep))) if eval_episodes else float("nan"),
+                      of("adapt", succ_by_ep), of("adapt", ret_by_ep), E,
+                      zero_shot_success=zs_succ,
+                      zero_shot_return=of("zero-shot", ret_by_ep)[0] if zero_shot else None,
+                      adaptation_gain=None if zs_succ is None else round(success - zs_succ, 6),
+                      episode_phases=phases, success_by_episode=succ_by_ep,
+                      return_by_episode=ret_by_ep)
+
+
+def evaluate(agent: MetaAgent, pool: TaskPool, splits: tuple[str, ...] = ("train", "test"),
+             encoder=None, num_variations: int = 5, adaptation_episodes: int = 3,
+             eval_episodes: int = 1, seed: int = 0,
+             goal_texts: dict[str, str] | None = None, zero_shot: bool = True) -> dict:
+    """Every task of the given splits; a JSON-ready dict with per-task and mean success."""
+    start = time.time()
+    out: dict = {"protocol": {"adaptation_episodes": adaptation_episodes,
+                              "eval_episodes": eval_episodes, "variations_per_task": num_variations,
+                              "zero_shot_episode": zero_shot,
+                              "horizon": pool.benchmark.horizon, "seed": seed,
+                              "success": "info['success'] at any step of an evaluation episode",
+                              "train_variations": "fresh (not the ones trained on)"},
+                 "agent": agent.kind, "splits": {}}
+    for split in splits:
+        results = [evaluate_task(agent, pool, task, split, encoder,
+                                 (goal_texts or {}).get(task), num_variations,
+                                 adaptation_episodes, eval_episodes, seed, zero_shot)
+                   for task in pool.benchmark.tasks(split)]
+        out["splits"][split] = {
+            "tasks": {r.task: r.__dict__ for r in results},
+            "mean_success": float(np.mean([r.success_rate for r in results])) if results else None,
+            "mean_zero_shot_success": (float(np.mean([r.zero_shot_success for r in results]))
+                                       if results and zero_shot else None),
+        }
+    out["wall_time_s"] = round(time.time() - start, 2)
+    return out

@@ -1,0 +1,447 @@
+"""One SAC + KL gradient step over a meta-batch of tasks, in one batched forward pass.
+
+Losses, as in Algorithm 1 of the seed report and PEARL:
+
+- context encoder phi and critics Q: sum over tasks of the Bellman error, plus beta * KL(q(z|c) || N(0,I))
+  (the encoder gets gradients from the critic loss and the KL only);
+- actor pi: sum over tasks of E[alpha_i log pi(a|s,z) - min Q(s,a,z)], z detached;
+- temperatures alpha_i: one per task (Soft-Module's per-task entropy tuning) or one shared;
+- `bc_only`: the actor's loss is the behaviour-cloning term alone;
+- offline: a behaviour-regularisation term on the mean action with the Q term normalised by its mean
+  magnitude (TD3+BC); `bc_form` picks this project's weighting or TD3+BC's own;
+- options on the encoder: `kl_prior` (KL to the goal text's factor instead of N(0, I)) and
+  `z_contrastive` (an InfoNCE task-discrimination term), see `context_encoder.py`.
+
+Shapes: T tasks x B transitions, flattened to T*B rows with each task's z repeated B times.
+
+How the step runs (`sac.update_impl`; the losses are the same functions in every case):
+
+- `eager`: the reference. Reference network kernels (`modular_net.reference_kernels`), PyTorch's
+  for-loop Adam and `clip_grad_norm_`, metrics read (`.item()`) every update.
+- `fast`: fused Adam, one foreach gradient clip, the fast soft-modular kernels, task-level routing
+  once per task (`modular_net.grouped_rows`), freed memory kept by the allocator (CPU), and the
+  metrics left as tensors (`update(..., read_metrics=False)`) so that the step never waits for
+  the device; the trainer reads them once per logging period.
+- `compiled`: `fast` with the two loss functions through `torch.compile`. The compile happens on a
+  dry run before the first update (random state restored, no weights changed), is timed
+  (`compile_seconds`), and falls back to `fast` with a warning if it fails.
+- `auto`: `compiled` on CUDA, `fast` on CPU (where the bench measured inductor slower than `fast`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from .agent import MetaAgent
+from ..config import UPDATE_IMPLS
+from ..nets.context_encoder import (kl_gaussians, kl_to_standard_normal, product_of_gaussians,
+                                    task_contrastive_loss)
+from ..nets.modular_net import grouped_rows, reference_kernels
+
+
+
+
+class SACLearner:
+    def __init__(self, agent: MetaAgent, update_impl: str | None = None):
+        """`update_impl` overrides `sac.update_impl` (the bench runs both paths on one config)."""
+        self.agent = agent
+        cfg = agent.config.sac
+        self.cfg = cfg
+        self.bc_weight = agent.config.resolved().sac.bc_weight  # None: by training mode
+        self.impl = resolve_update_impl(update_impl or cfg.update_impl, agent.device)
+        self.precision = resolve_precision(cfg.precision, agent.device)
+        fast = self.impl != "eager"
+        critic_params = list(agent.critic.parameters())
+        if agent.encoder is not None:
+            critic_params += list(agent.encoder.parameters())
+        adam = {"lr": cfg.lr, "fused": True} if fast else {"lr": cfg.lr}
+        self.critic_opt = torch.optim.Adam(critic_params, **adam)
+        self.actor_opt = torch.optim.Adam(agent.actor.parameters(), **adam)
+        self.alpha_opt = torch.optim.Adam([agent.log_alpha], **adam)
+        self.target_entropy = (cfg.target_entropy if cfg.target_entropy is not None
+                               else -float(agent.act_dim))
+        self._critic_params = list(agent.critic.parameters())
+        self._target_params = list(agent.critic_target.parameters())
+        self.updates = 0
+        reference_kernels(agent, not fast)
+        if fast and agent.device.type == "cpu":
+            keep_freed_memory()
+        self.compile_seconds: float | None = None
+        """Seconds the compile took (the dry run before the first update); None: not compiled."""
+        self._critic_fn, self._actor_fn = self._critic_losses, self._actor_losses
+        self._compiled_ready = self.impl != "compiled"
+        self._compile_backend = "inductor"
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.agent.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _grouped(self, T: int):
+        """Task-level routing once per task (fast paths only; the eager reference routes every row)."""
+        if self.impl == "eager":
+            return contextlib.nullcontext()
+        return grouped_rows(self.agent, T)
+
+    def update(self, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
+               goal: torch.Tensor | None, task_ids: torch.Tensor,
+               cond_ids: torch.Tensor | None = None, update_actor: bool = True,
+               context_mask: torch.Tensor | None = None,
+               read_metrics: bool = True) -> dict:
+        """batch fields [T, B, ...]; context [T, N, D] (None for sm, care); goal [T, goal_dim]
+        (cmrl, care);
+        task_ids [T] indices of the batch's tasks among the agent's train tasks (their temperatures);
+        cond_ids [T] the sm oracle's one-hot ids of those tasks (default: task_ids).
+        `update_actor=False`: critics, encoder and targets only (the critic warm-up of fine-tuning).
+        `context_mask` [T, N]: which context transitions each task's posterior may use (context
+        dropout); None: all.
+        Returns the metrics as floats; with `read_metrics=False` the fast paths leave them as 0-dim
+        tensors (no wait for the device; `float()` them later). The eager path always reads them."""
+        agent, cfg = self.agent, self.cfg
+        T, B = batch["rewards"].shape
+        flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in batch.items()}
+        row_task = (task_ids if cond_ids is None else cond_ids).repeat_interleave(B)
+        log_alpha = agent.log_alpha if agent.log_alpha.numel() == 1 else agent.log_alpha[task_ids]
+        alpha = log_alpha.detach().exp()  # [T] or [1]
+        alpha_rows = alpha.repeat_interleave(B) if alpha.numel() == T and T > 1 else alpha.expand(T * B)
+        if not self._compiled_ready:
+            self._compile(flat, context, goal, row_task, context_mask, alpha_rows, T, B)
+
+        with self._grouped(T):
+            with self._autocast():
+                loss, cond_detached, metrics = self._critic_fn(flat, context, goal, row_task,
+                                                               context_mask, alpha_rows, T, B)
+            self.critic_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._clip(self.critic_opt)
+            self.critic_opt.step()
+
+            if update_actor:
+                metrics.update(self._actor_step_tensors(flat, cond_detached, alpha_rows, log_alpha,
+                                                        T, B))
+
+        # ---- targets ----------------------------------------------------------------------------
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
+        self.updates += 1
+        metrics["alpha"] = agent.log_alpha.detach().exp().mean()
+        if read_metrics or self.impl == "eager":
+            return {k: float(v) for k, v in metrics.items()}
+        return metrics
+
+    # -- the losses (shared by every update path) ------------------------------------------------
+    def _critic_losses(self, flat: dict[str, torch.Tensor], context: torch.Tensor | None,
+                       goal: torch.Tensor | None, row_task: torch.Tensor,
+                       context_mask: torch.Tensor | None, alpha_rows: torch.Tensor, T: int,
+                       B: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic and encoder loss, the condition the actor step reuses (detached), and the
+        metrics of this half as detached 0-dim tensors."""
+        agent, cfg = self.agent, self.cfg
+        metrics: dict[str, torch.Tensor] = {}
+        encoder_extra = 0.0
+        # ---- context ----------------------------------------------------------------------------
+        if agent.uses_context:
+            mu, var = agent.infer_posterior(context, goal, context_mask)
+            z = agent.sample_z(mu, var)
+            kl = self._kl(mu, var, goal)  # [T]
+            cond = agent.context_condition(z, goal).repeat_interleave(B, dim=0)
+            metrics["kl"] = kl.detach().mean()
+            metrics["z_std"] = var.detach().sqrt().mean()
+            if cfg.z_contrastive > 0 and T > 1:
+                nce = self._contrastive(context, goal)
+                encoder_extra = cfg.z_contrastive * nce
+                metrics["z_contrastive"] = nce.detach()
+        else:
+            kl = None  # sm: one-hot task ids; care: the goal vectors, one per row
+            rows_goal = goal.repeat_interleave(B, dim=0) if goal is not None else None
+            cond = agent.static_condition(row_task, rows_goal)
+        cond_detached = cond.detach()
+
+        # ---- critics (and encoder) --------------------------------------------------------------
+        with torch.no_grad():
+            nxt = agent.actor(flat["next_obs"], cond_detached)
+            q_next = agent.critic_target(flat["next_obs"], nxt.action, cond_detached).min(0).values
+            target = cfg.reward_scale * flat["rewards"] + (1.0 - flat["dones"]) * cfg.gamma * (
+                q_next - alpha_rows * nxt.log_prob)
+        q = agent.critic(flat["obs"], flat["actions"], cond)  # [2, T*B]
+        per_task_td = (q - target.unsqueeze(0)).pow(2).view(2, T, B).mean(-1).sum(0)  # [T]
+        critic_loss = per_task_td.sum()
+        loss = critic_loss + (cfg.kl_weight * kl.sum() if kl is not None else 0.0) + encoder_extra
+        metrics["critic_loss"] = critic_loss.detach() / T
+        metrics["q_mean"] = q.detach().mean()
+        return loss, cond_detached, metrics
+
+    def _actor_losses(self, flat: dict[str, torch.Tensor], cond_detached: torch.Tensor,
+                      alpha_rows: torch.Tensor, T: int,
+                      B: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The actor's loss (critics frozen by the caller), log pi of its actions (detached, for the
+        temperatures) and its metrics."""
+        agent, cfg = self.agent, self.cfg
+        metrics: dict[str, torch.Tensor] = {}
+        pi = agent.actor(flat["obs"], cond_detached)
+        q_pi = agent.critic(flat["obs"], pi.action, cond_detached).min(0).values
+        per_row = alpha_rows * pi.log_prob - q_pi
+        if cfg.bc_only:
+            bc = (pi.mean_action - flat["actions"]).pow(2).sum(-1)
+            per_row = bc
+            metrics["bc_mse"] = bc.detach().mean()
+        elif self.bc_weight > 0:
+            # TD3+BC's normalisation of the Q term by its magnitude, floored at 1: at the start
+            # Q is ~0 and 1/|Q| would blow the entropy and Q terms up over the BC term.
+            scale = 1.0 / q_pi.abs().mean().detach().clamp(min=1.0)
+            sq = (pi.mean_action - flat["actions"]).pow(2)
+            if cfg.bc_form == "td3bc":  # lambda / |Q| on the RL term, mean over action dims
+                bc = sq.mean(-1)
+                per_row = self.bc_weight * scale * per_row + bc
+            else:  # "sum": bc_weight on the summed squared error
+                bc = sq.sum(-1)
+                per_row = scale * per_row + self.bc_weight * bc
+            metrics["bc_mse"] = sq.detach().sum(-1).mean()
+        actor_loss = per_row.view(T, B).mean(-1).sum()
+        log_prob = pi.log_prob.detach()
+        metrics["actor_loss"] = actor_loss.detach() / T
+        metrics["entropy"] = -log_prob.mean()
+        return actor_loss, log_prob, metrics
+
+    def _kl(self, mu: torch.Tensor, var: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """Per-task KL of the posterior to N(0, I), or (`kl_prior = "text"`) to the goal text's own
+        factor p(z | g), plus that factor's KL to N(0, I)."""
+        if self.cfg.kl_prior == "text" and goal is not None:
+            g_mu, g_var = self.agent.encoder.goal_factor(goal)
+            return kl_gaussians(mu, var, g_mu, g_var) + kl_to_standard_normal(g_mu, g_var)
+        return kl_to_standard_normal(mu, var)
+
+    def _contrastive(self, context: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """Task discrimination from the transitions alone (the goal factor left out, so the words
+        cannot do it for them): the context split into two disjoint halves, one posterior each."""
+        enc = self.agent.encoder
+        g = goal if self.agent.uses_text else None
+        half = context.shape[1] // 2
+        mu_a, _ = product_of_gaussians(*enc.transition_factors(context[:, :half], g))
+        mu_b, _ = product_of_gaussians(*enc.transition_factors(context[:, half:2 * half], g))
+        return task_contrastive_loss(mu_a, mu_b)
+
+    # -- the steps -------------------------------------------------------------------------------
+    def _actor_step(self, flat: dict[str, torch.Tensor], cond_detached: torch.Tensor,
+                    alpha_rows: torch.Tensor, log_alpha: torch.Tensor, T: int, B: int) -> dict:
+        """One step of the actor and of the temperatures, the critics frozen; metrics as floats."""
+        metrics = self._actor_step_tensors(flat, cond_detached, alpha_rows, log_alpha, T, B)
+        return {k: float(v) for k, v in metrics.items()}
+
+    def _actor_step_tensors(self, flat: dict[str, torch.Tensor], cond_detached: torch.Tensor,
+                            alpha_rows: torch.Tensor, log_alpha: torch.Tensor, T: int,
+                            B: int) -> dict[str, torch.Tensor]:
+        for p in self._critic_params:
+            p.requires_grad_(False)
+        try:
+            with self._autocast():
+                actor_loss, log_prob, metrics = self._actor_fn(flat, cond_detached, alpha_rows, T, B)
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self._clip(self.actor_opt)
+            self.actor_opt.step()
+        finally:
+            for p in self._critic_params:
+                p.requires_grad_(True)
+
+        # temperatures
+        entropy_gap = (log_prob + self.target_entropy).view(T, B).mean(-1)  # [T]
+        if log_alpha.numel() == 1:
+            alpha_loss = -(log_alpha * entropy_gap.mean()).sum()
+        else:
+            alpha_loss = -(log_alpha * entropy_gap).sum()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return metrics
+
+    def _clip(self, opt: torch.optim.Optimizer) -> None:
+        if self.cfg.grad_clip > 0:
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if self.impl == "eager":
+                nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            else:
+                clip_grad_norm_foreach([p.grad for p in params], self.cfg.grad_clip)
+
+    # -- torch.compile -------------------------------------------------------------------------
+    def _compile(self, flat, context, goal, row_task, context_mask, alpha_rows, T, B) -> None:
+        """Compile both loss functions on a dry run of this batch (forward and backward, no
+        optimiser step; random state restored, gradients cleared), so the first real update is
+        already compiled and a failure is caught here. On failure: warn, stay on `fast`."""
+        self._compiled_ready = True
+        options = {"fallback_random": True} if self._compile_backend == "inductor" else None
+        critic_fn = torch.compile(self._critic_losses, dynamic=False,
+                                  backend=self._compile_backend, options=options)
+        actor_fn = torch.compile(self._actor_losses, dynamic=False,
+                                 backend=self._compile_backend, options=options)
+        dev = self.agent.device
+        rng = torch.random.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
+        start = time.perf_counter()
+        try:
+            with self._grouped(T):
+                with self._autocast():
+                    loss, cond_detached, _ = critic_fn(flat, context, goal, row_task, context_mask,
+                                                       alpha_rows, T, B)
+                loss.backward()
+                for p in self._critic_params:
+                    p.requires_grad_(False)
+                try:
+                    with self._autocast():
+                        actor_loss, _, _ = actor_fn(flat, cond_detached, alpha_rows, T, B)
+                    actor_loss.backward()
+                finally:
+                    for p in self._critic_params:
+                        p.requires_grad_(True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        except Exception as e:  # noqa: BLE001 - any compiler failure means: run uncompiled
+            warnings.warn(f"torch.compile of the SAC update failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); running the uncompiled "
+                          "fast update instead", RuntimeWarning, stacklevel=3)
+            self.impl = "fast"
+        else:
+            self._critic_fn, self._actor_fn = critic_fn, actor_fn
+            self.compile_seconds = time.perf_counter() - start
+        finally:
+            torch.random.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, dev)
+            for opt in (self.critic_opt, self.actor_opt, self.alpha_opt):
+                opt.zero_grad(set_to_none=True)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"critic_opt": self.critic_opt.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                "alpha_opt": self.alpha_opt.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Optimiser states saved by either path load into either (fused or not is ours to pick)."""
+        fused = self.impl != "eager"
+        for opt, key in ((self.critic_opt, "critic_opt"), (self.actor_opt, "actor_opt"),
+                         (self.alpha_opt, "alpha_opt")):
+            opt.load_state_dict(state[key])
+            _set_fused(opt, fused)
+        self.updates = int(state["updates"])
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def resolve_update_impl(name: str, device: torch.device) -> str:
+    """`auto` -> `compiled` on CUDA, `fast` elsewhere; the others as they are."""
+    if name not in UPDATE_IMPLS:
+        raise ValueError(f"update_impl must be one of {', '.join(UPDATE_IMPLS)}, not {name!r}")
+    if name == "auto":
+        return "compiled" if device.type == "cuda" else "fast"
+    return name
+
+
+def has_amx_bf16() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Linux /proc/cpuinfo; False where it cannot tell)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def bf16_matmul_cost(device: torch.device, size: tuple[int, int, int] = (768, 256, 256),
+                     seconds: float = 0.05) -> float:
+    """Time of a bf16 batched matmul over the same fp32 one, measured here (a few ms each): >1 means
+    bf16 is slower. The shape is one hidden layer of the default update."""
+    M, K, N = size
+    a, b = torch.randn(1, M, K, device=device), torch.randn(1, K, N, device=device)
+
+    def per_call(x, y):
+        torch.bmm(x, y)
+        n, start = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - start < seconds:
+            torch.bmm(x, y)
+            n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / n
+
+    return per_call(a.bfloat16(), b.bfloat16()) / per_call(a, b)
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """Where bf16 autocast measured faster than fp32 for the cmrl update: CPUs with AMX (1.3-2.3x).
+    On an AVX-512-bf16 CPU without AMX it measured 1.0x for cmrl (1.7x for pearl), on CPUs with
+    neither 12-35x slower; GPUs are not measured yet. So `auto` picks bf16 on AMX CPUs only."""
+    return device.type == "cpu" and has_amx_bf16()
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`fp32`, `bf16` or `auto` -> `fp32` or `bf16`. Asked for bf16 on a CPU, a quick probe times a
+    bf16 matmul against fp32 here and warns with that cost when bf16 is the slower (CPUs without
+    AMX or AVX-512 bf16 instructions); it then runs as asked."""
+    if name == "auto":
+        return "bf16" if bf16_pays(device) else "fp32"
+    if name == "bf16":
+        if device.type == "cpu":
+            cost = bf16_matmul_cost(device)
+            if cost > 1.0:
+                warnings.warn(f"--precision bf16 on this CPU: a bf16 matmul measured {cost:.1f}x "
+                              "the time of the fp32 one here (no AMX or AVX-512 bf16; whole updates "
+                              "measured 12-35x slower on such a CPU); fp32 or `auto` is faster",
+                              RuntimeWarning, stacklevel=3)
+        elif device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            warnings.warn("--precision bf16 on a GPU without native bf16: expect it slower than "
+                          "fp32", RuntimeWarning, stacklevel=3)
+    return name
+
+
+def clip_grad_norm_foreach(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """`nn.utils.clip_grad_norm_` (2-norm over all gradients, scaled by min(1, max / (norm +
+    1e-6))) in two foreach calls instead of two ops per tensor; torch's own refuses foreach on CPU.
+    Returns the total norm."""
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, coef)
+    return total
+
+
+def _set_fused(opt: torch.optim.Optimizer, fused: bool) -> None:
+    """After `load_state_dict` (which restores the saved `fused`/`foreach` flags too): run the
+    implementation this learner chose, with the step counters where that one keeps them."""
+    for group in opt.param_groups:
+        group["fused"] = fused or None
+        group["foreach"] = False if fused else group.get("foreach")
+        if fused:
+            for p in group["params"]:
+                st = opt.state.get(p)
+                if st and "step" in st:
+                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
+def keep_freed_memory(on: bool = True) -> None:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    Every update allocates and frees the same few MB of activations; with glibc's defaults most of
+    them come back from the kernel as fresh zeroed pages, ~10k page faults per cmrl update here (a
+    third of its time in a VM). With the mmap threshold raised to 32 MB and the heap not trimmed
+    below 512 MB of free space, they are reused. Process-wide. `on=False` puts back glibc's initial
+    thresholds (128 kB; the bench's eager windows). A no-op without glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, (32 << 20) if on else (128 << 10))
+    mallopt(M_TRIM_THRESHOLD, (512 << 20) if on else (128 << 10))
+    if not on and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

@@ -1,0 +1,168 @@
+"""Meta-World environments: goal variations, hidden goals, a fixed horizon, upright fast rendering.
+
+`TaskPool` owns the Meta-World benchmark object of a `Benchmark` and hands out goal variations
+(Meta-World `Task`s) per env name and split, plus a second, independently seeded pool of *fresh*
+variations for evaluation. `TaskEnv` wraps one Meta-World env: `reset(variation)`, `step(action)`
+returning (obs, reward, success, done), and `render()` returning an upright RGB frame.
+
+Rendering traps handled here (see REFERENCE.md): MUJOCO_GL must be set before mujoco is imported
+(EGL by default), the `corner*` cameras are upside down, shadows are the slow part of software
+rendering, and each env's GL context must be made current before it renders.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from .tasks import Benchmark, UnknownTaskError, all_env_names  # noqa: E402
+
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+_FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4"}
+OBS_DIM = 39
+ACTION_DIM = 4
+GOAL_SLICE = slice(36, 39)
+"""Where Meta-World's observation holds the goal position (zeros while the goal is hidden)."""
+NUM_VARIATIONS = 50
+
+# Meta-World's scripted policies warn on every step; the envs warn about deprecated gym API use.
+warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="gymnasium")
+warnings.filterwarnings("ignore", category=UserWarning, module="gymnasium")
+
+
+def _metaworld_benchmark(benchmark: Benchmark, seed: int):
+    import metaworld
+
+    if benchmark.name.startswith("ml1:"):
+        return metaworld.ML1(benchmark.train_tasks[0], seed=seed)
+    return metaworld.CustomML(list(benchmark.train_tasks), list(benchmark.test_tasks), seed=seed)
+
+
+class TaskPool:
+    """Goal variations of a benchmark's tasks, and envs built from them.
+
+    `split="train"` variations are the ones training sees; `fresh=True` gives variations drawn by a
+    differently seeded Meta-World benchmark, for evaluating meta-train tasks on goals not trained on.
+    """
+
+    def __init__(self, benchmark: Benchmark):
+        self.benchmark = benchmark
+        self._mw = _metaworld_benchmark(benchmark, benchmark.seed)
+        self._mw_fresh = None
+
+    def _source(self, fresh: bool):
+        if not fresh:
+            return self._mw
+        if self._mw_fresh is None:
+            self._mw_fresh = _metaworld_benchmark(self.benchmark, self.benchmark.seed + 10_007)
+        return self._mw_fresh
+
+    def variations(self, task: str, split: str | None = None, fresh: bool = False) -> list:
+        split = split or self.benchmark.split_of(task)
+        if task not in self.benchmark.tasks(split):
+            raise UnknownTaskError(task, self.benchmark.tasks(split))
+        mw = self._source(fresh)
+        tasks = mw.train_tasks if split == "train" else mw.test_tasks
+        return [t for t in tasks if t.env_name == task]
+
+    def env_class(self, task: str, split: str | None = None):
+        split = split or self.benchmark.split_of(task)
+        classes = self._mw.train_classes if split == "train" else self._mw.test_classes
+        return classes[task]
+
+    def make_env(self, task: str, split: str | None = None, **render_kw) -> "TaskEnv":
+        return TaskEnv(self.env_class(task, split), task, self.benchmark.horizon, **render_kw)
+
+
+_SCENE_LOCK = threading.Lock()
+_SCENES: dict[tuple[str, int], tuple[type, list]] = {}
+
+
+def make_scene(task: str, horizon: int = 200, seed: int = 0, **render_kw) -> tuple["TaskEnv", list]:
+    """An env of any Meta-World v3 task with its goal variations, outside any benchmark (for the app).
+
+    Meta-World draws the variations from numpy's global generator, so two threads building scenes at
+    once would corrupt each other's draws (wrong variations, or its "Only generated 47 unique
+    goals" assertion): construction, the variations' and the env's, is locked here, for every
+    caller (the app's concurrent rollouts included), and the variations are cached per
+    (task, seed)."""
+    import metaworld
+
+    if task not in all_env_names():
+        raise UnknownTaskError(task, all_env_names())
+    with _SCENE_LOCK:
+        if (task, seed) not in _SCENES:
+            mw = metaworld.ML1(task, seed=seed)
+            _SCENES[(task, seed)] = (mw.train_classes[task], list(mw.train_tasks))
+        env_cls, variations = _SCENES[(task, seed)]
+        env = TaskEnv(env_cls, task, horizon, **render_kw)
+    return env, list(variations)
+
+
+class TaskEnv:
+    """One Meta-World env with a hidden goal and a fixed horizon."""
+
+    def __init__(self, env_cls, task: str, horizon: int, render: bool = False,
+                 camera: str = "corner", size: int = 224, shadows: bool = False):
+        if camera not in CAMERAS:
+            raise ValueError(f"unknown camera {camera!r}; choose one of {', '.join(CAMERAS)}")
+        self.task = task
+        self.horizon = horizon
+        self.camera = camera
+        kw = dict(render_mode="rgb_array", camera_name=camera, width=size, height=size) if render else {}
+        self.env = env_cls(**kw)
+        self.env.max_path_length = horizon
+        if render and not shadows:
+            self.env.model.vis.quality.shadowsize = 0  # the slow part of software rendering
+            self.env.model.vis.quality.offsamples = 0  # no multisampling: ~2x faster, looks the same
+        self._render = render
+        self.t = 0
+        self.variation = None
+
+    def reset(self, variation=None, seed: int | None = None) -> np.ndarray:
+        if variation is not None and variation is not self.variation:
+            self.env.set_task(variation)
+            self.variation = variation
+        elif self.variation is None:
+            raise RuntimeError("TaskEnv.reset needs a goal variation the first time")
+        obs, _ = self.env.reset(seed=seed)
+        self.t = 0
+        return obs.astype(np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """Returns (obs, reward, success, done); done is the horizon's truncation, never a failure."""
+        obs, reward, _term, trunc, info = self.env.step(np.asarray(action, dtype=np.float64))
+        self.t += 1
+        done = bool(trunc) or self.t >= self.horizon
+        return obs.astype(np.float32), float(reward), bool(info["success"] > 0), done
+
+    def privileged_obs(self, obs: np.ndarray) -> np.ndarray:
+        """`obs`, this env's current observation, with the hidden goal position filled in (float64),
+        as Meta-World's scripted policies read it. For scripted experts only: reach, push,
+        pick-place, peg-insert-side and sweep steer to that position and fail without it. What an
+        agent sees, and what datasets store, is `obs` itself (goal zeroed)."""
+        full = np.array(obs, dtype=np.float64)
+        full[GOAL_SLICE] = self.env._get_pos_goal()
+        return full
+
+    def render(self) -> np.ndarray:
+        if not self._render:
+            raise RuntimeError("this env was built without rendering (render=True)")
+        viewer = self.env.mujoco_renderer._get_viewer("rgb_array")
+        viewer.make_context_current()  # several envs in one process share GL state otherwise
+        frame = self.env.render()
+        if self.camera in _FLIPPED_CAMERAS:
+            frame = frame[::-1, ::-1]
+        return np.ascontiguousarray(frame)
+
+    def close(self) -> None:
+        try:
+            self.env.close()
+        except Exception:  # closing a GL context twice, or at interpreter exit, is harmless
+            pass

@@ -1,0 +1,486 @@
+"""`python -m cmrl bench`: speed figures measured in one run, side by side, on the machine at hand.
+
+Every comparison alternates short timing windows of the two (or more) contenders in this one process
+(A, B, A, B, ...) and reports the median of the per-round ratios, so that load from other processes
+hits both alike; the absolute rates are printed too but only the ratios travel between machines.
+
+1. Update paths: one full SAC + KL update (twin Q, actor, temperatures, Polyak, context encoder and
+   KL) of every agent kind through the `fast` path against the `eager` reference (`sac.py`), at the
+   default networks and 3 tasks x 128 and 3 x 256. Also the achieved GFLOP/s of each update (FLOPs
+   from `torch.utils.flop_counter`) against the dense-matmul peak measured first in the same run.
+   `CMRL_BENCH_COMPILE=1` adds the `compiled` path on CPU (compile time reported apart).
+2. The soft-modular network alone (forward + backward) against facebookresearch mtrl's
+   `SoftModularizedMLP` with the same layers, modules, width and batch (`pip install --no-deps
+   mtrl==1.0.0`, benchmark-only, requirements-dev.txt).
+3. Our pearl update against Stable-Baselines3 SAC with the same parameter count and batch.
+4. bf16 autocast against fp32 for the cmrl update (what `--precision auto` decides from).
+5. Collection: env steps/s of the trainer's collector against a bare Meta-World loop.
+6. On CUDA, when present: eager, fast and compiled for every agent, and the cmrl and sm updates at
+   Soft-Module's "deep" width (4 x 4 x 128) with 10 tasks (ML10's meta-batch).
+Targets (issue 13): update >= 2x eager; network >= 3x mtrl; pearl >= 1.0x SB3; collection >= 0.7x.
+The figures' `ratios` section is one flat object (`--json FILE`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import types
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..algo.agent import MetaAgent
+from ..agent_kinds import KINDS
+from ..algo.collector import Collector
+from ..config import AGENT_KINDS, NetworkConfig, RunConfig
+from ..envs.metaworld_env import ACTION_DIM, OBS_DIM, TaskPool
+from ..algo.sac import SACLearner, has_amx_bf16, keep_freed_memory
+from ..envs.tasks import resolve_benchmark
+
+TASKS = ("drawer-open-v3", "drawer-close-v3", "window-open-v3")
+TEXT_DIM = 384  # MiniLM's width: goal vectors for the agents that read text
+
+
+# -- timing ---------------------------------------------------------------------------------------
+def interleaved(contenders: dict[str, Callable[[], object]], seconds: float, rounds: int = 6,
+                before: dict[str, Callable[[], None]] | None = None,
+                sync: Callable[[], None] | None = None) -> dict:
+    """Calls per second of each contender, measured in `rounds` rounds of one window each (about
+    seconds / rounds long; at least one call), the contenders alternating within every round.
+    `before[name]` runs before each of that contender's windows (untimed; e.g. the allocator
+    setting it runs under); `sync` waits for the device at the end of a window.
+    Returns {"per_s": {name: median}, "ratio": {name: median over rounds of name / first}}."""
+    names = list(contenders)
+    window = max(seconds / rounds, 0.05)
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    for name, fn in contenders.items():  # warm up every contender once
+        if before and name in before:
+            before[name]()
+        fn()
+    for _ in range(rounds):
+        for name in names:
+            fn = contenders[name]
+            if before and name in before:
+                before[name]()
+            fn()
+            if sync:
+                sync()
+            n, start = 0, time.perf_counter()
+            while n == 0 or time.perf_counter() - start < window:
+                fn()
+                n += 1
+                if sync and time.perf_counter() - start >= window:
+                    sync()
+            if sync:
+                sync()
+            rates[name].append(n / (time.perf_counter() - start))
+    first = rates[names[0]]
+    return {"per_s": {k: round(statistics.median(v), 3) for k, v in rates.items()},
+            "ratio": {k: round(statistics.median([a / b for a, b in zip(v, first)]), 3)
+                      for k, v in rates.items()}}
+
+
+def matmul_peak(device: torch.device, seconds: float) -> dict:
+    """Dense fp32 matmul GFLOP/s on this device and thread count: a large square one (the machine's
+    peak) and one the size of a default hidden layer ([768 x 256] @ [256 x 256])."""
+    out = {}
+    for label, (M, K, N) in (("square_1024", (1024, 1024, 1024)), ("layer_768x256x256", (768, 256, 256))):
+        a, b = torch.randn(M, K, device=device), torch.randn(K, N, device=device)
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        r = interleaved({label: lambda: a @ b}, seconds / 2, rounds=2, sync=sync)
+        out[f"{label}_gflops"] = round(r["per_s"][label] * 2 * M * K * N / 1e9, 1)
+    return out
+
+
+# -- 1. update paths ------------------------------------------------------------------------------
+def _update_fixture(kind: str, batch_per_task: int, device: torch.device, impl: str,
+                    num_tasks: int = 3, fields: dict | None = None, precision: str = "fp32"):
+    """A learner of `kind` on random data, and a zero-argument function doing one update."""
+    cfg = RunConfig().updated({"train.agent": kind, "sac.batch_size": batch_per_task,
+                               "sac.bc_weight": 2.5, "sac.precision": precision,
+                               "train.device": device.type, **(fields or {})})
+    tasks = TASKS if num_tasks == 3 else tuple(f"task-{i}" for i in range(num_tasks))
+    return update_step(cfg, device, tasks, impl)
+
+
+def update_step(cfg: RunConfig, device: torch.device, tasks, impl: str | None = None):
+    """`cfg`'s agent and learner (update path `impl`, default the config's) on random data for
+    `tasks`, and a zero-argument function doing one update: what the bench and
+    `recipes.estimate_seconds` time."""
+    text_dim = TEXT_DIM if KINDS[cfg.train.agent].uses_text else 0
+    torch.manual_seed(0)
+    agent = MetaAgent(cfg, OBS_DIM, ACTION_DIM, text_dim, tuple(tasks)).to(device)
+    learner = SACLearner(agent, update_impl=impl)
+    T, B = len(tasks), cfg.sac.batch_size
+    g = torch.Generator().manual_seed(0)
+    batch = {"obs": torch.randn(T, B, OBS_DIM, generator=g),
+             "actions": torch.rand(T, B, ACTION_DIM, generator=g) * 2 - 1,
+             "rewards": torch.rand(T, B, generator=g),
+             "next_obs": torch.randn(T, B, OBS_DIM, generator=g), "dones": torch.zeros(T, B)}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    context = (torch.randn(T, cfg.sac.context_size, 2 * OBS_DIM + ACTION_DIM + 1, generator=g)
+               .to(device) if agent.encoder is not None else None)
+    goal = torch.randn(T, agent.goal_dim, generator=g).to(device) if agent.goal_dim else None
+    ids = torch.arange(T, device=device)
+
+    def step():
+        learner.update(batch, context, goal, ids, read_metrics=False)
+    return learner, step
+
+
+def update_flops(kind: str, batch_per_task: int, num_tasks: int = 3,
+                 fields: dict | None = None) -> int:
+    """FLOPs of one update (matmuls; torch.utils.flop_counter), counted on CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _, step = _update_fixture(kind, batch_per_task, torch.device("cpu"), "fast", num_tasks, fields)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def _allocator(on: bool) -> Callable[[], None]:
+    return lambda: keep_freed_memory(on)
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
+                       batches=(128, 256), compiled: bool = False, num_tasks: int = 3,
+                       fields: dict | None = None, label: str = "") -> dict:
+    """eager vs fast (vs compiled) update rates, ratios, page faults and GFLOP/s per configuration."""
+    out: dict = {}
+    cpu = device.type == "cpu"
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    for kind in kinds:
+        for B in batches:
+            key = f"{kind}_{num_tasks}x{B}{label}"
+            impls = ["eager", "fast"] + (["compiled"] if compiled else [])
+            steps, learners = {}, {}
+            for impl in impls:
+                learners[impl], steps[impl] = _update_fixture(kind, B, device, impl, num_tasks, fields)
+            before = {impl: _allocator(impl != "eager") for impl in impls} if cpu else None
+            if "compiled" in steps:  # compile outside the timing (dry run), reported apart
+                steps["compiled"]()
+            r = interleaved(steps, seconds, before=before, sync=sync)
+            flops = update_flops(kind, B, num_tasks, fields)
+            fig = {"updates_per_s": r["per_s"], "vs_eager": r["ratio"],
+                   "gflop_per_update": round(flops / 1e9, 3),
+                   "achieved_gflops": {k: round(v * flops / 1e9, 1) for k, v in r["per_s"].items()},
+                   "transitions_per_s": {k: round(v * num_tasks * B) for k, v in r["per_s"].items()}}
+            if compiled:
+                fig["compile_s"] = learners["compiled"].compile_seconds
+                fig["compiled_fell_back"] = learners["compiled"].impl != "compiled"
+            if cpu:  # page faults per update under each path's allocator setting
+                faults = {}
+                for impl in ("eager", "fast"):
+                    keep_freed_memory(impl != "eager")
+                    steps[impl]()
+                    start = _faults()
+                    for _ in range(3):
+                        steps[impl]()
+                    faults[impl] = round((_faults() - start) / 3)
+                fig["page_faults_per_update"] = faults
+            out[key] = fig
+            print(f"[bench]   {key}: " + ", ".join(f"{k} {v:.2f} upd/s" for k, v in r["per_s"].items())
+                  + f"; fast/eager {r['ratio']['fast']:.2f}x", flush=True)
+    keep_freed_memory(True)
+    return out
+
+
+# -- 2. the network vs mtrl -----------------------------------------------------------------------
+def _import_mtrl():
+    """mtrl's SoftModularizedMLP and its input types, with `mtrl.utils.types` (which imports gym and
+    omegaconf) stood in by the four aliases the component needs. None when mtrl is absent."""
+    try:
+        import mtrl  # noqa: F401
+    except ImportError:
+        return None
+    from torch import Tensor, nn
+
+    if "mtrl.utils.types" not in sys.modules:
+        stub = types.ModuleType("mtrl.utils.types")
+        stub.ModelType, stub.TensorType, stub.ConfigType, stub.ListConfigType = nn.Module, Tensor, dict, list
+        sys.modules["mtrl.utils.types"] = stub
+    try:
+        from mtrl.agent.components.soft_modularization import SoftModularizedMLP
+        from mtrl.agent.ds.mt_obs import MTObs
+        from mtrl.agent.ds.task_info import TaskInfo
+    except Exception as e:  # noqa: BLE001 - an incompatible mtrl is reported, not fatal
+        return f"mtrl installed but its soft modularization does not import ({type(e).__name__}: {e})"
+    return SoftModularizedMLP, MTObs, TaskInfo
+
+
+def bench_modular_net(seconds: float, device: torch.device, batch: int = 384) -> dict:
+    """Forward + backward of our soft-modular network (reference and fast kernels) against mtrl's,
+    same layers (4), modules (4), width (64) and batch; input: observation + z (46), output 8."""
+    from ..nets.modular_net import SoftModularNet, reference_kernels
+
+    in_dim, cond_dim, out_dim = OBS_DIM + 7, 7, 2 * ACTION_DIM
+    cfg = NetworkConfig()
+    torch.manual_seed(0)
+    ours = SoftModularNet(in_dim, cond_dim, out_dim, cfg, ensemble=1).to(device)
+    x = torch.randn(1, batch, in_dim, device=device)
+    cond = torch.randn(1, batch, cond_dim, device=device)
+
+    def ours_step(reference: bool):
+        def step():
+            reference_kernels(ours, reference)
+            out, _ = ours(x, cond)
+            out.sum().backward()
+            ours.zero_grad(set_to_none=True)
+        return step
+
+    contenders = {"ours_fast": ours_step(False), "ours_reference": ours_step(True)}
+    fig: dict = {"config": f"{cfg.num_layers} layers x {cfg.num_modules} modules x "
+                           f"{cfg.module_width}, batch {batch}, in {in_dim}, out {out_dim}",
+                 "ours_params": sum(p.numel() for p in ours.parameters())}
+    mtrl = _import_mtrl()
+    if isinstance(mtrl, tuple):
+        SoftModularizedMLP, MTObs, TaskInfo = mtrl
+        theirs = SoftModularizedMLP(num_experts=cfg.num_modules, in_features=in_dim,
+                                    out_features=out_dim, num_layers=cfg.num_layers,
+                                    hidden_features=cfg.module_width).to(device)
+        obs = x[0]
+        info = TaskInfo(encoding=torch.randn(batch, in_dim, device=device), compute_grad=False,
+                        env_index=None)
+
+        def mtrl_step():
+            out = theirs(MTObs(env_obs=obs, task_obs=None, task_info=info))
+            out.sum().backward()
+            theirs.zero_grad(set_to_none=True)
+        contenders = {"mtrl": mtrl_step, **contenders}
+        fig["mtrl_params"] = sum(p.numel() for p in theirs.parameters())
+    else:
+        fig["mtrl"] = mtrl or "mtrl not installed (pip install --no-deps mtrl==1.0.0)"
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    r = interleaved(contenders, seconds, sync=sync)
+    fig["fwd_bwd_per_s"] = r["per_s"]
+    if "mtrl" in contenders:
+        fig["ours_vs_mtrl"] = r["ratio"]["ours_fast"]
+        fig["ours_reference_vs_mtrl"] = r["ratio"]["ours_reference"]
+    print(f"[bench]   modular net: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r["per_s"].items()),
+          flush=True)
+    return fig
+
+
+# -- 3. pearl vs SB3 ------------------------------------------------------------------------------
+def _sb3_params(width: int, layers: int = 3) -> int:
+    """Trainable parameters of SB3 SAC's actor and twin critics with net_arch [width] * layers."""
+    def trunk(n_in):
+        return n_in * width + width + (layers - 1) * (width * width + width)
+    actor = trunk(OBS_DIM) + 2 * (width * ACTION_DIM + ACTION_DIM)  # mean and log-std heads
+    critics = 2 * (trunk(OBS_DIM + ACTION_DIM) + width + 1)
+    return actor + critics
+
+
+def bench_pearl_vs_sb3(seconds: float, batch_per_task: int = 256) -> dict:
+    """Our pearl update (fast) against SB3 SAC with the same trainable parameter count (actor,
+    critics and, ours, the context encoder; SB3's hidden width chosen to match) and the same batch
+    (3 x batch_per_task)."""
+    try:
+        from stable_baselines3 import SAC
+        from stable_baselines3.common.logger import configure
+    except ImportError:
+        return {"sb3": "stable-baselines3 not installed (pip install -r requirements-dev.txt)"}
+    learner, ours = _update_fixture("pearl", batch_per_task, torch.device("cpu"), "fast")
+    a = learner.agent
+    our_params = sum(p.numel() for m in (a.actor, a.critic, a.encoder) for p in m.parameters())
+    layers = len(a.config.net.mlp_hidden)
+    width = min(range(16, 2048), key=lambda w: abs(_sb3_params(w, layers) - our_params))
+    batch = 3 * batch_per_task
+    pool = TaskPool(resolve_benchmark(RunConfig().benchmark))
+    env = pool.make_env("drawer-open-v3").env
+    model = SAC("MlpPolicy", env, batch_size=batch, policy_kwargs={"net_arch": [width] * layers},
+                buffer_size=20000, learning_starts=0, device="cpu", verbose=0)
+    rng = np.random.default_rng(0)
+    for _ in range(4096):
+        model.replay_buffer.add(rng.normal(size=(1, OBS_DIM)).astype(np.float32),
+                                rng.normal(size=(1, OBS_DIM)).astype(np.float32),
+                                rng.uniform(-1, 1, (1, ACTION_DIM)).astype(np.float32),
+                                rng.random(1).astype(np.float32), np.zeros(1), [{}])
+    model.set_logger(configure(None, []))
+    sb3_params = sum(p.numel() for m in (model.policy.actor, model.policy.critic)
+                     for p in m.parameters())
+    r = interleaved({"sb3": lambda: model.train(gradient_steps=1, batch_size=batch),
+                     "pearl_fast": ours}, seconds)
+    fig = {"sb3_config": f"SAC MlpPolicy net_arch {[width] * layers}, batch {batch}",
+           "sb3_params": sb3_params, "pearl_params": our_params,
+           "updates_per_s": r["per_s"],
+           "transitions_per_s": {k: round(v * batch) for k, v in r["per_s"].items()},
+           "pearl_vs_sb3": r["ratio"]["pearl_fast"]}
+    print(f"[bench]   pearl vs SB3 (equal params {our_params} / {sb3_params}): "
+          f"{r['ratio']['pearl_fast']:.2f}x", flush=True)
+    return fig
+
+
+# -- 4. precision -----------------------------------------------------------------------------------
+def bench_precision(seconds: float, device: torch.device, kind: str = "cmrl",
+                    batch_per_task: int = 256) -> dict:
+    """bf16 autocast against fp32, the fast update of `kind`: the evidence `--precision auto` uses."""
+    import warnings
+
+    steps = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the bf16 warning: this is the measurement
+        for precision in ("fp32", "bf16"):
+            _, steps[precision] = _update_fixture(kind, batch_per_task, device, "fast",
+                                                  precision=precision)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    r = interleaved(steps, seconds, rounds=3, sync=sync)
+    fig = {"config": f"{kind} fast update, 3 x {batch_per_task}", "updates_per_s": r["per_s"],
+           "bf16_vs_fp32": r["ratio"]["bf16"],
+           "auto_picks": "bf16" if device.type == "cpu" and has_amx_bf16() else "fp32"}
+    print(f"[bench]   bf16 vs fp32 ({kind}): {r['ratio']['bf16']:.2f}x; auto picks "
+          f"{fig['auto_picks']}", flush=True)
+    return fig
+
+
+# -- 5. collection ----------------------------------------------------------------------------------
+def bench_collection(seconds: float, agent_kind: str = "cmrl") -> dict:
+    """The trainer's collector (policy forward + z, all meta-train envs in lockstep) against a bare
+    Meta-World loop over the same envs with random actions, env steps/s, interleaved."""
+    cfg = RunConfig()
+    cfg.train.agent = agent_kind
+    cfg.benchmark.horizon = 100
+    pool = TaskPool(resolve_benchmark(cfg.benchmark))
+    tasks = pool.benchmark.train_tasks
+    text_dim = TEXT_DIM if KINDS[agent_kind].uses_text else 0
+    agent = MetaAgent(cfg, OBS_DIM, ACTION_DIM, text_dim, tasks)
+    rng = np.random.default_rng(0)
+    bank = torch.randn(len(tasks), 2, text_dim) if text_dim else None
+    collector = Collector(agent, pool, tasks, cfg.train.envs_per_task, bank, rng)
+    envs = collector.envs
+    variations = [pool.variations(t, "train")[0] for t in tasks]
+
+    def bare_round():
+        for env, t in zip(envs, collector.env_task):
+            env.reset(variations[t])
+        done = False
+        while not done:
+            for env in envs:
+                _, _, _, done = env.step(rng.uniform(-1, 1, ACTION_DIM))
+
+    steps = len(envs) * cfg.benchmark.horizon
+    r = interleaved({"bare": bare_round, "collector": collector.run_round}, seconds, rounds=4)
+    collector.close()
+    return {"envs": len(envs), "bare_env_steps_per_s": round(r["per_s"]["bare"] * steps),
+            f"{agent_kind}_collection_env_steps_per_s": round(r["per_s"]["collector"] * steps),
+            "collection_ratio": r["ratio"]["collector"]}
+
+
+# -- the whole bench --------------------------------------------------------------------------------
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "amx_bf16": has_amx_bf16(), "torch": torch.__version__, "load_avg_1min": load,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def run_bench(seconds: float = 8.0) -> dict:
+    cpu = torch.device("cpu")
+    figures: dict = {"machine": machine_info()}
+    print(f"[bench] {figures['machine']['cpu']}, {figures['machine']['torch_threads']} threads, "
+          f"load {figures['machine']['load_avg_1min']}", flush=True)
+    figures["matmul_peak"] = matmul_peak(cpu, seconds)
+    print("[bench] SAC update: fast vs eager (compiled with CMRL_BENCH_COMPILE=1) ...", flush=True)
+    figures["updates"] = bench_update_paths(seconds, cpu,
+                                            compiled=bool(os.environ.get("CMRL_BENCH_COMPILE")))
+    print("[bench] soft-modular network vs mtrl ...", flush=True)
+    figures["modular_net"] = bench_modular_net(seconds, cpu)
+    print("[bench] pearl vs Stable-Baselines3 SAC ...", flush=True)
+    figures["sb3"] = bench_pearl_vs_sb3(seconds)
+    print("[bench] precision ...", flush=True)
+    figures["precision"] = bench_precision(seconds, cpu)
+    print("[bench] collection vs bare Meta-World loop ...", flush=True)
+    figures["collection"] = bench_collection(seconds)
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        print("[bench] CUDA: eager, fast, compiled ...", flush=True)
+        figures["gpu"] = {
+            "matmul_peak": matmul_peak(gpu, seconds),
+            "updates": bench_update_paths(seconds, gpu, batches=(256,), compiled=True),
+            "deep_ml10": bench_update_paths(
+                seconds, gpu, kinds=("cmrl", "sm"), batches=(256,), compiled=True, num_tasks=10,
+                fields={"net.module_width": 128}, label="_deep128"),
+            "precision": bench_precision(seconds, gpu)}
+    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    figures["ratios"] = _ratios(figures)
+    _print(figures)
+    return figures
+
+
+def _ratios(fig: dict) -> dict:
+    """The flat summary the issue names (`--json`): fast/eager per agent (3 x 256; 3 x 128 as
+    `_3x128`), network vs mtrl, pearl vs SB3 at equal parameters, collection vs bare loop."""
+    u = fig["updates"]
+    out: dict = {}
+    for kind in AGENT_KINDS:
+        if f"{kind}_3x256" in u:
+            out[f"{kind}_update_vs_eager"] = u[f"{kind}_3x256"]["vs_eager"]["fast"]
+        if f"{kind}_3x128" in u:
+            out[f"{kind}_update_vs_eager_3x128"] = u[f"{kind}_3x128"]["vs_eager"]["fast"]
+    out["modular_net_vs_mtrl"] = fig["modular_net"].get("ours_vs_mtrl")
+    out["pearl_update_vs_sb3_equal_params"] = fig["sb3"].get("pearl_vs_sb3")
+    out["collection_vs_bare"] = fig["collection"]["collection_ratio"]
+    out["bf16_vs_fp32"] = fig["precision"]["bf16_vs_fp32"]
+    return out
+
+
+def _print(fig: dict) -> None:
+    m, p = fig["machine"], fig["matmul_peak"]
+    print(f"\nmachine: {m['cpu']} ({m['cpu_count']} CPUs), torch {m['torch']}, {m['torch_threads']} "
+          f"threads, AMX bf16: {m['amx_bf16']}, CUDA: {m['cuda']}, load {m['load_avg_1min']}")
+    print(f"dense fp32 matmul peak: {p['square_1024_gflops']} GFLOP/s (1024^3), "
+          f"{p['layer_768x256x256_gflops']} GFLOP/s (768x256x256)")
+    print("SAC update, fast vs eager (target >= 2x):")
+    for key, f in fig["updates"].items():
+        rates = ", ".join(f"{k} {v:.2f}" for k, v in f["updates_per_s"].items())
+        gf = ", ".join(f"{k} {v}" for k, v in f["achieved_gflops"].items())
+        print(f"  {key:14s} upd/s: {rates}; fast/eager {f['vs_eager']['fast']:.2f}x; "
+              f"{f['gflop_per_update']} GFLOP/update, achieved GFLOP/s: {gf}")
+    n = fig["modular_net"]
+    print(f"modular net ({n['config']}), fwd+bwd/s: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in n["fwd_bwd_per_s"].items())
+          + (f"; ours/mtrl {n['ours_vs_mtrl']:.2f}x (target >= 3x)" if "ours_vs_mtrl" in n
+             else f"; {n.get('mtrl')}"))
+    s = fig["sb3"]
+    if "pearl_vs_sb3" in s:
+        print(f"pearl vs SB3 ({s['sb3_config']}; params ours {s['pearl_params']}, SB3 "
+              f"{s['sb3_params']}): {s['pearl_vs_sb3']:.2f}x (target >= 1.0)")
+    else:
+        print(f"pearl vs SB3: {s['sb3']}")
+    pr = fig["precision"]
+    print(f"bf16 vs fp32 ({pr['config']}): {pr['bf16_vs_fp32']:.3f}x; --precision auto picks "
+          f"{pr['auto_picks']}")
+    c = fig["collection"]
+    print(f"collection ({c['envs']} envs in lockstep): bare loop {c['bare_env_steps_per_s']} steps/s, "
+          f"collector {c['cmrl_collection_env_steps_per_s']} steps/s, ratio "
+          f"{c['collection_ratio']:.2f} (target >= 0.7)")
+    if "gpu" in fig:
+        for key, f in {**fig["gpu"]["updates"], **fig["gpu"]["deep_ml10"]}.items():
+            print(f"  GPU {key}: " + ", ".join(f"{k} {v:.1f} upd/s" for k, v in
+                                                f["updates_per_s"].items())
+                  + f"; compile {f.get('compile_s')} s")
+    print(f"peak RSS: {fig['peak_rss_mib']} MiB")
+    print("ratios: " + ", ".join(f"{k} {v}" for k, v in fig["ratios"].items()))

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# ML10 at a reduced budget, without Ray: every (agent, seed) trains offline and is then evaluated by
+# the project's evaluator (zero-shot episode, 3 adaptation episodes, 1 evaluation episode, VARIATIONS
+# fresh goal variations per task, all 15 tasks). JOBS at a time, one thread each. Rerunning it
+# resumes killed trainings and skips finished ones, so it survives a lost session.
+#
+#   bash scripts/ml10_screen.sh            # the README's ML10 screen (defaults below)
+#
+# Knobs (environment): RUNS ("AGENT[:VARIANT] ..."; default: cmrl:baseline cmrl:text-prior pearl),
+# SEEDS (0 1 2), STEPS (4000), BATCH (128), JOBS (2), VARIATIONS (10), OUT (runs/ml10-steps$STEPS),
+# DATA (data/ml10-expert-v1). Make the data first with stage `data` of scripts/reproduce_ml10.sh.
+# The full protocol (Ray sweeps, Meta-World's own evaluator, shipping) is reproduce_ml10.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MUJOCO_GL=${MUJOCO_GL:-egl} HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+PY=${PY:-.venv/bin/python}
+RUNS=${RUNS:-cmrl:baseline cmrl:text-prior pearl}
+SEEDS=${SEEDS:-0 1 2}
+STEPS=${STEPS:-4000}
+BATCH=${BATCH:-128}
+JOBS=${JOBS:-2}
+VARIATIONS=${VARIATIONS:-10}
+OUT=${OUT:-runs/ml10-steps$STEPS}
+DATA=${DATA:-data/ml10-expert-v1}
+[ -f "$DATA/cmrl_dataset.json" ] || { echo "no dataset at $DATA (bash scripts/reproduce_ml10.sh data)" >&2; exit 2; }
+mkdir -p "$OUT"
+
+one() {  # AGENT[:VARIANT] SEED
+  local agent=${1%%:*} variant="" name=$1 seed=$2
+  [[ $1 == *:* ]] && variant=${1#*:} && name="$agent-$variant"
+  local run="$OUT/$name/s$seed" log="$OUT/$name/s$seed.log"
+  mkdir -p "$OUT/$name"
+  if ! $PY -m cmrl info --finished "$run" >/dev/null 2>&1; then
+    local resume=()
+    [ -f "$run/config.json" ] && resume=(--resume)
+    $PY -m cmrl train --agent "$agent" ${variant:+--variant "$variant"} --benchmark ml10 \
+      --offline "$DATA" --steps "$STEPS" --batch-size "$BATCH" --eval-every 0 \
+      --checkpoint-every 500 --seed "$seed" --threads 1 --text-encoder minilm \
+      --run-dir "$run" "${resume[@]}" >>"$log" 2>&1
+  fi
+  if ! $PY -m cmrl info --finished "$run" >/dev/null 2>&1; then
+    echo "FAILED $name s$seed: training did not finish (see $log)"; return 0
+  fi
+  [ -f "$run/evaluation.json" ] || $PY -m cmrl eval --checkpoint "$run" --variations "$VARIATIONS" \
+    --adaptation-episodes 3 --eval-episodes 1 --seed 0 --json "$run/evaluation.json" \
+    >>"$log" 2>&1
+  echo "done $name s$seed"
+}
+export -f one
+export PY OUT DATA STEPS BATCH VARIATIONS
+for s in $SEEDS; do for r in $RUNS; do echo "$r $s"; done; done \
+  | xargs -P "$JOBS" -L 1 bash -c 'one "$0" "$1"'
