@@ -8,13 +8,12 @@ import queue
 import gradio as gr
 
 from cmrl.agent_kinds import agent_kind
-from cmrl.envs.metaworld_env import CAMERAS
 from cmrl.envs.tasks import GOAL_TEXTS, canonical_goal_text
 
 from .adapt import RolloutWorker, View, clean_old_videos, drain
 from .base import ROLLOUT_CONCURRENCY, PageBase, page_error, session_key
-from .common import FRAME_SIZES, GOAL_EXAMPLES, MAX_EPISODES, NUM_VARIATIONS, SCENES, InputError
-from .inputs import DropdownInput, NumberInput, SliderInput
+from .common import FRAME_SIZES, GOAL_EXAMPLES, MAX_EPISODES, SCENES, InputError
+from .inputs import DropdownInput, SliderInput
 
 CANONICAL_TEXTS = {t for texts in GOAL_TEXTS.values() for t in texts}
 
@@ -86,10 +85,8 @@ class AdaptTab(PageBase):
     def _adapt_tab(self, found, default):
         ck = self._ckpt_row(found, default)
         with gr.Row():
-            scene = DropdownInput(SCENES, value="window-close-v3", allow_custom_value=True,
-                                label="scene (ML4 tasks first; window-close is held out)")
-            variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
-            camera = DropdownInput(list(CAMERAS), value="corner", label="camera")
+            scene, variation, camera = self._scene_controls(
+                "scene (ML4 tasks first; window-close is held out)")
             episodes = SliderInput(0, MAX_EPISODES, value=3, step=1, label="adaptation episodes")
         goal = gr.Textbox("close the window", label="goal description (free text)", max_lines=2)
         gr.Examples([[g] for g in GOAL_EXAMPLES], inputs=goal, label="example goals")

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from cmrl.envs.metaworld_env import CAMERAS
 from cmrl.runs.checkpoint import CheckpointError, read_run_info
 
 from .adapt import Rollout, Sessions
 from .common import (MAX_EPISODES, NUM_VARIATIONS, AgentCache, InputError, default_checkpoint,
                      describe_agent, display_path, find_checkpoints, parse_camera, parse_goal,
-                     parse_int, parse_scene, resolve_path)
-from .inputs import DropdownInput
+                     parse_int, parse_scene, resolve_path, SCENES)
+from .inputs import DropdownInput, NumberInput
 from .jobs import JobManager
 from .results import DEFAULT_RESULTS_ROOT
 from .roots import CHECKPOINT_UNAVAILABLE, Roots
@@ -50,6 +51,9 @@ def session_key(request, tab: str, new: bool = True) -> str:
 
 
 class PageBase:
+    """The state every tab reads: allowed roots, the training jobs, loaded agents, rollout
+    sessions, and the Train tab's cached estimates."""
+
     def __init__(self, checkpoint_roots: list[Path] | None = None, runs_dir: Path | None = None,
                  results_root: Path | None = None, default: str | None = None,
                  hosted: bool | None = None, max_train_steps: int | None = None,
@@ -139,6 +143,15 @@ class PageBase:
         refresh.click(self.refresh_checkpoints, ck, ck, api_visibility="private")
         ck.change(self.checkpoint_info, ck, info, api_visibility="private", show_progress="hidden")
         return ck
+
+    @staticmethod
+    def _scene_controls(scene_label: str):
+        """The scene, goal-variation and camera inputs of a rollout tab (inside the caller's row)."""
+        scene = DropdownInput(SCENES, value="window-close-v3", allow_custom_value=True,
+                              label=scene_label)
+        variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
+        camera = DropdownInput(list(CAMERAS), value="corner", label="camera")
+        return scene, variation, camera
 
     def _rollout_spec(self, scene, goal, variation, camera, episodes, eval_episodes, horizon,
                       size, what: str = "The goal description") -> Rollout:

@@ -7,12 +7,10 @@ import queue
 
 import gradio as gr
 
-from cmrl.envs.metaworld_env import CAMERAS
-
 from .adapt import RolloutWorker, View, drain, routing_comparison
 from .base import ROLLOUT_CONCURRENCY, PageBase, page_error, session_key
-from .common import NUM_VARIATIONS, SCENES, InputError
-from .inputs import DropdownInput, NumberInput, SliderInput
+from .common import InputError
+from .inputs import SliderInput
 
 
 class CompareTab(PageBase):
@@ -90,10 +88,7 @@ class CompareTab(PageBase):
                     "how the words alone change the routing and the behaviour.")
         ck = self._ckpt_row(found, default)
         with gr.Row():
-            scene = DropdownInput(SCENES, value="window-close-v3", allow_custom_value=True,
-                                label="scene")
-            variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
-            camera = DropdownInput(list(CAMERAS), value="corner", label="camera")
+            scene, variation, camera = self._scene_controls("scene")
             episodes = SliderInput(1, 5, value=2, step=1, label="adaptation episodes")
             horizon = SliderInput(10, 500, value=self.checkpoint_horizon(default) or 200, step=10,
                                   label="episode length")

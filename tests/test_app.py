@@ -464,10 +464,10 @@ def test_recipes_launch_queue_and_finish_with_a_checkpoint(server, client):
 
     html = _wait_for(panel, 150, "the progress bar of rq")
     assert "phases:" in html and "making data" in html and "device cpu" in html
-    _wait_for(lambda: app.jobs.status("rq").state == "finished", 240, "rq to finish")
+    _wait_for(lambda: app.jobs.status("rq").state == "finished", 600, "rq to finish")
     # the queued run starts by itself when rq ends
     _wait_for(lambda: app.jobs.status("roo").state in ("running", "finished"), 30, "roo to start")
-    _wait_for(lambda: app.jobs.status("roo").state == "finished", 300, "roo to finish")
+    _wait_for(lambda: app.jobs.status("roo").state == "finished", 600, "roo to finish")
     for name, phases in (("rq", ["data", "offline"]), ("roo", ["data", "offline", "online"])):
         run_dir = app.jobs.run_dir(name)
         st = read_status(run_dir)
