@@ -27,12 +27,6 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "cmrl_dataset.json"
 NAMESPACE = "cmrl"
 DATASET_VERSION = 0
-CHUNK_EPISODES = 10
-"""Episodes per generation job. Part of the seeding scheme: changing it changes the data."""
-
-_STAGING_PREFIX = ".cmrl-staging-"
-_OLD_PREFIX = ".cmrl-old-"
-_KIND_EXPERT, _KIND_RANDOM = 0, 1
 
 
 class DatasetError(ValueError):
@@ -41,10 +35,6 @@ class DatasetError(ValueError):
 
 class WeakExpertError(DatasetError):
     """A scripted expert fails its own task too often to fill a dataset with its episodes."""
-
-
-MIN_EXPERT_SUCCESS = 0.5
-"""Default floor of a scripted expert's success rate per task and noise level (see module doc)."""
 
 
 @dataclass

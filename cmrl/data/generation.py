@@ -60,9 +60,16 @@ from ..envs.metaworld_env import ACTION_DIM, OBS_DIM
 from ..envs.experts import EXPERT_OBSERVATION
 from ..envs.tasks import Benchmark, HeldOutTaskError, goal_texts, resolve_benchmark
 from ..runs.checkpoint import atomic_write_json
-from .format import (CHUNK_EPISODES, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, MIN_EXPERT_SUCCESS,
-                     NAMESPACE, WeakExpertError, _KIND_EXPERT, _KIND_RANDOM, _OLD_PREFIX,
-                     _STAGING_PREFIX, dataset_id, held_out_tasks, minari_root)
+from .format import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, NAMESPACE, WeakExpertError,
+                     dataset_id, held_out_tasks, minari_root)
+
+CHUNK_EPISODES = 10
+"""Episodes per generation job. Part of the seeding scheme: changing it changes the data."""
+MIN_EXPERT_SUCCESS = 0.5
+"""Default floor of a scripted expert's success rate per task and noise level (see module doc)."""
+_STAGING_PREFIX = ".cmrl-staging-"
+_OLD_PREFIX = ".cmrl-old-"
+_KIND_EXPERT, _KIND_RANDOM = 0, 1
 
 
 def _cmrl_version() -> str | None:
