@@ -402,17 +402,31 @@ def cmd_report(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="speed benchmark: collection vs bare env loop, update vs SB3 SAC")
+    p = sub.add_parser("bench", help="speed benchmark: our update paths against each other and "
+                                     "against mtrl, SB3 and the bare env loop (CPU; CUDA if present)")
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
-    p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--json", help="also write the figures here (after each section, so a bench "
+                                  "cut short keeps what it measured)")
+    p.add_argument("--sections", default="all",
+                   help="comma-separated parts to run: updates, modular_net, sb3, precision, "
+                        "collection, gpu (default: all)")
 
 
 def cmd_bench(args) -> int:
-    from .experiments.bench import run_bench
+    from .experiments.bench import SECTIONS, run_bench
 
-    figures = run_bench(args.seconds)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+    sections = SECTIONS if args.sections == "all" else tuple(
+        s.strip() for s in args.sections.split(",") if s.strip())
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        print(f"error: unknown bench section(s) {', '.join(unknown) or '(none given)'}; choose from "
+              f"{', '.join(SECTIONS)} or all", file=sys.stderr)
+        return 2
+
+    def save(figures: dict) -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+    save(run_bench(args.seconds, sections, on_section=save))
     return 0
 
 

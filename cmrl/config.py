@@ -141,13 +141,14 @@ class SACConfig:
     """`fp32`, `bf16` (autocast for the matmuls) or `auto`. bf16 paid for the cmrl update only on CPUs
     with AMX (1.3-2.3x); with AVX-512 bf16 but no AMX it measured 1.0x (pearl 1.7x); with neither,
     12-35x slower, and asking for it there warns with the cost measured on the machine. `auto`: bf16
-    on AMX CPUs, fp32 elsewhere (GPUs not measured yet)."""
+    on AMX CPUs, fp32 elsewhere (on an H100 bf16 ran the cmrl update at 0.80x of fp32)."""
     update_impl: str = "auto"
     """How the update runs; the same losses every time (`sac.py`). `eager`: the reference (op by op,
     metrics read every update). `fast`: fused Adam and clip, copy-free soft-modular kernels, task-level
     routing once per task, metrics read once per log line. `compiled`: `fast` through torch.compile,
-    falling back to `fast` with a warning if the compile fails. `auto`: compiled on CUDA, fast on CPU
-    (where inductor measured slower than `fast`)."""
+    falling back to `fast` with a warning if the compile fails. `auto`: fast on CPU (where inductor
+    measured slower than `fast`), eager on CUDA (compiled is faster there but its one whole run on
+    an H100 learned worse than eager: README, Speed)."""
     bc_form: str = "sum"
     """How the offline behaviour term is weighted. `sum`: (alpha log pi - Q) / |Q| + bc_weight *
     sum over action dims of (mu - a)^2 (this project's first recipe; about 25x more behaviour

@@ -8,7 +8,11 @@
 #
 # Knobs (environment): RUNS ("AGENT[:VARIANT] ..."; default: cmrl:baseline cmrl:text-prior pearl),
 # SEEDS (0 1 2), STEPS (4000), BATCH (128), JOBS (2), VARIATIONS (10), OUT (runs/ml10-steps$STEPS),
-# DATA (data/ml10-expert-v1). Make the data first with stage `data` of scripts/reproduce_ml10.sh.
+# DATA (data/ml10-expert-v1), FROM (a shorter screen's OUT: each of its runs is copied, without its
+# evaluation, and trained on to STEPS with --resume instead of from scratch).
+# Make the data first with stage `data` of scripts/reproduce_ml10.sh.
+#
+#   STEPS=10000 FROM=runs/ml10-steps4000 bash scripts/ml10_screen.sh   # the 4,000-step runs to 10,000
 # The full protocol (Ray sweeps, Meta-World's own evaluator, shipping) is reproduce_ml10.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,15 +26,25 @@ JOBS=${JOBS:-2}
 VARIATIONS=${VARIATIONS:-10}
 OUT=${OUT:-runs/ml10-steps$STEPS}
 DATA=${DATA:-data/ml10-expert-v1}
+FROM=${FROM:-}
 [ -f "$DATA/cmrl_dataset.json" ] || { echo "no dataset at $DATA (bash scripts/reproduce_ml10.sh data)" >&2; exit 2; }
 mkdir -p "$OUT"
 
+reached() {  # RUN: its saved model has STEPS gradient steps (whatever budget its config names)
+  local done
+  done=$($PY -m cmrl info --finished "$1" 2>/dev/null | cut -d' ' -f1)
+  [ "${done:-0}" -ge "$STEPS" ]
+}
 one() {  # AGENT[:VARIANT] SEED
   local agent=${1%%:*} variant="" name=$1 seed=$2
   [[ $1 == *:* ]] && variant=${1#*:} && name="$agent-$variant"
   local run="$OUT/$name/s$seed" log="$OUT/$name/s$seed.log"
   mkdir -p "$OUT/$name"
-  if ! $PY -m cmrl info --finished "$run" >/dev/null 2>&1; then
+  if [ -n "$FROM" ] && [ ! -e "$run" ] && [ -d "$FROM/$name/s$seed/state" ]; then
+    cp -r "$FROM/$name/s$seed" "$run" && rm -f "$run/evaluation.json"
+    echo "[ml10_screen] continuing $FROM/$name/s$seed to $STEPS steps" >>"$log"
+  fi
+  if ! reached "$run"; then
     local resume=()
     [ -f "$run/config.json" ] && resume=(--resume)
     $PY -m cmrl train --agent "$agent" ${variant:+--variant "$variant"} --benchmark ml10 \
@@ -38,7 +52,7 @@ one() {  # AGENT[:VARIANT] SEED
       --checkpoint-every 500 --seed "$seed" --threads 1 --text-encoder minilm \
       --run-dir "$run" "${resume[@]}" >>"$log" 2>&1
   fi
-  if ! $PY -m cmrl info --finished "$run" >/dev/null 2>&1; then
+  if ! reached "$run"; then
     echo "FAILED $name s$seed: training did not finish (see $log)"; return 0
   fi
   [ -f "$run/evaluation.json" ] || $PY -m cmrl eval --checkpoint "$run" --variations "$VARIATIONS" \
@@ -46,7 +60,7 @@ one() {  # AGENT[:VARIANT] SEED
     >>"$log" 2>&1
   echo "done $name s$seed"
 }
-export -f one
-export PY OUT DATA STEPS BATCH VARIATIONS
+export -f one reached
+export PY OUT DATA STEPS BATCH VARIATIONS FROM
 for s in $SEEDS; do for r in $RUNS; do echo "$r $s"; done; done \
   | xargs -P "$JOBS" -L 1 bash -c 'one "$0" "$1"'

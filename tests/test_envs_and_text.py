@@ -294,3 +294,27 @@ def test_check_compatible(minilm):
 def test_ml4_constants():
     assert ML4_TRAIN == ("drawer-open-v3", "drawer-close-v3", "window-open-v3")
     assert ML4_TEST == ("window-close-v3",)
+
+
+def test_embedding_table_gives_the_real_encoders_vectors_bit_for_bit(minilm, tmp_path, monkeypatch):
+    """A machine without MiniLM's weights trains on a table the real MiniLM wrote: same vectors,
+    same name and width (checkpoints made with it load with the real encoder), and a clear error
+    for a text the table lacks or a file that is not a table."""
+    from cmrl.nets import text_encoders as te
+
+    monkeypatch.setattr(te, "_SHARED", dict(te._SHARED))  # the registry comes back after the test
+    texts = list(goal_texts("drawer-open-v3")) + ["close the window"]
+    path = te.save_embedding_table(minilm, texts + ["  close   the window "], tmp_path / "t.npz")
+    table = te.use_embedding_table(path)
+    assert te.get_text_encoder("minilm", verbose=False) is table
+    assert te.encoder_for_checkpoint({"name": "minilm", "dim": 384}) is table
+    assert (table.name, table.dim) == ("minilm", 384)
+    np.testing.assert_array_equal(table.encode(texts), minilm.encode(texts))
+    np.testing.assert_array_equal(table.encode(" close the   window"), minilm.encode("close the window"))
+    with pytest.raises(te.TextEncoderError, match="not in the precomputed minilm table"):
+        table.encode(["open the drawer", "a sentence nobody embedded"])
+    with pytest.raises(GoalTextError):
+        table.encode("")
+    (tmp_path / "bad.npz").write_bytes(b"not a table")
+    with pytest.raises(te.TextEncoderError, match="cannot read the embedding table"):
+        te.use_embedding_table(tmp_path / "bad.npz")

@@ -267,3 +267,48 @@ def test_update_impl_and_precision_are_validated():
     with pytest.raises(ConfigError, match="update_impl"):
         tiny_config("cmrl").updated({"sac.update_impl": "turbo"})
     assert tiny_config("cmrl").updated({"sac.precision": "auto"}).sac.precision == "auto"
+
+
+def test_auto_update_path_is_fast_on_cpu_and_eager_on_cuda():
+    """`auto` picks only paths whose learning was shown equal to eager on that device: on CUDA
+    the compiled path is faster but its one whole H100 run learned worse (README, Speed)."""
+    assert sac_module.resolve_update_impl("auto", torch.device("cpu")) == "fast"
+    assert sac_module.resolve_update_impl("auto", torch.device("cuda")) == "eager"
+    assert sac_module.resolve_update_impl("compiled", torch.device("cuda")) == "compiled"
+
+
+# -- the bench's bookkeeping (no timings) --------------------------------------------------------
+def test_bench_summary_reads_the_recorded_gpu_figures(capsys):
+    """The H100 figures in docs/ (a real `bench --sections gpu` run) give the flat GPU ratios
+    and the printed table, with compiled/eager beside fast/eager and the compile time apart."""
+    import json
+    from pathlib import Path
+
+    from cmrl.experiments.bench import _print, _ratios
+
+    fig = json.loads((Path(__file__).parent.parent / "docs" / "bench_gpu_h100.json").read_text())
+    ratios = _ratios(fig)
+    cmrl = fig["gpu"]["updates"]["cmrl_3x256"]
+    assert ratios["gpu_cmrl_3x256_compiled_vs_eager"] == cmrl["vs_eager"]["compiled"]
+    assert ratios["gpu_cmrl_10x256_deep128_fast_vs_eager"] == \
+        fig["gpu"]["deep_ml10"]["cmrl_10x256_deep128"]["vs_eager"]["fast"]
+    assert ratios["gpu_modular_net_vs_mtrl"] == fig["gpu"]["modular_net"]["ours_vs_mtrl"]
+    assert "cmrl_update_vs_eager" not in ratios  # the CPU sections were not run
+    _print(fig)
+    out = capsys.readouterr().out
+    assert "H100" in out and "compiled/eager 1.42x" in out and "compile 37.4 s" in out
+
+
+def test_bench_sections_are_checked_and_saved_as_they_land(tmp_path, capsys):
+    from cmrl.cli import main
+
+    assert main(["bench", "--sections", "updates,warp"]) == 2
+    assert "unknown bench section(s) warp" in capsys.readouterr().err
+    out = tmp_path / "b.json"
+    assert main(["bench", "--sections", "gpu", "--seconds", "0.1", "--json", str(out)]) == 0
+    import json
+
+    fig = json.loads(out.read_text())
+    assert fig["sections"] == ["gpu"] and "updates" not in fig
+    if not torch.cuda.is_available():
+        assert fig["gpu"] == {"skipped": "no CUDA device"} and fig["ratios"] == {}

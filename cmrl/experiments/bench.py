@@ -15,8 +15,10 @@ hits both alike; the absolute rates are printed too but only the ratios travel b
 3. Our pearl update against Stable-Baselines3 SAC with the same parameter count and batch.
 4. bf16 autocast against fp32 for the cmrl update (what `--precision auto` decides from).
 5. Collection: env steps/s of the trainer's collector against a bare Meta-World loop.
-6. On CUDA, when present: eager, fast and compiled for every agent, and the cmrl and sm updates at
-   Soft-Module's "deep" width (4 x 4 x 128) with 10 tasks (ML10's meta-batch).
+6. On CUDA, when present: matmul peak, the network vs mtrl, eager, fast and compiled for every
+   agent, the cmrl and sm updates at Soft-Module's "deep" width (4 x 4 x 128) with 10 tasks (ML10's
+   meta-batch), and bf16 vs fp32; each configuration saved as it lands (compiles take minutes).
+`--sections` runs some of these only; `--json` is rewritten after each section.
 Targets (issue 13): update >= 2x eager; network >= 3x mtrl; pearl >= 1.0x SB3; collection >= 0.7x.
 The figures' `ratios` section is one flat object (`--json FILE`).
 """
@@ -397,90 +399,175 @@ def machine_info() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def run_bench(seconds: float = 8.0) -> dict:
+SECTIONS = ("updates", "modular_net", "sb3", "precision", "collection", "gpu")
+"""The bench's parts, in the order they run (`--sections` picks some; `gpu` runs where CUDA is)."""
+
+
+def run_bench(seconds: float = 8.0, sections: tuple[str, ...] = SECTIONS,
+              on_section: Callable[[dict], None] | None = None) -> dict:
+    """The figures of `sections` (all by default). `on_section(figures)` is called after each
+    section, so a caller can save what is measured so far (a bench cut short keeps its first parts)."""
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown bench section(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(SECTIONS)}")
     cpu = torch.device("cpu")
-    figures: dict = {"machine": machine_info()}
+    figures: dict = {"machine": machine_info(), "sections": list(sections)}
     print(f"[bench] {figures['machine']['cpu']}, {figures['machine']['torch_threads']} threads, "
-          f"load {figures['machine']['load_avg_1min']}", flush=True)
-    figures["matmul_peak"] = matmul_peak(cpu, seconds)
-    print("[bench] SAC update: fast vs eager (compiled with CMRL_BENCH_COMPILE=1) ...", flush=True)
-    figures["updates"] = bench_update_paths(seconds, cpu,
-                                            compiled=bool(os.environ.get("CMRL_BENCH_COMPILE")))
-    print("[bench] soft-modular network vs mtrl ...", flush=True)
-    figures["modular_net"] = bench_modular_net(seconds, cpu)
-    print("[bench] pearl vs Stable-Baselines3 SAC ...", flush=True)
-    figures["sb3"] = bench_pearl_vs_sb3(seconds)
-    print("[bench] precision ...", flush=True)
-    figures["precision"] = bench_precision(seconds, cpu)
-    print("[bench] collection vs bare Meta-World loop ...", flush=True)
-    figures["collection"] = bench_collection(seconds)
-    if torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        print("[bench] CUDA: eager, fast, compiled ...", flush=True)
-        figures["gpu"] = {
-            "matmul_peak": matmul_peak(gpu, seconds),
-            "updates": bench_update_paths(seconds, gpu, batches=(256,), compiled=True),
-            "deep_ml10": bench_update_paths(
-                seconds, gpu, kinds=("cmrl", "sm"), batches=(256,), compiled=True, num_tasks=10,
-                fields={"net.module_width": 128}, label="_deep128"),
-            "precision": bench_precision(seconds, gpu)}
-    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    figures["ratios"] = _ratios(figures)
+          f"load {figures['machine']['load_avg_1min']}, CUDA: {figures['machine']['cuda']}",
+          flush=True)
+
+    def done(name: str) -> None:
+        figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        figures["ratios"] = _ratios(figures)
+        print(f"[bench] section {name} done", flush=True)
+        if on_section:
+            on_section(figures)
+
+    cpu_parts = {  # section: (what it says it measures, the measurement)
+        "updates": ("SAC update: fast vs eager (compiled with CMRL_BENCH_COMPILE=1)",
+                    lambda: bench_update_paths(seconds, cpu,
+                                               compiled=bool(os.environ.get("CMRL_BENCH_COMPILE")))),
+        "modular_net": ("soft-modular network vs mtrl", lambda: bench_modular_net(seconds, cpu)),
+        "sb3": ("pearl vs Stable-Baselines3 SAC", lambda: bench_pearl_vs_sb3(seconds)),
+        "precision": ("precision", lambda: bench_precision(seconds, cpu)),
+        "collection": ("collection vs bare Meta-World loop", lambda: bench_collection(seconds))}
+    if set(sections) & set(cpu_parts):
+        figures["matmul_peak"] = matmul_peak(cpu, seconds)
+    for name, (what, measure) in cpu_parts.items():
+        if name in sections:
+            print(f"[bench] {what} ...", flush=True)
+            figures[name] = measure()
+            done(name)
+    if "gpu" in sections:
+        if torch.cuda.is_available():
+            figures["gpu"] = bench_gpu(seconds, lambda: done("gpu (part)"), figures)
+        else:
+            figures["gpu"] = {"skipped": "no CUDA device"}
+        done("gpu")
     _print(figures)
     return figures
 
 
+def bench_gpu(seconds: float, save: Callable[[], None], figures: dict,
+              device: torch.device | None = None, compiled: bool = True) -> dict:
+    """The CUDA figures: matmul peak, the network vs mtrl, eager / fast / compiled for every agent
+    at 3 x 256, cmrl and sm at Soft-Module's deep width (4 x 4 x 128) with ML10's 10 tasks, and
+    bf16 vs fp32. Each part lands in `figures["gpu"]` as soon as it is measured."""
+    gpu = device or torch.device("cuda")
+    out: dict = {"device": torch.cuda.get_device_name(0) if gpu.type == "cuda" else str(gpu)}
+    figures["gpu"] = out
+    print("[bench] CUDA: matmul peak, modular net, eager / fast / compiled updates ...", flush=True)
+    out["matmul_peak"] = matmul_peak(gpu, seconds)
+    out["modular_net"] = bench_modular_net(seconds, gpu)
+    save()
+    out["updates"], out["deep_ml10"] = {}, {}
+    # one configuration at a time, saved as it lands (each compile takes a while): cmrl first
+    jobs = [("updates", "cmrl", 3, {}, ""), ("deep_ml10", "cmrl", 10, {"net.module_width": 128},
+                                             "_deep128")]
+    jobs += [("updates", k, 3, {}, "") for k in AGENT_KINDS if k != "cmrl"]
+    jobs += [("deep_ml10", "sm", 10, {"net.module_width": 128}, "_deep128")]
+    for part, kind, num_tasks, fields, label in jobs:
+        out[part].update(bench_update_paths(seconds, gpu, kinds=(kind,), batches=(256,),
+                                            compiled=compiled, num_tasks=num_tasks,
+                                            fields=fields or None, label=label))
+        save()
+    out["precision"] = bench_precision(seconds, gpu)
+    return out
+
+
 def _ratios(fig: dict) -> dict:
     """The flat summary the issue names (`--json`): fast/eager per agent (3 x 256; 3 x 128 as
-    `_3x128`), network vs mtrl, pearl vs SB3 at equal parameters, collection vs bare loop."""
-    u = fig["updates"]
+    `_3x128`), network vs mtrl, pearl vs SB3 at equal parameters, collection vs bare loop; on
+    CUDA the same update ratios with a `gpu_` prefix, compiled/eager beside fast/eager. Sections
+    not run leave their keys out."""
     out: dict = {}
+    u = fig.get("updates", {})
     for kind in AGENT_KINDS:
         if f"{kind}_3x256" in u:
             out[f"{kind}_update_vs_eager"] = u[f"{kind}_3x256"]["vs_eager"]["fast"]
         if f"{kind}_3x128" in u:
             out[f"{kind}_update_vs_eager_3x128"] = u[f"{kind}_3x128"]["vs_eager"]["fast"]
-    out["modular_net_vs_mtrl"] = fig["modular_net"].get("ours_vs_mtrl")
-    out["pearl_update_vs_sb3_equal_params"] = fig["sb3"].get("pearl_vs_sb3")
-    out["collection_vs_bare"] = fig["collection"]["collection_ratio"]
-    out["bf16_vs_fp32"] = fig["precision"]["bf16_vs_fp32"]
+    if "modular_net" in fig:
+        out["modular_net_vs_mtrl"] = fig["modular_net"].get("ours_vs_mtrl")
+    if "sb3" in fig:
+        out["pearl_update_vs_sb3_equal_params"] = fig["sb3"].get("pearl_vs_sb3")
+    if "collection" in fig:
+        out["collection_vs_bare"] = fig["collection"]["collection_ratio"]
+    if "precision" in fig:
+        out["bf16_vs_fp32"] = fig["precision"]["bf16_vs_fp32"]
+    g = fig.get("gpu", {})
+    if "modular_net" in g:
+        out["gpu_modular_net_vs_mtrl"] = g["modular_net"].get("ours_vs_mtrl")
+    for key, f in {**g.get("updates", {}), **g.get("deep_ml10", {})}.items():
+        for impl in ("fast", "compiled"):
+            if impl in f["vs_eager"]:
+                out[f"gpu_{key}_{impl}_vs_eager"] = f["vs_eager"][impl]
+    if "precision" in g:
+        out["gpu_bf16_vs_fp32"] = g["precision"]["bf16_vs_fp32"]
     return out
 
 
 def _print(fig: dict) -> None:
-    m, p = fig["machine"], fig["matmul_peak"]
+    m = fig["machine"]
     print(f"\nmachine: {m['cpu']} ({m['cpu_count']} CPUs), torch {m['torch']}, {m['torch_threads']} "
           f"threads, AMX bf16: {m['amx_bf16']}, CUDA: {m['cuda']}, load {m['load_avg_1min']}")
-    print(f"dense fp32 matmul peak: {p['square_1024_gflops']} GFLOP/s (1024^3), "
-          f"{p['layer_768x256x256_gflops']} GFLOP/s (768x256x256)")
-    print("SAC update, fast vs eager (target >= 2x):")
-    for key, f in fig["updates"].items():
+    if "matmul_peak" in fig:
+        p = fig["matmul_peak"]
+        print(f"dense fp32 matmul peak: {p['square_1024_gflops']} GFLOP/s (1024^3), "
+              f"{p['layer_768x256x256_gflops']} GFLOP/s (768x256x256)")
+    if "updates" in fig:
+        print("SAC update, fast vs eager (target >= 2x):")
+        _print_updates(fig["updates"])
+    if "modular_net" in fig:
+        _print_modular_net(fig["modular_net"])
+    if "sb3" in fig:
+        s = fig["sb3"]
+        if "pearl_vs_sb3" in s:
+            print(f"pearl vs SB3 ({s['sb3_config']}; params ours {s['pearl_params']}, SB3 "
+                  f"{s['sb3_params']}): {s['pearl_vs_sb3']:.2f}x (target >= 1.0)")
+        else:
+            print(f"pearl vs SB3: {s['sb3']}")
+    if "precision" in fig:
+        _print_precision(fig["precision"])
+    if "collection" in fig:
+        c = fig["collection"]
+        print(f"collection ({c['envs']} envs in lockstep): bare loop {c['bare_env_steps_per_s']} "
+              f"steps/s, collector {c['cmrl_collection_env_steps_per_s']} steps/s, ratio "
+              f"{c['collection_ratio']:.2f} (target >= 0.7)")
+    g = fig.get("gpu", {})
+    if "skipped" in g:
+        print(f"GPU: skipped ({g['skipped']})")
+    elif g:
+        p = g["matmul_peak"]
+        print(f"GPU {g['device']}: dense fp32 matmul {p['square_1024_gflops']} GFLOP/s (1024^3), "
+              f"{p['layer_768x256x256_gflops']} GFLOP/s (768x256x256)")
+        _print_modular_net(g["modular_net"], "GPU ")
+        print("GPU SAC update, eager / fast / compiled (compile time apart):")
+        _print_updates({**g.get("updates", {}), **g.get("deep_ml10", {})})
+        if "precision" in g:
+            _print_precision(g["precision"], "GPU ")
+    print(f"peak RSS: {fig['peak_rss_mib']} MiB")
+    print("ratios: " + ", ".join(f"{k} {v}" for k, v in fig["ratios"].items()))
+
+
+def _print_updates(updates: dict) -> None:
+    for key, f in updates.items():
         rates = ", ".join(f"{k} {v:.2f}" for k, v in f["updates_per_s"].items())
         gf = ", ".join(f"{k} {v}" for k, v in f["achieved_gflops"].items())
-        print(f"  {key:14s} upd/s: {rates}; fast/eager {f['vs_eager']['fast']:.2f}x; "
-              f"{f['gflop_per_update']} GFLOP/update, achieved GFLOP/s: {gf}")
-    n = fig["modular_net"]
-    print(f"modular net ({n['config']}), fwd+bwd/s: "
+        ratios = "; ".join(f"{k}/eager {v:.2f}x" for k, v in f["vs_eager"].items() if k != "eager")
+        compile_s = (f"; compile {f['compile_s']:.1f} s" if f.get("compile_s") is not None else "")
+        print(f"  {key:18s} upd/s: {rates}; {ratios}; {f['gflop_per_update']} GFLOP/update, "
+              f"achieved GFLOP/s: {gf}{compile_s}")
+
+
+def _print_modular_net(n: dict, prefix: str = "") -> None:
+    print(f"{prefix}modular net ({n['config']}), fwd+bwd/s: "
           + ", ".join(f"{k} {v:.1f}" for k, v in n["fwd_bwd_per_s"].items())
           + (f"; ours/mtrl {n['ours_vs_mtrl']:.2f}x (target >= 3x)" if "ours_vs_mtrl" in n
              else f"; {n.get('mtrl')}"))
-    s = fig["sb3"]
-    if "pearl_vs_sb3" in s:
-        print(f"pearl vs SB3 ({s['sb3_config']}; params ours {s['pearl_params']}, SB3 "
-              f"{s['sb3_params']}): {s['pearl_vs_sb3']:.2f}x (target >= 1.0)")
-    else:
-        print(f"pearl vs SB3: {s['sb3']}")
-    pr = fig["precision"]
-    print(f"bf16 vs fp32 ({pr['config']}): {pr['bf16_vs_fp32']:.3f}x; --precision auto picks "
-          f"{pr['auto_picks']}")
-    c = fig["collection"]
-    print(f"collection ({c['envs']} envs in lockstep): bare loop {c['bare_env_steps_per_s']} steps/s, "
-          f"collector {c['cmrl_collection_env_steps_per_s']} steps/s, ratio "
-          f"{c['collection_ratio']:.2f} (target >= 0.7)")
-    if "gpu" in fig:
-        for key, f in {**fig["gpu"]["updates"], **fig["gpu"]["deep_ml10"]}.items():
-            print(f"  GPU {key}: " + ", ".join(f"{k} {v:.1f} upd/s" for k, v in
-                                                f["updates_per_s"].items())
-                  + f"; compile {f.get('compile_s')} s")
-    print(f"peak RSS: {fig['peak_rss_mib']} MiB")
-    print("ratios: " + ", ".join(f"{k} {v}" for k, v in fig["ratios"].items()))
+
+
+def _print_precision(pr: dict, prefix: str = "") -> None:
+    print(f"{prefix}bf16 vs fp32 ({pr['config']}): {pr['bf16_vs_fp32']:.3f}x; --precision auto "
+          f"picks {pr['auto_picks']}")

@@ -292,3 +292,68 @@ def encoder_info(encoder: TextEncoder) -> dict:
     if isinstance(encoder, CLIPEncoder):
         info["pretrained"] = encoder.pretrained
     return info
+
+
+# -- precomputed embeddings -------------------------------------------------------------------------
+class PrecomputedEncoder(TextEncoder):
+    """An encoder's embeddings of a fixed set of texts, read from a table that the real encoder
+    wrote (`save_embedding_table`): for a machine that cannot hold the encoder's weights, such as
+    an offline GPU node. It answers to the real encoder's `name` and `dim`, so checkpoints trained
+    with it load with the real encoder and get the very same vectors; a text outside the table is
+    a TextEncoderError."""
+
+    def __init__(self, name: str, texts: list[str], vectors: np.ndarray, info: dict | None = None):
+        super().__init__(cache_size=max(CACHE_SIZE, len(texts)))
+        self.name, self.dim, self._info = name, int(vectors.shape[1]), dict(info or {})
+        self._table = {t: np.asarray(v, dtype=np.float32) for t, v in zip(texts, vectors)}
+
+    def _encode(self, texts):
+        missing = [t for t in texts if t not in self._table]
+        if missing:
+            raise TextEncoderError(f"{len(missing)} goal text(s) are not in the precomputed "
+                                   f"{self.name} table, e.g. {missing[0]!r}; rebuild the table "
+                                   "with them (save_embedding_table)")
+        return np.stack([self._table[t] for t in texts])
+
+    def encode(self, texts):
+        # The table holds the real encoder's normalised output: hand it back bit for bit.
+        single = isinstance(texts, str)
+        items = [validate_goal_text(t) for t in ([texts] if single else texts)]
+        out = self._encode(items)
+        return out[0] if single else out
+
+    def describe(self) -> dict:
+        return {**self._info, "name": self.name, "dim": self.dim}
+
+
+def save_embedding_table(encoder: TextEncoder, texts, path: str | Path) -> Path:
+    """Embed `texts` with `encoder` and write them, with its description, to `path` (.npz of
+    plain arrays: the texts as JSON, the vectors as float32; nothing pickled)."""
+    import json
+
+    texts = sorted({validate_goal_text(t) for t in texts})
+    vecs = encoder.encode(texts)
+    path = Path(path)
+    np.savez(path, texts=np.array(json.dumps(texts)), vectors=vecs.astype(np.float32),
+             info=np.array(json.dumps(encoder_info(encoder))))
+    return path
+
+
+def use_embedding_table(path: str | Path) -> PrecomputedEncoder:
+    """Read a table written by `save_embedding_table` and make it the process-wide encoder of its
+    name (what `get_text_encoder(name)` returns from now on). Returns it."""
+    import json
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            texts, vecs, info = json.loads(str(z["texts"])), z["vectors"], json.loads(str(z["info"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise TextEncoderError(f"cannot read the embedding table {path}: {e}") from e
+    if vecs.ndim != 2 or len(texts) != len(vecs):
+        raise TextEncoderError(f"the embedding table {path} is malformed ({len(texts)} texts, "
+                               f"vectors shaped {vecs.shape})")
+    enc = PrecomputedEncoder(info["name"], texts, vecs, info)
+    key = (enc.name, info.get("pretrained") if enc.name == "clip" else None)
+    with _SHARED_LOCK:
+        _SHARED[key] = enc
+    return enc
