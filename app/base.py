@@ -24,7 +24,7 @@ from .common import (MAX_EPISODES, NUM_VARIATIONS, AgentCache, InputError, defau
                      parse_int, parse_scene, resolve_path, SCENES)
 from .inputs import DropdownInput, NumberInput
 from .jobs import JobManager
-from .results import DEFAULT_RESULTS_ROOT
+from .results import results_roots
 from .roots import CHECKPOINT_UNAVAILABLE, Roots
 
 log = logging.getLogger("cmrl.app")
@@ -69,7 +69,8 @@ class PageBase:
         if default:
             self.access.add_checkpoint_root(resolve_path(default))
         self.roots = self.access.checkpoints
-        self.results_root = Path(results_root) if results_root else DEFAULT_RESULTS_ROOT
+        self.results_roots = results_roots(results_root)
+        """Benchmark name -> the folder its shipped results are read from (the first is shown first)."""
         self.default = default
         self.agents = AgentCache()
         self.sessions = Sessions()

@@ -20,12 +20,27 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmrl.runs.checkpoint import find_run_dirs
 from cmrl.runs.logger import eval_series, read_metrics
 from cmrl.experiments.report import AGENT_ORDER, RESULTS_FILE, aggregate_evaluations, find_runs
 
 from .common import ML4_TASKS, ROOT, display_path
 
 DEFAULT_RESULTS_ROOT = ROOT / "checkpoints" / "ml4"
+SHIPPED_ROOT = ROOT / "checkpoints"
+
+
+def results_roots(root: Path | None = None) -> dict[str, Path]:
+    """The benchmarks whose results the tab can show, by name: `root` alone when one is given;
+    else every folder of checkpoints/ holding a results.json or run directories (ml4 first)."""
+    if root is not None:
+        return {Path(root).name: Path(root)}
+    found = {}
+    if SHIPPED_ROOT.is_dir():
+        for d in sorted(SHIPPED_ROOT.iterdir(), key=lambda d: (d != DEFAULT_RESULTS_ROOT, d.name)):
+            if d.is_dir() and ((d / RESULTS_FILE).is_file() or find_run_dirs(d)):
+                found[d.name] = d
+    return found or {DEFAULT_RESULTS_ROOT.name: DEFAULT_RESULTS_ROOT}
 
 
 @dataclass

@@ -13,14 +13,17 @@ from .results import load_results, table_rows
 
 
 class ResultsTab(PageBase):
-    def results(self, protocol):
+    def results(self, protocol, benchmark=None):
+        names = tuple(self.results_roots)
         try:
             protocol = parse_choice(protocol or "cmrl", "The evaluation protocol",
                                     ("cmrl", "metaworld"))
+            benchmark = parse_choice(benchmark or names[0], "The benchmark", names)
         except InputError as e:
             raise page_error(e)
-        res = load_results(self.results_root, protocol)
-        where = display_path(self.results_root)
+        root = self.results_roots[benchmark]
+        res = load_results(root, protocol)
+        where = display_path(root)
         if res.empty:
             msg = (f"**No results shipped yet.** Nothing was found in `{where}/` (expected "
                    "`results.json` and/or run directories with `evaluation.json` and "
@@ -51,11 +54,14 @@ class ResultsTab(PageBase):
         return "\n".join(lines), bars, curves, table_rows(res)
 
     def _results_tab(self):
-        gr.Markdown(f"From the evaluation files shipped in `{display_path(self.results_root)}/` "
-                    "(nothing is recomputed here).")
+        names = list(self.results_roots)
+        gr.Markdown("From the evaluation files shipped in "
+                    + ", ".join(f"`{display_path(r)}/`" for r in self.results_roots.values())
+                    + " (nothing is recomputed here).")
         with gr.Row():
             protocol = RadioInput(["cmrl", "metaworld"], value="cmrl",
                                 label="evaluation protocol")
+            benchmark = RadioInput(names, value=names[0], label="benchmark")
             refresh = gr.Button("↻ reload", scale=0)
         md = gr.Markdown()
         bars = gr.Plot(label="success per task per agent")
@@ -64,6 +70,8 @@ class ResultsTab(PageBase):
                                       "success (adapted)", "adaptation gain", "return", "n"],
                              label="table", interactive=False)
         outs = [md, bars, curves, table]
-        refresh.click(self.results, protocol, outs, api_name="results")
-        protocol.change(self.results, protocol, outs, api_visibility="private")
-        return {"protocol": protocol, "md": md, "bars": bars, "curves": curves, "table": table}
+        refresh.click(self.results, [protocol, benchmark], outs, api_name="results")
+        for choice in (protocol, benchmark):
+            choice.change(self.results, [protocol, benchmark], outs, api_visibility="private")
+        return {"protocol": protocol, "benchmark": benchmark, "md": md, "bars": bars,
+                "curves": curves, "table": table}

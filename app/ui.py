@@ -69,7 +69,7 @@ class App(AdaptTab, CompareTab, InspectTab, TrainTab, ResultsTab):
                         train["log"], *ck_dropdowns, train["progress"], train["shown"],
                         known_state],
                        show_progress="hidden", concurrency_limit=None, api_name="train_refresh")
-            demo.load(self.results, [results["protocol"]],
+            demo.load(self.results, [results["protocol"], results["benchmark"]],
                       [results["md"], results["bars"], results["curves"], results["table"]],
                       api_visibility="private")
         return demo

@@ -601,6 +601,31 @@ def test_results_tab(client, results_root, tmp_path):
     assert "No results shipped yet" in msg
 
 
+def test_results_tab_offers_every_shipped_benchmark(results_root, tmp_path, monkeypatch):
+    """Without an explicit root the tab lists the folders of checkpoints/ that hold results
+    (ml4 first), shows the one asked for, and refuses a name it did not list."""
+    import gradio as gr
+
+    from app import results as results_module
+    from app.ui import App
+
+    shipped = tmp_path / "checkpoints"
+    shutil.copytree(results_root, shipped / "ml4")
+    shutil.copytree(results_root / "cmrl", shipped / "ml10" / "cmrl")
+    (shipped / "empty").mkdir()
+    monkeypatch.setattr(results_module, "SHIPPED_ROOT", shipped)
+    monkeypatch.setattr(results_module, "DEFAULT_RESULTS_ROOT", shipped / "ml4")
+    page = App()
+    assert list(page.results_roots) == ["ml4", "ml10"]
+    md4, _, _, table4 = page.results("cmrl")
+    md10, _, _, table10 = page.results("cmrl", "ml10")
+    assert "ml4/" in md4 and "ml10/" in md10
+    assert {r[0] for r in table4} == {"cmrl", "pearl"} and {r[0] for r in table10} == {"cmrl"}
+    for bad in ("ml45", "../ml4", "empty"):
+        with pytest.raises(gr.Error, match="benchmark must be one of ml4, ml10"):
+            page.results("cmrl", bad)
+
+
 def test_results_unreadable_files_become_problems(results_root, tmp_path):
     """A corrupt results.json, evaluation file or config.json is reported, never raised; the
     rest is still shown."""
