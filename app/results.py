@@ -180,7 +180,8 @@ def load_results(root: Path | str | None = None, protocol: str = "cmrl") -> Resu
     if missing:
         res.notes.append(f"No `{protocol}` evaluation shipped for: {', '.join(missing)}.")
     order = {a: i for i, a in enumerate(AGENT_ORDER)}
-    res.success = dict(sorted(res.success.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
+    res.success = dict(sorted(res.success.items(),  # "cmrl:text-prior" sorts as cmrl
+                              key=lambda kv: (order.get(kv[0].split(":")[0], 99), kv[0])))
     return res
 
 

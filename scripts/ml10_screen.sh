@@ -9,7 +9,8 @@
 # Knobs (environment): RUNS ("AGENT[:VARIANT] ..."; default: cmrl:baseline cmrl:text-prior pearl),
 # SEEDS (0 1 2), STEPS (4000), BATCH (128), JOBS (2), VARIATIONS (10), OUT (runs/ml10-steps$STEPS),
 # DATA (data/ml10-expert-v1), FROM (a shorter screen's OUT: each of its runs is copied, without its
-# evaluation, and trained on to STEPS with --resume instead of from scratch).
+# evaluation, and trained on to STEPS with --resume instead of from scratch), MW (1: also Meta-World's
+# own metalearning_evaluation, adapted and zero-shot, as reproduce_ml10.sh writes them).
 # Make the data first with stage `data` of scripts/reproduce_ml10.sh.
 #
 #   STEPS=10000 FROM=runs/ml10-steps4000 bash scripts/ml10_screen.sh   # the 4,000-step runs to 10,000
@@ -27,6 +28,7 @@ VARIATIONS=${VARIATIONS:-10}
 OUT=${OUT:-runs/ml10-steps$STEPS}
 DATA=${DATA:-data/ml10-expert-v1}
 FROM=${FROM:-}
+MW=${MW:-0}
 [ -f "$DATA/cmrl_dataset.json" ] || { echo "no dataset at $DATA (bash scripts/reproduce_ml10.sh data)" >&2; exit 2; }
 mkdir -p "$OUT"
 
@@ -58,9 +60,17 @@ one() {  # AGENT[:VARIANT] SEED
   [ -f "$run/evaluation.json" ] || $PY -m cmrl eval --checkpoint "$run" --variations "$VARIATIONS" \
     --adaptation-episodes 3 --eval-episodes 1 --seed 0 --json "$run/evaluation.json" \
     >>"$log" 2>&1
+  if [ "$MW" = 1 ]; then  # Meta-World's own metalearning_evaluation, adapted and zero-shot
+    [ -f "$run/metaworld_evaluation.json" ] || $PY -m cmrl eval --checkpoint "$run" --protocol metaworld \
+      --variations "$VARIATIONS" --adaptation-episodes 3 --eval-episodes 1 --seed 0 \
+      --json "$run/metaworld_evaluation.json" >>"$log" 2>&1
+    [ -f "$run/metaworld_evaluation_zeroshot.json" ] || $PY -m cmrl eval --checkpoint "$run" \
+      --protocol metaworld --variations "$VARIATIONS" --adaptation-episodes 0 --eval-episodes 1 \
+      --seed 0 --json "$run/metaworld_evaluation_zeroshot.json" >>"$log" 2>&1
+  fi
   echo "done $name s$seed"
 }
 export -f one reached
-export PY OUT DATA STEPS BATCH VARIATIONS FROM
+export PY OUT DATA STEPS BATCH VARIATIONS FROM MW
 for s in $SEEDS; do for r in $RUNS; do echo "$r $s"; done; done \
   | xargs -P "$JOBS" -L 1 bash -c 'one "$0" "$1"'
