@@ -15,6 +15,7 @@ them out of `sys.modules` straight after, so no other package ever sees a fake t
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import threading
@@ -303,7 +304,7 @@ class PrecomputedEncoder(TextEncoder):
     a TextEncoderError."""
 
     def __init__(self, name: str, texts: list[str], vectors: np.ndarray, info: dict | None = None):
-        super().__init__(cache_size=max(CACHE_SIZE, len(texts)))
+        super().__init__()
         self.name, self.dim, self._info = name, int(vectors.shape[1]), dict(info or {})
         self._table = {t: np.asarray(v, dtype=np.float32) for t, v in zip(texts, vectors)}
 
@@ -328,27 +329,26 @@ class PrecomputedEncoder(TextEncoder):
 
 def save_embedding_table(encoder: TextEncoder, texts, path: str | Path) -> Path:
     """Embed `texts` with `encoder` and write them, with its description, to `path` (.npz of
-    plain arrays: the texts as JSON, the vectors as float32; nothing pickled)."""
-    import json
-
+    plain arrays: the texts as JSON, the vectors as float32; nothing pickled). Returns `path`."""
     texts = sorted({validate_goal_text(t) for t in texts})
     vecs = encoder.encode(texts)
     path = Path(path)
-    np.savez(path, texts=np.array(json.dumps(texts)), vectors=vecs.astype(np.float32),
-             info=np.array(json.dumps(encoder_info(encoder))))
+    with open(path, "wb") as f:  # a file object: numpy adds no ".npz" to the name
+        np.savez(f, texts=np.array(json.dumps(texts)), vectors=vecs.astype(np.float32),
+                 info=np.array(json.dumps(encoder_info(encoder))))
     return path
 
 
 def use_embedding_table(path: str | Path) -> PrecomputedEncoder:
     """Read a table written by `save_embedding_table` and make it the process-wide encoder of its
     name (what `get_text_encoder(name)` returns from now on). Returns it."""
-    import json
-
     try:
         with np.load(Path(path), allow_pickle=False) as z:
             texts, vecs, info = json.loads(str(z["texts"])), z["vectors"], json.loads(str(z["info"]))
     except (OSError, KeyError, ValueError) as e:
         raise TextEncoderError(f"cannot read the embedding table {path}: {e}") from e
+    if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+        raise TextEncoderError(f"the embedding table {path} does not name its encoder")
     if vecs.ndim != 2 or len(texts) != len(vecs):
         raise TextEncoderError(f"the embedding table {path} is malformed ({len(texts)} texts, "
                                f"vectors shaped {vecs.shape})")
