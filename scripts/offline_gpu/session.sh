@@ -19,9 +19,9 @@ S=$(mktemp -d)
 mkdir -p "$S/stub/glfw" && touch "$S/stub/glfw/__init__.py"  # gymnasium imports glfw, never calls it here
 [ -n "${SKIP_PIP:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
   --target "$S/site" $B/whl/*.whl || exit 3
-tar xJf $B/metaworld-blank-textures.tar.xz -C "$S"
+mkdir -p "$S/mw" && tar xJf $B/metaworld-blank-textures.tar.xz -C "$S/mw"
 for f in $B/*-expert-v1.tar.xz; do [ -e "$f" ] && tar xJf "$f"; done
-export PYTHONPATH=$S/stub:$S:$S/site:$PWD
+export PYTHONPATH=$S/stub:$S/mw:$S/site:$PWD
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
   lscpu | grep -E "Model name|^CPU\(s\)"
   $PY -c "import torch, mujoco, metaworld, minari; print('torch', torch.__version__, 'mujoco', mujoco.__version__, 'cuda', torch.cuda.is_available())"
