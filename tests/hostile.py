@@ -39,7 +39,7 @@ def endpoints(checkpoint: str) -> dict[str, list]:
         "train_stop": ["fuzz-run"],
         "train_resume": ["fuzz-run", 200, "cpu"],
         "train_refresh": ["fuzz-run"],
-        "results": ["cmrl"],
+        "results": ["cmrl", None],  # protocol, benchmark (None: the first shipped)
     }
 
 

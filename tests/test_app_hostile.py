@@ -323,7 +323,8 @@ GAPS = [
     ("compare", lambda p: [str(p.run), "drawer-open-v3", "a", "\u200b", 0, "corner", 1, 10],
      "Goal B: the goal description has no visible characters"),
     ("adapt", lambda p: _adapt(_nested_run(p)), "nested too deeply"),
-    ("results", lambda p: ["x" * 10_000], "evaluation protocol must be one of cmrl, metaworld"),
+    ("results", lambda p: ["x" * 10_000, None], "evaluation protocol must be one of cmrl, metaworld"),
+    ("results", lambda p: ["cmrl", "ml45"], "benchmark must be one of no-results"),
 ]
 
 
@@ -350,7 +351,7 @@ def test_user_errors_are_logged_as_one_line_without_traceback(page, capfd):
     logger.addHandler(handler)
     try:
         bad = [("adapt", _adapt("/etc")), ("adapt", _adapt(str(page.run), variation="x")),
-               ("inspect", [str(page.run), [], 1, 1, 10, "cosine"]), ("results", [None])]
+               ("inspect", [str(page.run), [], 1, 1, 10, "cosine"]), ("results", [None, None])]
         bad += [("train_stop", ["nobody"]), ("adapt", _adapt(str(page.run), camera="fisheye"))]
         for api, args in bad:
             assert call(page.url, api, args).kind in ("clean", "ok")
