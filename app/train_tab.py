@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from cmrl.config import config_fields
 from cmrl.runs.logger import read_metrics
 
 from .base import PageBase, page_error
@@ -23,6 +24,37 @@ from .jobs import (AGENTS, CUSTOM, DEVICES, LAUNCH_CONFIG, PRIOR_DATA, UPDATES_P
                    JobStatus, RecipeSpec, TrainSpec, device_summary, format_seconds, log_tail,
                    recipe_choices)
 from .roots import inside
+
+CUSTOM_FIELDS = ("train.agent", "train.steps", "train.prior_data", "train.offline",
+                 "benchmark.horizon", "train.envs_per_task", "train.warmup_steps",
+                 "train.updates_per_step", "train.eval_every", "train.checkpoint_every")
+"""The custom run's inputs, in the order `train_launch` takes them (after the shared benchmark,
+seed, device and name): each is built from its config field, with the field's type, choices,
+default and docstring (`cmrl.config.config_fields`), so the form says what the trainer does."""
+ALWAYS_SET = {"train.agent": "cmrl", "train.steps": 20000, "train.prior_data": "none"}
+"""The custom inputs that start filled in; the others start empty, meaning the trainer's default."""
+
+
+def field_input(name: str):
+    """The form input of config field `name`: a dropdown of its choices, a whole or decimal number,
+    or text; labelled with the field's name and, when it starts empty, its default; its docstring's
+    first sentence as the help line."""
+    info = next(f for f in config_fields() if f.name == name)
+    label = name.split(".", 1)[1].replace("_", " ")
+    value = ALWAYS_SET.get(name)
+    if value is None and info.default is not None:
+        label += f" (empty: {info.default:,})" if isinstance(info.default, int) else \
+            f" (empty: {info.default})"
+    help_line = info.doc.split(". ")[0].rstrip(".")
+    help_line = help_line if len(help_line) <= 160 else help_line[:159] + "…"
+    if info.choices:
+        return DropdownInput(list(info.choices), value=value, label=label, info=help_line)
+    if info.type.startswith("int"):
+        return NumberInput(value, precision=0, label=label, info=help_line)
+    if info.type.startswith("float"):
+        return NumberInput(value, label=label, info=help_line)
+    return gr.Textbox(value or "", label=label + " (optional)", info=help_line)
+
 
 PHASE_WORDS = {"data": "making data", "offline": "offline training", "online": "online training"}
 STATE_COLOURS = {"running": "#2b7bd6", "stopping": "#d6892b", "finished": "#2e9e4f",
@@ -338,20 +370,12 @@ class TrainTab(PageBase):
             name = gr.Textbox("", label="run name (optional)")
         with gr.Accordion("custom run: python -m cmrl train with the trainer's flags (recipe "
                           "custom; empty: the trainer's defaults)", open=False) as custom:
-            with gr.Row():
-                agent = DropdownInput(list(AGENTS), value="cmrl", label="agent")
-                steps = NumberInput(20000, precision=0,
-                                    label="steps (env steps; gradient steps offline)")
-                prior = RadioInput(list(PRIOR_DATA), value="none",
-                                   label="prior data (scripted expert)")
-                offline = gr.Textbox("", label="offline dataset dir (optional; `python -m cmrl data`)")
-            with gr.Row():
-                horizon = NumberInput(None, precision=0, label="horizon")
-                envs = NumberInput(None, precision=0, label="envs per task")
-                warmup = NumberInput(None, precision=0, label="warm-up steps")
-                upd = NumberInput(None, label="updates per env step")
-                eval_every = NumberInput(None, precision=0, label="evaluate every")
-                ckpt_every = NumberInput(None, precision=0, label="checkpoint every")
+            fields = {}
+            for row in (CUSTOM_FIELDS[:4], CUSTOM_FIELDS[4:]):
+                with gr.Row():
+                    fields.update({name: field_input(name) for name in row})
+            agent, steps, prior, offline, horizon, envs, warmup, upd, eval_every, ckpt_every = (
+                fields[name] for name in CUSTOM_FIELDS)
             launch_custom = gr.Button("Launch custom run", variant="primary",
                                       interactive=not self.hosted)
         with gr.Row():

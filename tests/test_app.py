@@ -683,3 +683,29 @@ def test_app_py_serves_and_no_checkpoint_message(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_custom_run_form_is_built_from_the_config_fields():
+    """The custom run's inputs come from `cmrl.config.config_fields`: choices, defaults and help
+    lines are the config's own, in the order `train_launch` takes them."""
+    import inspect
+
+    import gradio as gr
+
+    from app.train_tab import CUSTOM_FIELDS, TrainTab, field_input
+    from cmrl.config import AGENT_KINDS, PRIOR_DATA, config_fields
+
+    with gr.Blocks():
+        widgets = {name: field_input(name) for name in CUSTOM_FIELDS}
+    info = {f.name: f for f in config_fields()}
+    assert [v for _, v in widgets["train.agent"].choices] == list(AGENT_KINDS)
+    assert [v for _, v in widgets["train.prior_data"].choices] == list(PRIOR_DATA)
+    horizon = widgets["benchmark.horizon"]
+    assert horizon.value is None and horizon.label == \
+        f"horizon (empty: {info['benchmark.horizon'].default:,})"
+    assert horizon.info == info["benchmark.horizon"].doc.split(". ")[0].rstrip(".")
+    assert widgets["train.updates_per_step"].precision is None  # a float field
+    assert widgets["train.eval_every"].precision == 0
+    params = list(inspect.signature(TrainTab.train_launch).parameters)[1:]
+    custom = [p for p in params if p not in ("benchmark", "seed", "device", "name")]
+    assert custom == [name.split(".", 1)[1] for name in CUSTOM_FIELDS]
