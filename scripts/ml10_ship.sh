@@ -17,8 +17,6 @@ AGENTS=${AGENTS:-pearl sm care}
 SEEDS=${SEEDS:-0 1 2}
 STAGE=${STAGE:-runs/ml10-ship}
 SHIP=${SHIP:-checkpoints/ml10}
-FILES=(config.json model.safetensors metrics.jsonl evaluation.json metaworld_evaluation.json
-       metaworld_evaluation_zeroshot.json)
 rm -rf "$STAGE"; mkdir -p "$STAGE"
 missing=()
 for pair in "cmrl:$CMRL_RUNS" $(for a in $AGENTS; do echo "$a:$a"; done); do
@@ -26,8 +24,7 @@ for pair in "cmrl:$CMRL_RUNS" $(for a in $AGENTS; do echo "$a:$a"; done); do
   for s in $SEEDS; do
     run="$SRC/$src/s$s"
     if [ ! -f "$run/evaluation.json" ]; then missing+=("$agent s$s"); continue; fi
-    mkdir -p "$STAGE/$agent/s$s"
-    for f in "${FILES[@]}"; do [ -f "$run/$f" ] && cp "$run/$f" "$STAGE/$agent/s$s/"; done
+    $PY -m cmrl ship "$run" "$STAGE/$agent/s$s" >/dev/null  # no state; paths made relative
   done
 done
 $PY -m cmrl report --root "$STAGE"

@@ -59,9 +59,8 @@ EVAL_FILES=(config.json model.safetensors metrics.jsonl evaluation.json metaworl
             metaworld_evaluation_zeroshot.json)
 [ "$UNSEEN" = 1 ] && EVAL_FILES+=(evaluation_unseen.json)
 
-ship_run() {  # RUN DEST: weights, config, metrics and evaluations; no replay or optimiser state
-  mkdir -p "$2"
-  for f in "${EVAL_FILES[@]}"; do cp "$1/$f" "$2/"; done
+ship_run() {  # RUN DEST: weights, config, metrics and evaluations; no replay or optimiser state,
+  $PY -m cmrl ship "$1" "$2" >/dev/null  # and no absolute paths
 }
 
 for stage in "${stages[@]}"; do

@@ -93,7 +93,8 @@ def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
 
 
 SHIPPED_FILES = (CONFIG_FILE, MODEL_FILE, "metrics.jsonl", "evaluation.json",
-                 "metaworld_evaluation.json", "evaluation_unseen.json")
+                 "metaworld_evaluation.json", "metaworld_evaluation_zeroshot.json",
+                 "evaluation_unseen.json")
 """What a shipped checkpoint holds (those of them the run has): weights, config, curves,
 evaluations; never the resumable state or replay."""
 
