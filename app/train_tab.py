@@ -31,8 +31,9 @@ CUSTOM_FIELDS = ("train.agent", "train.steps", "train.prior_data", "train.offlin
 """The custom run's inputs, in the order `train_launch` takes them (after the shared benchmark,
 seed, device and name): each is built from its config field, with the field's type, choices,
 default and docstring (`cmrl.config.config_fields`), so the form says what the trainer does."""
-ALWAYS_SET = {"train.agent": "cmrl", "train.steps": 20000, "train.prior_data": "none"}
-"""The custom inputs that start filled in; the others start empty, meaning the trainer's default."""
+FILLED = ("train.agent", "train.steps", "train.prior_data")
+"""The custom inputs that start filled in with the config's default; the others start empty,
+meaning the trainer's default."""
 
 
 def field_input(name: str):
@@ -41,7 +42,7 @@ def field_input(name: str):
     first sentence as the help line."""
     info = next(f for f in config_fields() if f.name == name)
     label = name.split(".", 1)[1].replace("_", " ")
-    value = ALWAYS_SET.get(name)
+    value = info.default if name in FILLED else None
     if value is None and info.default is not None:
         label += f" (empty: {info.default:,})" if isinstance(info.default, int) else \
             f" (empty: {info.default})"

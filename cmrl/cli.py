@@ -540,6 +540,9 @@ def _add_info(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--finished", action="store_true",
                    help="exit 0 if the run's saved model reached its step budget, 1 if not")
+    p.add_argument("--steps", type=int,
+                   help="with --finished: the budget to check instead of the run's own (a run "
+                        "to be carried on further)")
 
 
 def cmd_info(args) -> int:
@@ -549,8 +552,9 @@ def cmd_info(args) -> int:
     if args.finished:
         t = info["config"]["train"]
         done = info.get("grad_steps" if t["mode"] == "offline" else "env_steps") or 0
-        print(f"{done} of {t['steps']} steps")
-        return 0 if done >= t["steps"] else 1
+        budget = args.steps if args.steps is not None else t["steps"]
+        print(f"{done} of {budget} steps")
+        return 0 if done >= budget else 1
     keep = ("agent", "mode", "prior_data", "env_steps", "grad_steps", "train_tasks", "test_tasks",
             "text_encoder", "device", "versions")
     print(json.dumps({k: info.get(k) for k in keep}, indent=2))

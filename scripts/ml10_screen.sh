@@ -33,9 +33,7 @@ MW=${MW:-0}
 mkdir -p "$OUT"
 
 reached() {  # RUN: its saved model has STEPS gradient steps (whatever budget its config names)
-  local done
-  done=$($PY -m cmrl info --finished "$1" 2>/dev/null | cut -d' ' -f1)
-  [ "${done:-0}" -ge "$STEPS" ]
+  $PY -m cmrl info --finished --steps "$STEPS" "$1" >/dev/null 2>&1
 }
 one() {  # AGENT[:VARIANT] SEED
   local agent=${1%%:*} variant="" name=$1 seed=$2

@@ -503,3 +503,16 @@ def test_shipped_checkpoints_hold_no_absolute_paths():
     for p in Path("checkpoints").rglob("*.json"):
         text = p.read_text()
         assert '"/work/' not in text and '"/home/' not in text and '"/tmp/' not in text, p
+
+
+def test_info_finished_checks_the_run_budget_or_a_given_one(capsys):
+    """`cmrl info --finished RUN [--steps N]`: exit 0 once the saved model reached the run's own
+    budget, or N (what a script carrying a run on to a larger budget asks)."""
+
+    from cmrl.cli import main
+
+    run = str(Path(__file__).parent.parent / "checkpoints" / "ml4" / "cmrl")  # 10,000 offline steps
+    assert main(["info", "--finished", run]) == 0
+    assert main(["info", "--finished", "--steps", "10000", run]) == 0
+    assert main(["info", "--finished", "--steps", "20000", run]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == "10000 of 20000 steps"
