@@ -4,22 +4,25 @@
 # to STAGE (runs/ml10-ship/<agent>/s<seed>); `cmrl report` there writes the multi-seed
 # results.json, ml10_groups.py the task-group table; SHIP (checkpoints/ml10) gets seed 0 of each
 # agent (weights, config, metrics, evaluations: ~2.5 MB each) and those two tables, which the app's
-# Results tab and checkpoint list read. Agents or seeds not finished or not evaluated are left out
-# and listed.
+# Results tab and checkpoint list read. ALSO (default cmrl-baseline: today's default cmrl) are more
+# run groups of SRC staged and shipped under their own names. Agents or seeds not finished or not
+# evaluated are left out and listed. Tables label runs by their config (`cmrl` is the baseline
+# variant, `cmrl:text-prior` the recipe's).
 #
-#   bash scripts/ml10_ship.sh      # SRC=runs/ml10-steps10000 CMRL_RUNS=cmrl-text-prior AGENTS="pearl sm care"
+#   bash scripts/ml10_ship.sh      # SRC=runs/ml10-steps10000 CMRL_RUNS=cmrl-text-prior AGENTS="pearl sm care" ALSO=cmrl-baseline
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SRC=${SRC:-runs/ml10-steps10000}
 CMRL_RUNS=${CMRL_RUNS:-cmrl-text-prior}
 AGENTS=${AGENTS:-pearl sm care}
+ALSO=${ALSO-cmrl-baseline}
 SEEDS=${SEEDS:-0 1 2}
 STAGE=${STAGE:-runs/ml10-ship}
 SHIP=${SHIP:-checkpoints/ml10}
 rm -rf "$STAGE"; mkdir -p "$STAGE"
 missing=()
-for pair in "cmrl:$CMRL_RUNS" $(for a in $AGENTS; do echo "$a:$a"; done); do
+for pair in "cmrl:$CMRL_RUNS" $(for a in $AGENTS $ALSO; do echo "$a:$a"; done); do
   agent=${pair%%:*} src=${pair#*:}
   for s in $SEEDS; do
     run="$SRC/$src/s$s"

@@ -63,6 +63,30 @@ def test_report_aggregates_over_seeds(root, tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "assets").glob("*.png"))
     assert pngs == ["ml4_success_cmrl.png", "ml4_success_metaworld.png", "ml4_training_curves.png"]
     assert all((tmp_path / "assets" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    # figures are named after the runs' benchmark (an ML10 report used to write ml4_*.png)
+    assert res["benchmark"] == "ml4"
+    from cmrl.experiments.report import figures
+
+    written = figures({**res, "benchmark": "ml10"}, tmp_path / "ml10")
+    assert sorted(p.name for p in written) == ["ml10_success_cmrl.png", "ml10_success_metaworld.png",
+                                               "ml10_training_curves.png"]
+
+
+def test_runs_benchmark_is_read_from_the_configs(root, tmp_path):
+    import shutil
+
+    from cmrl.experiments.report import runs_benchmark
+
+    assert runs_benchmark(find_runs(root)) == "ml4"
+    shutil.copytree(root / "sm-s0", tmp_path / "sm-s0")
+    cfg_path = tmp_path / "sm-s0" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["config"]["benchmark"]["name"] = "ml10"
+    cfg_path.write_text(json.dumps(cfg))
+    assert runs_benchmark(find_runs(tmp_path)) == "ml10"
+    shutil.copytree(root / "pearl-s0", tmp_path / "pearl-s0")
+    assert runs_benchmark(find_runs(tmp_path)) == "mixed"
+    assert runs_benchmark({}) == "unknown"
 
 
 def test_unreadable_files_raise_or_become_problems(root, tmp_path):

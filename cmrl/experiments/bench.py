@@ -242,9 +242,14 @@ def bench_modular_net(seconds: float, device: torch.device, batch: int = 384) ->
         return step
 
     contenders = {"ours_fast": ours_step(False), "ours_reference": ours_step(True)}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        contenders["ours_fast"]()
     fig: dict = {"config": f"{cfg.num_layers} layers x {cfg.num_modules} modules x "
                            f"{cfg.module_width}, batch {batch}, in {in_dim}, out {out_dim}",
-                 "ours_params": sum(p.numel() for p in ours.parameters())}
+                 "ours_params": sum(p.numel() for p in ours.parameters()),
+                 "ours_gflop_per_step": round(counter.get_total_flops() / 1e9, 4)}
     mtrl = _import_mtrl()
     if isinstance(mtrl, tuple):
         SoftModularizedMLP, MTObs, TaskInfo = mtrl
@@ -420,6 +425,7 @@ def run_bench(seconds: float = 8.0, sections: tuple[str, ...] = SECTIONS,
     def done(name: str) -> None:
         figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         figures["ratios"] = _ratios(figures)
+        figures["ceilings"] = ceilings(figures)
         print(f"[bench] section {name} done", flush=True)
         if on_section:
             on_section(figures)
@@ -508,6 +514,31 @@ def _ratios(fig: dict) -> dict:
     return out
 
 
+def ceilings(fig: dict) -> dict:
+    """What the targets ask against what this machine could give at most: each ratio that a path
+    would reach if every FLOP it counts ran at the dense fp32 matmul peak measured in the same run
+    (the larger of the two shapes). A target above its ceiling cannot be met by a faster
+    implementation of the same FLOPs on this machine, only by doing fewer.
+    `<kind>_<T>x<B>_vs_eager`: peak / the eager update's achieved GFLOP/s; `modular_net_vs_mtrl`:
+    (peak / our network's FLOPs per forward + backward) / mtrl's measured rate. `gpu_` prefix: the
+    same on CUDA."""
+    out: dict = {}
+    for prefix, part in (("", fig), ("gpu_", fig.get("gpu", {}))):
+        peak = part.get("matmul_peak")
+        if not peak:
+            continue
+        top = max(peak.values())
+        for key, f in {**part.get("updates", {}), **part.get("deep_ml10", {})}.items():
+            eager = f["achieved_gflops"].get("eager")
+            if eager:
+                out[f"{prefix}{key}_vs_eager"] = round(top / eager, 2)
+        net = part.get("modular_net", {})
+        mtrl_rate = net.get("fwd_bwd_per_s", {}).get("mtrl")
+        if mtrl_rate and net.get("ours_gflop_per_step"):
+            out[f"{prefix}modular_net_vs_mtrl"] = round(top / net["ours_gflop_per_step"] / mtrl_rate, 2)
+    return out
+
+
 def _print(fig: dict) -> None:
     m = fig["machine"]
     print(f"\nmachine: {m['cpu']} ({m['cpu_count']} CPUs), torch {m['torch']}, {m['torch_threads']} "
@@ -547,6 +578,9 @@ def _print(fig: dict) -> None:
         _print_updates({**g.get("updates", {}), **g.get("deep_ml10", {})})
         if "precision" in g:
             _print_precision(g["precision"], "GPU ")
+    if fig.get("ceilings"):
+        print("ceilings (the ratio if every FLOP ran at the matmul peak): " + ", ".join(
+            f"{k} {v}x" for k, v in fig["ceilings"].items()))
     print(f"peak RSS: {fig['peak_rss_mib']} MiB")
     print("ratios: " + ", ".join(f"{k} {v}" for k, v in fig["ratios"].items()))
 

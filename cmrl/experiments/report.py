@@ -247,11 +247,24 @@ def report(root: str | Path, finetune_dirs: list[Path] | None = None,
     root = Path(root)
     runs = find_runs(root)
     curves = training_curves(runs)
-    results = {"command": command, "root": str(root), "agents": aggregate_evaluations(runs),
+    results = {"command": command, "root": str(root), "benchmark": runs_benchmark(runs),
+               "agents": aggregate_evaluations(runs),
                "training_curves": curves, "steps_to_90": steps_to_success(curves, 0.9),
                "finetune": finetune_table(finetune_dirs or [])}
     (root / RESULTS_FILE).write_text(json.dumps(portable_paths(results), indent=2))
     return results
+
+
+def runs_benchmark(runs: dict[str, list[Path]]) -> str:
+    """The benchmark the runs trained on (`benchmark.name` of their configs), "mixed" when they
+    differ, "unknown" when none can be read."""
+    names = set()
+    for dirs in runs.values():
+        for d in dirs:
+            found = _load(d / CONFIG_FILE, lambda c: str(c["config"]["benchmark"]["name"]), [])
+            if found is not None:
+                names.add(found)
+    return names.pop() if len(names) == 1 else ("mixed" if names else "unknown")
 
 
 def figures(results: dict, out_dir: str | Path) -> list[Path]:
@@ -266,6 +279,8 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    bench = str(results.get("benchmark", "ml4"))  # results.json files older than the field: ML4
+    name = bench.replace(":", "-").replace("/", "-")
     agents = list(results["agents"])
     colors = {a: agent_color(a) for a in set(agents) | {r["agent"] for r in results["finetune"]}}
     for proto in ("cmrl", "metaworld"):
@@ -287,10 +302,10 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
                             [k]["split"] == "test" else "") for k in tasks])
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("success rate")
-        ax.set_title(f"ML4 success per task ({'project evaluator' if proto == 'cmrl' else 'Meta-World metalearning_evaluation'})")
+        ax.set_title(f"{bench.upper() if ':' not in bench else bench} success per task ({'project evaluator' if proto == 'cmrl' else 'Meta-World metalearning_evaluation'})")
         ax.legend(loc="upper right", fontsize=8)
         fig.tight_layout()
-        path = out_dir / f"ml4_success_{proto}.png"
+        path = out_dir / f"{name}_success_{proto}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -308,7 +323,7 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=8)
         ax.set_title("Training curves, one line per seed")
         fig.tight_layout()
-        path = out_dir / "ml4_training_curves.png"
+        path = out_dir / f"{name}_training_curves.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
