@@ -4,8 +4,9 @@
 # to STAGE (runs/ml10-ship/<agent>/s<seed>); `cmrl report` there writes the multi-seed
 # results.json, ml10_groups.py the task-group table; SHIP (checkpoints/ml10) gets seed 0 of each
 # agent (weights, config, metrics, evaluations: ~2.5 MB each) and those two tables, which the app's
-# Results tab and checkpoint list read. ALSO (default cmrl-baseline: today's default cmrl) are more
-# run groups of SRC staged and shipped under their own names. Agents or seeds not finished or not
+# Results tab and checkpoint list read; FIGURES (assets/ml10) gets the README's success figures.
+# ALSO (default cmrl-baseline: today's default cmrl) are more run groups of SRC, staged and shipped
+# under their own names. Agents or seeds not finished or not
 # evaluated are left out and listed. Tables label runs by their config (`cmrl` is the baseline
 # variant, `cmrl:text-prior` the recipe's).
 #
@@ -20,6 +21,7 @@ ALSO=${ALSO-cmrl-baseline}
 SEEDS=${SEEDS:-0 1 2}
 STAGE=${STAGE:-runs/ml10-ship}
 SHIP=${SHIP:-checkpoints/ml10}
+FIGURES=${FIGURES:-assets/ml10}
 rm -rf "$STAGE"; mkdir -p "$STAGE"
 missing=()
 for pair in "cmrl:$CMRL_RUNS" $(for a in $AGENTS $ALSO; do echo "$a:$a"; done); do
@@ -30,7 +32,7 @@ for pair in "cmrl:$CMRL_RUNS" $(for a in $AGENTS $ALSO; do echo "$a:$a"; done); 
     $PY -m cmrl ship "$run" "$STAGE/$agent/s$s" >/dev/null  # no state; paths made relative
   done
 done
-$PY -m cmrl report --root "$STAGE"
+$PY -m cmrl report --root "$STAGE" --figures "$FIGURES"
 PYTHONPATH=. $PY scripts/ml10_groups.py "$STAGE" --json "$STAGE/groups.json"
 rm -rf "$SHIP"; mkdir -p "$SHIP"
 for d in "$STAGE"/*/s0; do

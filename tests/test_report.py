@@ -70,6 +70,12 @@ def test_report_aggregates_over_seeds(root, tmp_path):
     written = figures({**res, "benchmark": "ml10"}, tmp_path / "ml10")
     assert sorted(p.name for p in written) == ["ml10_success_cmrl.png", "ml10_success_metaworld.png",
                                                "ml10_training_curves.png"]
+    # runs trained with --eval-every 0 have no curve points: no empty curves figure
+    no_curves = {**res, "benchmark": "ml10",
+                 "training_curves": {a: [{**r, "points": []} for r in runs]
+                                     for a, runs in res["training_curves"].items()}}
+    assert [p.name for p in figures(no_curves, tmp_path / "flat")] == [
+        "ml10_success_cmrl.png", "ml10_success_metaworld.png"]
 
 
 def test_runs_benchmark_is_read_from_the_configs(root, tmp_path):

@@ -288,7 +288,8 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
         if not have:
             continue
         tasks = list(results["agents"][have[0]]["protocols"][proto]["tasks"])
-        fig, ax = plt.subplots(figsize=(8, 3.6))
+        many = len(tasks) > 6  # ML10's 15 tasks: a wider figure, slanted names
+        fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * len(tasks)), 4.6 if many else 3.6))
         width = 0.8 / len(have)
         for i, a in enumerate(have):
             t = results["agents"][a]["protocols"][proto]["tasks"]
@@ -299,7 +300,9 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
                    capsize=3, label=f"{a} (n={n})", color=colors.get(a))
         ax.set_xticks(np.arange(len(tasks)),
                       [k + ("\n(held out)" if results["agents"][have[0]]["protocols"][proto]["tasks"]
-                            [k]["split"] == "test" else "") for k in tasks])
+                            [k]["split"] == "test" else "") for k in tasks],
+                      rotation=35 if many else 0, ha="right" if many else "center",
+                      fontsize=8 if many else None)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("success rate")
         ax.set_title(f"{bench.upper() if ':' not in bench else bench} success per task ({'project evaluator' if proto == 'cmrl' else 'Meta-World metalearning_evaluation'})")
@@ -310,7 +313,7 @@ def figures(results: dict, out_dir: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     curves = results["training_curves"]
-    if curves:
+    if any(run["points"] for runs in curves.values() for run in runs):  # none: --eval-every 0
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for a, runs in curves.items():
             for j, run in enumerate(runs):
