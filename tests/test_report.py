@@ -81,17 +81,17 @@ def test_report_aggregates_over_seeds(root, tmp_path):
 def test_runs_benchmark_is_read_from_the_configs(root, tmp_path):
     import shutil
 
-    from cmrl.experiments.report import runs_benchmark
+    from cmrl.experiments.report import aggregate_evaluations, runs_benchmark
 
-    assert runs_benchmark(find_runs(root)) == "ml4"
+    assert runs_benchmark(aggregate_evaluations(find_runs(root))) == "ml4"
     shutil.copytree(root / "sm-s0", tmp_path / "sm-s0")
     cfg_path = tmp_path / "sm-s0" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["config"]["benchmark"]["name"] = "ml10"
     cfg_path.write_text(json.dumps(cfg))
-    assert runs_benchmark(find_runs(tmp_path)) == "ml10"
+    assert runs_benchmark(aggregate_evaluations(find_runs(tmp_path))) == "ml10"
     shutil.copytree(root / "pearl-s0", tmp_path / "pearl-s0")
-    assert runs_benchmark(find_runs(tmp_path)) == "mixed"
+    assert runs_benchmark(aggregate_evaluations(find_runs(tmp_path))) == "mixed"
     assert runs_benchmark({}) == "unknown"
 
 

@@ -87,7 +87,7 @@ def _run_entry(info: dict, d: Path) -> dict:
             "grad_steps": info.get("grad_steps"), "env_steps": info.get("env_steps"),
             "wall_time_s": info.get("wall_time_s"), "prior_data": t["prior_data"],
             "offline_data": (info.get("offline_data") or {}).get("command"),
-            "device": info.get("device")}
+            "device": info.get("device"), "benchmark": info["config"]["benchmark"]["name"]}
 
 
 def _evaluation(ev: dict) -> tuple[dict, list[tuple[str, str, float, float, float | None]]]:
@@ -247,23 +247,19 @@ def report(root: str | Path, finetune_dirs: list[Path] | None = None,
     root = Path(root)
     runs = find_runs(root)
     curves = training_curves(runs)
-    results = {"command": command, "root": str(root), "benchmark": runs_benchmark(runs),
-               "agents": aggregate_evaluations(runs),
+    agents = aggregate_evaluations(runs)
+    results = {"command": command, "root": str(root), "benchmark": runs_benchmark(agents),
+               "agents": agents,
                "training_curves": curves, "steps_to_90": steps_to_success(curves, 0.9),
                "finetune": finetune_table(finetune_dirs or [])}
     (root / RESULTS_FILE).write_text(json.dumps(portable_paths(results), indent=2))
     return results
 
 
-def runs_benchmark(runs: dict[str, list[Path]]) -> str:
-    """The benchmark the runs trained on (`benchmark.name` of their configs), "mixed" when they
-    differ, "unknown" when none can be read."""
-    names = set()
-    for dirs in runs.values():
-        for d in dirs:
-            found = _load(d / CONFIG_FILE, lambda c: str(c["config"]["benchmark"]["name"]), [])
-            if found is not None:
-                names.add(found)
+def runs_benchmark(agents: dict) -> str:
+    """The benchmark the aggregated runs (`aggregate_evaluations`) trained on, "mixed" when they
+    differ, "unknown" when there are none."""
+    names = {r["benchmark"] for a in agents.values() for r in a["runs"]}
     return names.pop() if len(names) == 1 else ("mixed" if names else "unknown")
 
 
