@@ -20,7 +20,7 @@ COND_EMBEDS = ("linear", "mlp")
 GOAL_ENCODINGS = ("sentence", "verb_object")
 BC_FORMS = ("sum", "td3bc")
 KL_PRIORS = ("standard", "text")
-UPDATE_IMPLS = ("auto", "eager", "fast", "compiled")
+UPDATE_IMPLS = ("auto", "eager", "fast", "compiled", "graphed")
 TEXT_ENCODERS = ("auto", "clip", "minilm")
 PRIOR_DATA = ("none", "expert")
 MODES = ("online", "offline")
@@ -146,9 +146,11 @@ class SACConfig:
     """How the update runs; the same losses every time (`sac.py`). `eager`: the reference (op by op,
     metrics read every update). `fast`: fused Adam and clip, copy-free soft-modular kernels, task-level
     routing once per task, metrics read once per log line. `compiled`: `fast` through torch.compile,
-    falling back to `fast` with a warning if the compile fails. `auto`: fast on CPU (where inductor
-    measured slower than `fast`), eager on CUDA (compiled is faster there but its one whole run on
-    an H100 learned worse than eager: README, Speed)."""
+    falling back to `fast` with a warning if the compile fails. `graphed` (CUDA only): `fast` with
+    the whole update captured once as a CUDA graph and replayed (`cuda_graphs.py`); on a CPU it
+    warns and runs `fast`. `auto`: fast on CPU (where inductor measured slower than `fast`), eager
+    on CUDA (compiled is faster there but its one whole run on an H100 learned worse than eager:
+    README, Speed)."""
     bc_form: str = "sum"
     """How the offline behaviour term is weighted. `sum`: (alpha log pi - Q) / |Q| + bc_weight *
     sum over action dims of (mu - a)^2 (this project's first recipe; about 25x more behaviour

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cmrl.nets import modular_net
-from cmrl.algo import sac as sac_module
+from cmrl.algo import cuda_graphs, sac as sac_module
 from cmrl.algo.agent import MetaAgent
 from cmrl.config import ConfigError, NetworkConfig
 from cmrl.nets.modular_net import SoftModularNet, grouped_rows, reference_kernels
@@ -64,11 +64,12 @@ def _inputs(agent: MetaAgent, seed: int) -> tuple:
     return batch, context, goal, mask
 
 
-def _run(name: str, impl: str, updates: int = 2, backend=None, layers: int = 3) -> dict:
+def _run(name: str, impl: str, updates: int = 2, backend=None, layers: int = 3,
+         device: str = "cpu", graph_capture: bool | None = None) -> dict:
     """`updates` updates from the same start; the metrics of each, the gradients every optimiser
     stepped with in the first, and the final weights."""
-    agent = _agent(name, layers)
-    learner = SACLearner(agent, update_impl=impl)
+    agent = _agent(name, layers).to(device)
+    learner = SACLearner(agent, update_impl=impl, graph_capture=graph_capture)
     if backend is not None:
         learner._compile_backend = backend
     grads: dict[str, list] = {}
@@ -89,10 +90,16 @@ def _run(name: str, impl: str, updates: int = 2, backend=None, layers: int = 3) 
     torch.manual_seed(1)
     metrics = []
     for i in range(updates):
-        batch, context, goal, mask = _inputs(agent, seed=10 + i)
-        metrics.append(learner.update(batch, context, goal, torch.arange(T), context_mask=mask))
+        batch, context, goal, mask = _on(device, *_inputs(agent, seed=10 + i))
+        metrics.append(learner.update(batch, context, goal, torch.arange(T, device=device),
+                                      context_mask=mask))
     return {"metrics": metrics, "grads": grads, "learner": learner,
             "weights": {k: v.detach().clone() for k, v in agent.state_dict().items()}}
+
+
+def _on(device: str, batch, context, goal, mask) -> tuple:
+    move = lambda x: None if x is None else x.to(device)  # noqa: E731
+    return {k: v.to(device) for k, v in batch.items()}, move(context), move(goal), move(mask)
 
 
 def _assert_same(ref: dict, other: dict, rtol: float = 1e-4, atol: float = 1e-5) -> None:
@@ -162,6 +169,57 @@ def test_compile_failure_falls_back_to_fast_with_a_warning():
         fell_back = _run("cmrl", "compiled", backend=broken, layers=2)
     assert fell_back["learner"].impl == "fast" and fell_back["learner"].compile_seconds is None
     _assert_same(ref, fell_back)  # the dry run left no trace: random state, gradients, weights
+
+
+@pytest.mark.parametrize("name", ["cmrl", "sm", "cmrl-options"])
+def test_graphed_plumbing_matches_eager(name, fast_kernels_always):
+    """The `graphed` path without capture (CPU): warm-up updates, then static input tensors that
+    every update is copied into, metrics packed and copied out; same updates as the reference."""
+    updates = cuda_graphs.WARMUP + 3
+    graphed = _run(name, "graphed", updates=updates, graph_capture=False)
+    learner = graphed["learner"]
+    assert learner.impl == "graphed" and len(learner._graphed.graphs) == 1
+    _assert_same(_run(name, "eager", updates=updates), graphed)
+
+
+def test_graphed_metrics_outlive_the_next_update_and_signatures_get_their_own_graph():
+    agent = _agent("cmrl")
+    learner = SACLearner(agent, update_impl="graphed", graph_capture=False)
+    batch, context, goal, _ = _inputs(agent, 0)
+    for _ in range(cuda_graphs.WARMUP):
+        learner.update(batch, context, goal, torch.arange(T), read_metrics=False)
+    first = learner.update(batch, context, goal, torch.arange(T), read_metrics=False)
+    kept = {k: float(v) for k, v in first.items()}
+    other, _, _, _ = _inputs(agent, 1)
+    learner.update(other, context, goal, torch.arange(T), read_metrics=False)
+    assert {k: float(v) for k, v in first.items()} == kept
+    # the critic warm-up (no actor step) is another signature: it warms up and captures anew
+    for _ in range(cuda_graphs.WARMUP + 1):
+        m = learner.update(batch, context, goal, torch.arange(T), update_actor=False)
+    assert "actor_loss" not in m and len(learner._graphed.graphs) == 2
+    learner.load_state_dict(learner.state_dict())  # replaced optimiser state: graphs dropped
+    assert not learner._graphed.graphs
+
+
+def test_graphed_on_cpu_warns_and_runs_fast():
+    with pytest.warns(RuntimeWarning, match="graphed needs a CUDA device"):
+        learner = SACLearner(_agent("pearl"), update_impl="graphed")
+    assert learner.impl == "fast" and learner.capture_seconds is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("name", ["cmrl", "pearl", "sm", "cmrl-options"])
+def test_cuda_graphed_update_matches_fast(name):
+    """Captured and replayed on the GPU: the same updates as `fast` (random draws included: the
+    graph's philox offsets follow the generator as uncaptured kernels do). Larger tolerances than
+    on CPU: cuBLAS may pick other kernels inside a graph."""
+    updates = cuda_graphs.WARMUP + 4
+    fast = _run(name, "fast", updates=updates, device="cuda")
+    graphed = _run(name, "graphed", updates=updates, device="cuda")
+    learner = graphed["learner"]
+    assert learner.impl == "graphed" and learner.capture_seconds > 0
+    assert all(g.graph is not None for g in learner._graphed.graphs.values())
+    _assert_same(fast, graphed, rtol=1e-3, atol=1e-4)
 
 
 def test_update_leaves_metrics_unread_only_when_asked():

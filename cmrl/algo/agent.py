@@ -146,11 +146,11 @@ class MetaAgent(nn.Module):
         return self.id_tasks.index(task) if task in self.id_tasks else -1
 
     def task_condition(self, task_ids: torch.Tensor) -> torch.Tensor:
-        """The sm oracle's condition: one-hot ids [B, num_train_tasks]; id -1 (unknown) -> zeros."""
-        onehot = torch.zeros(task_ids.shape[0], self.cond_dim, device=self.device)
-        known = task_ids >= 0
-        onehot[known, task_ids[known]] = 1.0
-        return onehot
+        """The sm oracle's condition: one-hot ids [B, num_train_tasks]; id -1 (unknown) -> zeros.
+        Built by comparison, not by indexing with a mask, so it never waits for the device (a CUDA
+        graph cannot)."""
+        slots = torch.arange(self.cond_dim, device=task_ids.device)
+        return (task_ids.unsqueeze(-1) == slots).to(device=self.device, dtype=torch.float32)
 
     # -- acting ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -25,6 +25,9 @@ How the step runs (`sac.update_impl`; the losses are the same functions in every
 - `compiled`: `fast` with the two loss functions through `torch.compile`. The compile happens on a
   dry run before the first update (random state restored, no weights changed), is timed
   (`compile_seconds`), and falls back to `fast` with a warning if it fails.
+- `graphed` (CUDA): `fast` with the whole update captured once as a CUDA graph and replayed
+  (`cuda_graphs.py`); Adam keeps its step counts on the device (`capturable`). On a CPU it warns and
+  runs `fast`.
 - `auto`: `fast` on CPU (where the bench measured inductor slower than `fast`); `eager` on CUDA. On
   an H100 (README, Speed) `compiled` ran 1.25-1.66x eager's updates/s and `fast` 0.79-1.07x, but
   the one compiled whole run learned worse than eager, fast and three eager seeds (bc_mse 0.58 vs
@@ -45,6 +48,7 @@ import torch
 from torch import nn
 
 from .agent import MetaAgent
+from .cuda_graphs import GraphedUpdate
 from ..config import UPDATE_IMPLS
 from ..nets.context_encoder import (kl_gaussians, kl_to_standard_normal, product_of_gaussians,
                                     task_contrastive_loss)
@@ -54,19 +58,29 @@ from ..nets.modular_net import grouped_rows, reference_kernels
 
 
 class SACLearner:
-    def __init__(self, agent: MetaAgent, update_impl: str | None = None):
-        """`update_impl` overrides `sac.update_impl` (the bench runs both paths on one config)."""
+    def __init__(self, agent: MetaAgent, update_impl: str | None = None,
+                 graph_capture: bool | None = None):
+        """`update_impl` overrides `sac.update_impl` (the bench runs both paths on one config).
+        `graph_capture=False` runs the `graphed` path's plumbing without capturing (CPU tests);
+        None: capture on CUDA."""
         self.agent = agent
         cfg = agent.config.sac
         self.cfg = cfg
         self.bc_weight = agent.config.resolved().sac.bc_weight  # None: by training mode
         self.impl = resolve_update_impl(update_impl or cfg.update_impl, agent.device)
+        capture = agent.device.type == "cuda" if graph_capture is None else graph_capture
+        if self.impl == "graphed" and graph_capture is not False and agent.device.type != "cuda":
+            warnings.warn("sac.update_impl=graphed needs a CUDA device (CUDA graphs); running the "
+                          "fast update on this CPU", RuntimeWarning, stacklevel=2)
+            self.impl = "fast"
         self.precision = resolve_precision(cfg.precision, agent.device)
         fast = self.impl != "eager"
         critic_params = list(agent.critic.parameters())
         if agent.encoder is not None:
             critic_params += list(agent.encoder.parameters())
         adam = {"lr": cfg.lr, "fused": True} if fast else {"lr": cfg.lr}
+        if self.impl == "graphed" and capture:
+            adam["capturable"] = True  # step counts on the device: replays must advance them
         self.critic_opt = torch.optim.Adam(critic_params, **adam)
         self.actor_opt = torch.optim.Adam(agent.actor.parameters(), **adam)
         self.alpha_opt = torch.optim.Adam([agent.log_alpha], **adam)
@@ -83,10 +97,22 @@ class SACLearner:
         self._critic_fn, self._actor_fn = self._critic_losses, self._actor_losses
         self._compiled_ready = self.impl != "compiled"
         self._compile_backend = "inductor"
+        self._graphed = (GraphedUpdate(self._step_inputs, agent.device, capture=capture,
+                                       on_failure=self._graph_failed)
+                         if self.impl == "graphed" else None)
+
+    @property
+    def capture_seconds(self) -> float | None:
+        """Seconds spent capturing CUDA graphs so far (`graphed`); None on the other paths."""
+        return self._graphed.capture_seconds if self._graphed is not None else None
+
+    def _graph_failed(self, exc: Exception) -> None:
+        self.impl = "fast"
 
     def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.agent.device.type, dtype=torch.bfloat16)
+        if self.precision == "bf16":  # a graph must not keep autocast's cache of casts
+            return torch.autocast(self.agent.device.type, dtype=torch.bfloat16,
+                                  cache_enabled=self._graphed is None)
         return contextlib.nullcontext()
 
     def _grouped(self, T: int):
@@ -109,6 +135,28 @@ class SACLearner:
         dropout); None: all.
         Returns the metrics as floats; with `read_metrics=False` the fast paths leave them as 0-dim
         tensors (no wait for the device; `float()` them later). The eager path always reads them."""
+        inputs = {"context": context, "goal": goal, "task_ids": task_ids, "cond_ids": cond_ids,
+                  "context_mask": context_mask, **{f"batch.{k}": v for k, v in batch.items()}}
+        if self._graphed is not None and self.impl == "graphed":
+            metrics = self._graphed(inputs, update_actor)
+        else:
+            metrics = self._step_inputs(inputs, update_actor)
+        self.updates += 1
+        if read_metrics or self.impl == "eager":
+            return {k: float(v) for k, v in metrics.items()}
+        return metrics
+
+    def _step_inputs(self, inputs: dict, update_actor: bool) -> dict[str, torch.Tensor]:
+        batch = {k[6:]: v for k, v in inputs.items() if k.startswith("batch.")}
+        return self._step(batch, inputs["context"], inputs["goal"], inputs["task_ids"],
+                          inputs["cond_ids"], update_actor, inputs["context_mask"])
+
+    def _step(self, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
+              goal: torch.Tensor | None, task_ids: torch.Tensor, cond_ids: torch.Tensor | None,
+              update_actor: bool, context_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The whole update (critic and encoder, actor, temperatures, targets); metrics as
+        tensors. What `graphed` captures: it reads nothing but its arguments and the learner's
+        modules and optimisers."""
         agent, cfg = self.agent, self.cfg
         T, B = batch["rewards"].shape
         flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in batch.items()}
@@ -135,10 +183,7 @@ class SACLearner:
         # ---- targets ----------------------------------------------------------------------------
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
-        self.updates += 1
         metrics["alpha"] = agent.log_alpha.detach().exp().mean()
-        if read_metrics or self.impl == "eager":
-            return {k: float(v) for k, v in metrics.items()}
         return metrics
 
     # -- the losses (shared by every update path) ------------------------------------------------
@@ -333,8 +378,10 @@ class SACLearner:
         for opt, key in ((self.critic_opt, "critic_opt"), (self.actor_opt, "actor_opt"),
                          (self.alpha_opt, "alpha_opt")):
             opt.load_state_dict(state[key])
-            _set_fused(opt, fused)
+            _set_fused(opt, fused, capturable=bool(opt.defaults.get("capturable")))
         self.updates = int(state["updates"])
+        if self._graphed is not None:  # the graphs read the replaced optimiser state
+            self._graphed.reset()
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -417,12 +464,13 @@ def clip_grad_norm_foreach(grads: list[torch.Tensor], max_norm: float) -> torch.
     return total
 
 
-def _set_fused(opt: torch.optim.Optimizer, fused: bool) -> None:
-    """After `load_state_dict` (which restores the saved `fused`/`foreach` flags too): run the
-    implementation this learner chose, with the step counters where that one keeps them."""
+def _set_fused(opt: torch.optim.Optimizer, fused: bool, capturable: bool = False) -> None:
+    """After `load_state_dict` (which restores the saved `fused`/`foreach`/`capturable` flags too):
+    run the implementation this learner chose, with the step counters where that one keeps them."""
     for group in opt.param_groups:
         group["fused"] = fused or None
         group["foreach"] = False if fused else group.get("foreach")
+        group["capturable"] = capturable
         if fused:
             for p in group["params"]:
                 st = opt.state.get(p)

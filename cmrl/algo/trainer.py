@@ -255,6 +255,7 @@ class Trainer:
             self._fix_obs_stats()
         sums: dict = {}
         compiled_before = self.learner.compile_seconds
+        captured_before = self.learner.capture_seconds
         for _ in range(n):
             batch, context = self._batch()
             actor = self.grad_steps >= self.config.train.critic_warmup_updates
@@ -268,6 +269,9 @@ class Trainer:
         if self.learner.compile_seconds is not None and compiled_before is None:
             # torch.compile ran in this chunk (once per run): its time, apart from the steps'
             out["compile_s"] = round(self.learner.compile_seconds, 2)
+        if (self.learner.capture_seconds or 0.0) > (captured_before or 0.0):
+            # CUDA graphs captured in this chunk (`graphed`): their time, apart from the steps'
+            out["capture_s"] = round(self.learner.capture_seconds - (captured_before or 0.0), 2)
         return out
 
     # -- loop ----------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ hits both alike; the absolute rates are printed too but only the ratios travel b
 3. Our pearl update against Stable-Baselines3 SAC with the same parameter count and batch.
 4. bf16 autocast against fp32 for the cmrl update (what `--precision auto` decides from).
 5. Collection: env steps/s of the trainer's collector against a bare Meta-World loop.
-6. On CUDA, when present: matmul peak, the network vs mtrl, eager, fast and compiled for every
+6. On CUDA, when present: matmul peak, the network vs mtrl, eager, fast, graphed (the whole
+   update as one CUDA graph) and compiled (skip it with `CMRL_BENCH_GPU_COMPILE=0`) for every
    agent, the cmrl and sm updates at Soft-Module's "deep" width (4 x 4 x 128) with 10 tasks (ML10's
    meta-batch), and bf16 vs fp32; each configuration saved as it lands (compiles take minutes).
 `--sections` runs some of these only; `--json` is rewritten after each section.
@@ -42,6 +43,7 @@ from ..agent_kinds import KINDS
 from ..algo.collector import Collector
 from ..config import AGENT_KINDS, NetworkConfig, RunConfig
 from ..envs.metaworld_env import ACTION_DIM, OBS_DIM, TaskPool
+from ..algo.cuda_graphs import WARMUP
 from ..algo.sac import SACLearner, has_amx_bf16, keep_freed_memory
 from ..envs.tasks import resolve_benchmark
 
@@ -157,21 +159,26 @@ def _faults() -> int:
 
 def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
                        batches=(128, 256), compiled: bool = False, num_tasks: int = 3,
-                       fields: dict | None = None, label: str = "") -> dict:
-    """eager vs fast (vs compiled) update rates, ratios, page faults and GFLOP/s per configuration."""
+                       fields: dict | None = None, label: str = "", graphed: bool = False) -> dict:
+    """eager vs fast (vs compiled, vs graphed on CUDA) update rates, ratios, page faults and
+    GFLOP/s per configuration. Compile and capture happen before the timing, reported apart."""
     out: dict = {}
     cpu = device.type == "cpu"
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     for kind in kinds:
         for B in batches:
             key = f"{kind}_{num_tasks}x{B}{label}"
-            impls = ["eager", "fast"] + (["compiled"] if compiled else [])
+            impls = (["eager", "fast"] + (["compiled"] if compiled else [])
+                     + (["graphed"] if graphed else []))
             steps, learners = {}, {}
             for impl in impls:
                 learners[impl], steps[impl] = _update_fixture(kind, B, device, impl, num_tasks, fields)
             before = {impl: _allocator(impl != "eager") for impl in impls} if cpu else None
             if "compiled" in steps:  # compile outside the timing (dry run), reported apart
                 steps["compiled"]()
+            if "graphed" in steps:  # warm-up updates and the capture, outside the timing
+                for _ in range(WARMUP + 1):
+                    steps["graphed"]()
             r = interleaved(steps, seconds, before=before, sync=sync)
             flops = update_flops(kind, B, num_tasks, fields)
             fig = {"updates_per_s": r["per_s"], "vs_eager": r["ratio"],
@@ -181,6 +188,9 @@ def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
             if compiled:
                 fig["compile_s"] = learners["compiled"].compile_seconds
                 fig["compiled_fell_back"] = learners["compiled"].impl != "compiled"
+            if graphed:
+                fig["capture_s"] = round(learners["graphed"].capture_seconds or 0.0, 3)
+                fig["graphed_fell_back"] = learners["graphed"].impl != "graphed"
             if cpu:  # page faults per update under each path's allocator setting
                 faults = {}
                 for impl in ("eager", "fast"):
@@ -193,7 +203,8 @@ def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
                 fig["page_faults_per_update"] = faults
             out[key] = fig
             print(f"[bench]   {key}: " + ", ".join(f"{k} {v:.2f} upd/s" for k, v in r["per_s"].items())
-                  + f"; fast/eager {r['ratio']['fast']:.2f}x", flush=True)
+                  + "; " + ", ".join(f"{k}/eager {v:.2f}x" for k, v in r["ratio"].items()
+                                     if k != "eager"), flush=True)
     keep_freed_memory(True)
     return out
 
@@ -456,14 +467,18 @@ def run_bench(seconds: float = 8.0, sections: tuple[str, ...] = SECTIONS,
 
 
 def bench_gpu(seconds: float, save: Callable[[], None], figures: dict,
-              device: torch.device | None = None, compiled: bool = True) -> dict:
-    """The CUDA figures: matmul peak, the network vs mtrl, eager / fast / compiled for every agent
-    at 3 x 256, cmrl and sm at Soft-Module's deep width (4 x 4 x 128) with ML10's 10 tasks, and
-    bf16 vs fp32. Each part lands in `figures["gpu"]` as soon as it is measured."""
+              device: torch.device | None = None, compiled: bool | None = None) -> dict:
+    """The CUDA figures: matmul peak, the network vs mtrl, eager / fast / graphed (/ compiled) for
+    every agent at 3 x 256, cmrl and sm at Soft-Module's deep width (4 x 4 x 128) with ML10's 10
+    tasks, and bf16 vs fp32. Each part lands in `figures["gpu"]` as soon as it is measured.
+    `compiled` None: unless `CMRL_BENCH_GPU_COMPILE=0` (the compiles take minutes)."""
+    if compiled is None:
+        compiled = os.environ.get("CMRL_BENCH_GPU_COMPILE", "1") != "0"
     gpu = device or torch.device("cuda")
     out: dict = {"device": torch.cuda.get_device_name(0) if gpu.type == "cuda" else str(gpu)}
     figures["gpu"] = out
-    print("[bench] CUDA: matmul peak, modular net, eager / fast / compiled updates ...", flush=True)
+    print("[bench] CUDA: matmul peak, modular net, eager / fast / graphed"
+          + (" / compiled" if compiled else "") + " updates ...", flush=True)
     out["matmul_peak"] = matmul_peak(gpu, seconds)
     out["modular_net"] = bench_modular_net(seconds, gpu)
     save()
@@ -476,7 +491,7 @@ def bench_gpu(seconds: float, save: Callable[[], None], figures: dict,
     for part, kind, num_tasks, fields, label in jobs:
         out[part].update(bench_update_paths(seconds, gpu, kinds=(kind,), batches=(256,),
                                             compiled=compiled, num_tasks=num_tasks,
-                                            fields=fields or None, label=label))
+                                            fields=fields or None, label=label, graphed=True))
         save()
     out["precision"] = bench_precision(seconds, gpu)
     return out
@@ -506,7 +521,7 @@ def _ratios(fig: dict) -> dict:
     if "modular_net" in g:
         out["gpu_modular_net_vs_mtrl"] = g["modular_net"].get("ours_vs_mtrl")
     for key, f in {**g.get("updates", {}), **g.get("deep_ml10", {})}.items():
-        for impl in ("fast", "compiled"):
+        for impl in ("fast", "compiled", "graphed"):
             if impl in f["vs_eager"]:
                 out[f"gpu_{key}_{impl}_vs_eager"] = f["vs_eager"][impl]
     if "precision" in g:
@@ -574,7 +589,7 @@ def _print(fig: dict) -> None:
         print(f"GPU {g['device']}: dense fp32 matmul {p['square_1024_gflops']} GFLOP/s (1024^3), "
               f"{p['layer_768x256x256_gflops']} GFLOP/s (768x256x256)")
         _print_modular_net(g["modular_net"], "GPU ")
-        print("GPU SAC update, eager / fast / compiled (compile time apart):")
+        print("GPU SAC update, eager / fast / compiled / graphed (compile and capture time apart):")
         _print_updates({**g.get("updates", {}), **g.get("deep_ml10", {})})
         if "precision" in g:
             _print_precision(g["precision"], "GPU ")
@@ -591,6 +606,10 @@ def _print_updates(updates: dict) -> None:
         gf = ", ".join(f"{k} {v}" for k, v in f["achieved_gflops"].items())
         ratios = "; ".join(f"{k}/eager {v:.2f}x" for k, v in f["vs_eager"].items() if k != "eager")
         compile_s = (f"; compile {f['compile_s']:.1f} s" if f.get("compile_s") is not None else "")
+        if f.get("capture_s") is not None:
+            compile_s += f"; capture {f['capture_s']:.2f} s"
+            if f.get("graphed_fell_back"):
+                compile_s += " (capture FAILED: graphed ran the fast update)"
         print(f"  {key:18s} upd/s: {rates}; {ratios}; {f['gflop_per_update']} GFLOP/update, "
               f"achieved GFLOP/s: {gf}{compile_s}")
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # On a GPU machine without internet (PyTorch there; the rest from bundle.sh's .device/): unpack,
 # then run the parts named, each within a time cap, logs and results under OUT.
+#   tests  the tests that need CUDA (tests/test_speed.py -k cuda: the graphed update against fast)
 #   bench  python -m cmrl bench --sections gpu (JSON saved after each configuration)
-#   speed  ML4 cmrl offline, STEPS steps, seed 0, once per update path (compiled, fast, eager),
-#          one after another; run dirs packed into OUT/gpu_ml4_runs.tgz (no optimiser state)
+#   speed  ML4 cmrl offline, STEPS steps, seed 0, once per update path in IMPLS, one after
+#          another; run dirs packed into OUT/gpu_ml4_runs.tgz (no optimiser state)
 #
-#   OUT=/tmp/out bash scripts/offline_gpu/session.sh bench speed
-# Knobs: PY (python3), STEPS (2000), SECONDS_PER_FIGURE (1.5), BENCH_CAP (300 s), RUN_CAP (90 s;
-# compiled +20), DEVICE (cuda), SKIP_PIP (set: packages already importable).
+#   OUT=/tmp/out bash scripts/offline_gpu/session.sh tests bench speed
+# Knobs: PY (python3), STEPS (2000), IMPLS ("compiled fast eager"), SECONDS_PER_FIGURE (1.5),
+# BENCH_CAP (300 s), RUN_CAP (90 s; compiled +20), DEVICE (cuda), SKIP_PIP (set: packages already
+# importable), CMRL_BENCH_GPU_COMPILE=0 (bench without the compiled path).
 set -u
 cd "$(dirname "$0")/../.."
 B=.device
@@ -28,12 +30,16 @@ export PYTHONPATH=$S/stub:$S/mw:$S/site:$PWD
 } 2>&1 | tee "$L/machine.txt"
 for part in "$@"; do
   case $part in
+    tests)
+      timeout 300 $PY -m pytest -q -p no:cacheprovider tests/test_speed.py -k cuda -rs \
+        > "$L/tests.log" 2>&1
+      echo "tests rc=$? at ${SECONDS}s"; tail -15 "$L/tests.log" ;;
     bench)
       timeout "${BENCH_CAP:-300}" $PY -m cmrl bench --sections gpu --seconds "${SECONDS_PER_FIGURE:-1.5}" \
         --json "$OUT/bench_gpu.json" > "$L/bench.log" 2>&1
       echo "bench rc=$? at ${SECONDS}s"; tail -25 "$L/bench.log" ;;
     speed)
-      for impl in compiled fast eager; do
+      for impl in ${IMPLS:-compiled fast eager}; do
         t=$SECONDS; cap=${RUN_CAP:-90}; [ $impl = compiled ] && cap=$((cap + 20))
         timeout $cap $PY scripts/offline_gpu/train.py $B/minilm_table.npz train --agent cmrl \
           --offline data/ml4-expert-v1 --steps "$STEPS" --batch-size 128 --eval-every 0 \
@@ -42,7 +48,7 @@ for part in "$@"; do
         echo "train $impl rc=$? wall $((SECONDS - t)) s"; tail -1 "$L/train_$impl.log"
       done
       tar czf "$OUT/gpu_ml4_runs.tgz" --exclude=state -C "$S/runs" gpu-ml4 ;;
-    *) echo "unknown part $part (bench, speed)" >&2; exit 2 ;;
+    *) echo "unknown part $part (tests, bench, speed)" >&2; exit 2 ;;
   esac
 done
 (cd "$OUT" && tar czf logs.tgz logs && rm -rf logs)
