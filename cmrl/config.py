@@ -148,9 +148,9 @@ class SACConfig:
     routing once per task, metrics read once per log line. `compiled`: `fast` through torch.compile,
     falling back to `fast` with a warning if the compile fails. `graphed` (CUDA only): `fast` with
     the whole update captured once as a CUDA graph and replayed (`cuda_graphs.py`); on a CPU it
-    warns and runs `fast`. `auto`: fast on CPU (where inductor measured slower than `fast`), eager
-    on CUDA (compiled is faster there but its one whole run on an H100 learned worse than eager:
-    README, Speed)."""
+    warns and runs `fast`. `auto`: fast on CPU (where inductor measured slower than `fast`), graphed
+    on CUDA (4.8-11.5x eager on an H100, learning like eager; compiled is not picked anywhere: its
+    one whole H100 run learned worse than eager; README, Speed)."""
     bc_form: str = "sum"
     """How the offline behaviour term is weighted. `sum`: (alpha log pi - Q) / |Q| + bc_weight *
     sum over action dims of (mu - a)^2 (this project's first recipe; about 25x more behaviour

@@ -327,11 +327,11 @@ def test_update_impl_and_precision_are_validated():
     assert tiny_config("cmrl").updated({"sac.precision": "auto"}).sac.precision == "auto"
 
 
-def test_auto_update_path_is_fast_on_cpu_and_eager_on_cuda():
+def test_auto_update_path_is_fast_on_cpu_and_graphed_on_cuda():
     """`auto` picks only paths whose learning was shown equal to eager on that device: on CUDA
-    the compiled path is faster but its one whole H100 run learned worse (README, Speed)."""
+    the compiled path is faster too but its one whole H100 run learned worse (README, Speed)."""
     assert sac_module.resolve_update_impl("auto", torch.device("cpu")) == "fast"
-    assert sac_module.resolve_update_impl("auto", torch.device("cuda")) == "eager"
+    assert sac_module.resolve_update_impl("auto", torch.device("cuda")) == "graphed"
     assert sac_module.resolve_update_impl("compiled", torch.device("cuda")) == "compiled"
 
 
@@ -355,6 +355,37 @@ def test_bench_summary_reads_the_recorded_gpu_figures(capsys):
     _print(fig)
     out = capsys.readouterr().out
     assert "H100" in out and "compiled/eager 1.42x" in out and "compile 37.4 s" in out
+
+
+def test_bench_summary_reads_the_recorded_graphed_gpu_figures(capsys):
+    """The H100 figures of the `graphed` path (docs/bench_gpu_h100_graphed.json): graphed/eager
+    in the flat ratios and the table, its capture time apart, no compiled column."""
+    import json
+    from pathlib import Path
+
+    from cmrl.experiments.bench import _print, _ratios
+
+    path = Path(__file__).parent.parent / "docs" / "bench_gpu_h100_graphed.json"
+    fig = json.loads(path.read_text())
+    ratios = _ratios(fig)
+    for key, f in {**fig["gpu"]["updates"], **fig["gpu"]["deep_ml10"]}.items():
+        assert ratios[f"gpu_{key}_graphed_vs_eager"] == f["vs_eager"]["graphed"]
+        assert not f["graphed_fell_back"] and f"gpu_{key}_compiled_vs_eager" not in ratios
+    _print(fig)
+    out = capsys.readouterr().out
+    assert "graphed/eager 9.11x" in out and "capture 0.05 s" in out and "FAILED" not in out
+
+
+def test_fixed_cost_share_is_the_part_of_an_update_that_does_not_shrink_with_the_batch():
+    from cmrl.experiments.bench import _update_fixture, ceilings, fixed_cost_share
+
+    _, step = _update_fixture("pearl", 256, torch.device("cpu"), "fast")
+    share = fixed_cost_share("pearl", 3, None, step, seconds=0.6)
+    assert 0.0 < share < 1.0  # 3 x 8 transitions cost less than 3 x 256, and not nothing
+    fig = {"matmul_peak": {"square_1024_gflops": 100.0},
+           "updates": {"cmrl_3x256": {"achieved_gflops": {"eager": 25.0},
+                                      "fast_vs_eager_without_fixed_cost": 1.8}}}
+    assert ceilings(fig) == {"cmrl_3x256_vs_eager": 4.0, "cmrl_3x256_vs_eager_same_kernels": 1.8}
 
 
 def test_bench_sections_are_checked_and_saved_as_they_land(tmp_path, capsys):

@@ -28,11 +28,12 @@ How the step runs (`sac.update_impl`; the losses are the same functions in every
 - `graphed` (CUDA): `fast` with the whole update captured once as a CUDA graph and replayed
   (`cuda_graphs.py`); Adam keeps its step counts on the device (`capturable`). On a CPU it warns and
   runs `fast`.
-- `auto`: `fast` on CPU (where the bench measured inductor slower than `fast`); `eager` on CUDA. On
-  an H100 (README, Speed) `compiled` ran 1.25-1.66x eager's updates/s and `fast` 0.79-1.07x, but
-  the one compiled whole run learned worse than eager, fast and three eager seeds (bc_mse 0.58 vs
-  0.45-0.48 after 2,000 steps; meta-train success 0.07 vs 0.60-0.83) while inductor on CPU
-  matched eager; until compiled is shown to learn like eager on a GPU, `auto` does not pick it.
+- `auto`: `fast` on CPU (where the bench measured inductor slower than `fast`); `graphed` on CUDA.
+  On an H100 (README, Speed) `graphed` ran 4.8-11.5x eager's updates/s, matched `fast` update by
+  update (tests), and its whole runs learned like eager's (the rule in docs/gpu_graphed_plan.md,
+  fixed before the runs). `compiled` ran 1.25-1.66x eager there, but its one whole run learned
+  worse than eager, fast and three eager seeds (bc_mse 0.58 vs 0.45-0.48 after 2,000 steps;
+  meta-train success 0.07 vs 0.60-0.83) while inductor on CPU matched eager; `auto` never picks it.
 """
 
 from __future__ import annotations
@@ -386,12 +387,12 @@ class SACLearner:
 
 # -- helpers --------------------------------------------------------------------------------------
 def resolve_update_impl(name: str, device: torch.device) -> str:
-    """`auto` -> `eager` on CUDA (the compiled path's learning there is in doubt, see the module
-    docstring), `fast` elsewhere; the others as they are."""
+    """`auto` -> `graphed` on CUDA (see the module docstring), `fast` elsewhere; the others as they
+    are."""
     if name not in UPDATE_IMPLS:
         raise ValueError(f"update_impl must be one of {', '.join(UPDATE_IMPLS)}, not {name!r}")
     if name == "auto":
-        return "eager" if device.type == "cuda" else "fast"
+        return "graphed" if device.type == "cuda" else "fast"
     return name
 
 

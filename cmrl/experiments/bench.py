@@ -8,7 +8,9 @@ hits both alike; the absolute rates are printed too but only the ratios travel b
    KL) of every agent kind through the `fast` path against the `eager` reference (`sac.py`), at the
    default networks and 3 tasks x 128 and 3 x 256. Also the achieved GFLOP/s of each update (FLOPs
    from `torch.utils.flop_counter`) against the dense-matmul peak measured first in the same run.
-   `CMRL_BENCH_COMPILE=1` adds the `compiled` path on CPU (compile time reported apart).
+   `CMRL_BENCH_COMPILE=1` adds the `compiled` path on CPU (compile time reported apart). On CPU,
+   at the largest batch: the share of the fast update that does not shrink with the batch (the
+   cost of issuing its ops, `fixed_cost_share`) and what fast/eager would be without it.
 2. The soft-modular network alone (forward + backward) against facebookresearch mtrl's
    `SoftModularizedMLP` with the same layers, modules, width and batch (`pip install --no-deps
    mtrl==1.0.0`, benchmark-only, requirements-dev.txt).
@@ -149,6 +151,30 @@ def update_flops(kind: str, batch_per_task: int, num_tasks: int = 3,
     return int(counter.get_total_flops())
 
 
+FLOOR_BATCH = 8
+"""Transitions per task of the fixed-cost probe: small enough that the arithmetic is negligible."""
+
+
+def fixed_cost_share(kind: str, num_tasks: int, fields: dict | None, fast_step: Callable[[], None],
+                     seconds: float) -> float:
+    """The share of a `fast` update's time that does not shrink with the batch: the same update
+    (same kernels, so the same ops: the fast soft-modular kernels forced on) at FLOOR_BATCH
+    transitions per task, timed interleaved with the full one. That is the cost of issuing the ops
+    (Python, dispatch, autograd bookkeeping, optimiser loops); an implementation with none of it
+    and the same kernels would reach at most fast/eager / (1 - share)."""
+    from ..nets import modular_net
+
+    keep = modular_net.FAST_KERNEL_ROWS
+    modular_net.FAST_KERNEL_ROWS = 0
+    try:
+        _, floor_step = _update_fixture(kind, FLOOR_BATCH, torch.device("cpu"), "fast", num_tasks,
+                                        fields)
+        r = interleaved({"fast": fast_step, "floor": floor_step}, seconds)
+    finally:
+        modular_net.FAST_KERNEL_ROWS = keep
+    return round(r["per_s"]["fast"] / r["per_s"]["floor"], 3)
+
+
 def _allocator(on: bool) -> Callable[[], None]:
     return lambda: keep_freed_memory(on)
 
@@ -201,6 +227,11 @@ def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
                         steps[impl]()
                     faults[impl] = round((_faults() - start) / 3)
                 fig["page_faults_per_update"] = faults
+                if B == max(batches):
+                    share = fixed_cost_share(kind, num_tasks, fields, steps["fast"], seconds / 2)
+                    fig["fixed_cost_share"] = share
+                    fig["fast_vs_eager_without_fixed_cost"] = round(
+                        r["ratio"]["fast"] / max(1.0 - share, 1e-3), 2)
             out[key] = fig
             print(f"[bench]   {key}: " + ", ".join(f"{k} {v:.2f} upd/s" for k, v in r["per_s"].items())
                   + "; " + ", ".join(f"{k}/eager {v:.2f}x" for k, v in r["ratio"].items()
@@ -534,7 +565,9 @@ def ceilings(fig: dict) -> dict:
     would reach if every FLOP it counts ran at the dense fp32 matmul peak measured in the same run
     (the larger of the two shapes). A target above its ceiling cannot be met by a faster
     implementation of the same FLOPs on this machine, only by doing fewer.
-    `<kind>_<T>x<B>_vs_eager`: peak / the eager update's achieved GFLOP/s; `modular_net_vs_mtrl`:
+    `<kind>_<T>x<B>_vs_eager`: peak / the eager update's achieved GFLOP/s;
+    `<kind>_<T>x<B>_vs_eager_same_kernels`: fast/eager if the fast path's fixed cost per update (the
+    cost of issuing its ops, `fixed_cost_share`) were gone and its kernels stayed; `modular_net_vs_mtrl`:
     (peak / our network's FLOPs per forward + backward) / mtrl's measured rate. `gpu_` prefix: the
     same on CUDA."""
     out: dict = {}
@@ -547,6 +580,8 @@ def ceilings(fig: dict) -> dict:
             eager = f["achieved_gflops"].get("eager")
             if eager:
                 out[f"{prefix}{key}_vs_eager"] = round(top / eager, 2)
+            if f.get("fast_vs_eager_without_fixed_cost"):  # same kernels, no cost of issuing ops
+                out[f"{prefix}{key}_vs_eager_same_kernels"] = f["fast_vs_eager_without_fixed_cost"]
         net = part.get("modular_net", {})
         mtrl_rate = net.get("fwd_bwd_per_s", {}).get("mtrl")
         if mtrl_rate and net.get("ours_gflop_per_step"):
@@ -606,6 +641,9 @@ def _print_updates(updates: dict) -> None:
         gf = ", ".join(f"{k} {v}" for k, v in f["achieved_gflops"].items())
         ratios = "; ".join(f"{k}/eager {v:.2f}x" for k, v in f["vs_eager"].items() if k != "eager")
         compile_s = (f"; compile {f['compile_s']:.1f} s" if f.get("compile_s") is not None else "")
+        if f.get("fixed_cost_share") is not None:
+            compile_s += (f"; fixed cost {f['fixed_cost_share']:.0%} of fast, so fast/eager without "
+                          f"it <= {f['fast_vs_eager_without_fixed_cost']:.2f}x")
         if f.get("capture_s") is not None:
             compile_s += f"; capture {f['capture_s']:.2f} s"
             if f.get("graphed_fell_back"):

@@ -198,21 +198,30 @@ _SPEED_CACHE: dict[str, float] = {}
 def measure_updates_per_s(cfg: RunConfig, seconds: float = 1.5) -> float:
     """Gradient updates per second of `cfg`'s agent on its device (synthetic batch, the bench's
     `update_step`; cached per configuration for the life of the process)."""
+    import torch
+
     from .bench import update_step
+    from ..algo.cuda_graphs import WARMUP
     from ..envs.tasks import resolve_benchmark
     from ..algo.trainer import resolve_device
 
     net_key = json.dumps([cfg.train.agent, dataclasses.asdict(cfg.net), cfg.sac.batch_size,
-                          cfg.benchmark.name, cfg.train.device, cfg.sac.precision], sort_keys=True)
+                          cfg.benchmark.name, cfg.train.device, cfg.sac.precision,
+                          cfg.sac.update_impl], sort_keys=True)
     if net_key in _SPEED_CACHE:
         return _SPEED_CACHE[net_key]
     tasks = resolve_benchmark(cfg.benchmark).train_tasks
-    _, step = update_step(cfg, resolve_device(cfg.train.device), tasks)
-    step()
+    device = resolve_device(cfg.train.device)
+    _, step = update_step(cfg, device, tasks)
+    for _ in range(WARMUP + 1):  # the `graphed` path's warm-up updates and capture, untimed
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    sync(device)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or n < 3:
         step()
         n += 1
+    sync(device)  # CUDA runs behind the host: count the updates done, not the ones queued
     _SPEED_CACHE[net_key] = n / (time.perf_counter() - start)
     return _SPEED_CACHE[net_key]
 

@@ -3,8 +3,9 @@
 # then run the parts named, each within a time cap, logs and results under OUT.
 #   tests  the tests that need CUDA (tests/test_speed.py -k cuda: the graphed update against fast)
 #   bench  python -m cmrl bench --sections gpu (JSON saved after each configuration)
-#   speed  ML4 cmrl offline, STEPS steps, seed 0, once per update path in IMPLS, one after
-#          another; run dirs packed into OUT/gpu_ml4_runs.tgz (no optimiser state)
+#   speed  ML4 cmrl offline runs, one after another: RUNS="impl:seed:steps[:cap_s] ..." (default
+#          STEPS steps, seed 0, once per path in IMPLS); run dirs OUT/gpu_ml4_runs.tgz:gpu-ml4/
+#          <impl> for seed 0 at STEPS, <impl>-s<seed>-<steps> otherwise (no optimiser state)
 #
 #   OUT=/tmp/out bash scripts/offline_gpu/session.sh tests bench speed
 # Knobs: PY (python3), STEPS (2000), IMPLS ("compiled fast eager"), SECONDS_PER_FIGURE (1.5),
@@ -39,13 +40,17 @@ for part in "$@"; do
         --json "$OUT/bench_gpu.json" > "$L/bench.log" 2>&1
       echo "bench rc=$? at ${SECONDS}s"; tail -25 "$L/bench.log" ;;
     speed)
-      for impl in ${IMPLS:-compiled fast eager}; do
-        t=$SECONDS; cap=${RUN_CAP:-90}; [ $impl = compiled ] && cap=$((cap + 20))
+      runs=${RUNS:-}
+      [ -n "$runs" ] || for impl in ${IMPLS:-compiled fast eager}; do runs="$runs $impl:0:$STEPS"; done
+      for run in $runs; do
+        IFS=: read -r impl seed steps cap <<< "$run"
+        name=$impl; [ "$seed:$steps" = "0:$STEPS" ] || name=$impl-s$seed-$steps
+        t=$SECONDS; cap=${cap:-${RUN_CAP:-90}}; [ $impl = compiled ] && cap=$((cap + 20))
         timeout $cap $PY scripts/offline_gpu/train.py $B/minilm_table.npz train --agent cmrl \
-          --offline data/ml4-expert-v1 --steps "$STEPS" --batch-size 128 --eval-every 0 \
-          --checkpoint-every 500 --seed 0 --update-impl $impl --device "$DEVICE" --text-encoder minilm \
-          --run-dir "$S/runs/gpu-ml4/$impl" --no-progress > "$L/train_$impl.log" 2>&1
-        echo "train $impl rc=$? wall $((SECONDS - t)) s"; tail -1 "$L/train_$impl.log"
+          --offline data/ml4-expert-v1 --steps "$steps" --batch-size 128 --eval-every 0 \
+          --checkpoint-every 500 --seed "$seed" --update-impl $impl --device "$DEVICE" --text-encoder minilm \
+          --run-dir "$S/runs/gpu-ml4/$name" --no-progress > "$L/train_$name.log" 2>&1
+        echo "train $name rc=$? wall $((SECONDS - t)) s"; tail -1 "$L/train_$name.log"
       done
       tar czf "$OUT/gpu_ml4_runs.tgz" --exclude=state -C "$S/runs" gpu-ml4 ;;
     *) echo "unknown part $part (tests, bench, speed)" >&2; exit 2 ;;
