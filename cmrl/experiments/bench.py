@@ -155,24 +155,25 @@ FLOOR_BATCH = 8
 """Transitions per task of the fixed-cost probe: small enough that the arithmetic is negligible."""
 
 
-def fixed_cost_share(kind: str, num_tasks: int, fields: dict | None, fast_step: Callable[[], None],
-                     seconds: float) -> float:
-    """The share of a `fast` update's time that does not shrink with the batch: the same update
-    (same kernels, so the same ops: the fast soft-modular kernels forced on) at FLOOR_BATCH
-    transitions per task, timed interleaved with the full one. That is the cost of issuing the ops
-    (Python, dispatch, autograd bookkeeping, optimiser loops); an implementation with none of it
-    and the same kernels would reach at most fast/eager / (1 - share)."""
+def fixed_cost_share(kind: str, num_tasks: int, fields: dict | None, full_step: Callable[[], None],
+                     seconds: float, impl: str = "fast") -> float:
+    """The share of an update's time (`impl`'s, `full_step` doing one) that does not shrink with
+    the batch: the same update (same kernels, so the same ops: the fast soft-modular kernels forced
+    on) at FLOOR_BATCH transitions per task, timed interleaved with the full one. That is the cost
+    of issuing the ops (Python, dispatch, autograd bookkeeping, optimiser loops); an implementation
+    with none of it and the same kernels would reach at most (its ratio to eager) / (1 - share).
+    A compiled probe compiles on its first call, untimed."""
     from ..nets import modular_net
 
     keep = modular_net.FAST_KERNEL_ROWS
     modular_net.FAST_KERNEL_ROWS = 0
     try:
-        _, floor_step = _update_fixture(kind, FLOOR_BATCH, torch.device("cpu"), "fast", num_tasks,
+        _, floor_step = _update_fixture(kind, FLOOR_BATCH, torch.device("cpu"), impl, num_tasks,
                                         fields)
-        r = interleaved({"fast": fast_step, "floor": floor_step}, seconds)
+        r = interleaved({"full": full_step, "floor": floor_step}, seconds)
     finally:
         modular_net.FAST_KERNEL_ROWS = keep
-    return round(r["per_s"]["fast"] / r["per_s"]["floor"], 3)
+    return round(r["per_s"]["full"] / r["per_s"]["floor"], 3)
 
 
 def _allocator(on: bool) -> Callable[[], None]:
@@ -232,6 +233,9 @@ def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
                     fig["fixed_cost_share"] = share
                     fig["fast_vs_eager_without_fixed_cost"] = round(
                         r["ratio"]["fast"] / max(1.0 - share, 1e-3), 2)
+                    if compiled and not fig["compiled_fell_back"]:  # what the compiler removes
+                        fig["compiled_fixed_cost_share"] = fixed_cost_share(
+                            kind, num_tasks, fields, steps["compiled"], seconds / 2, "compiled")
             out[key] = fig
             print(f"[bench]   {key}: " + ", ".join(f"{k} {v:.2f} upd/s" for k, v in r["per_s"].items())
                   + "; " + ", ".join(f"{k}/eager {v:.2f}x" for k, v in r["ratio"].items()
@@ -644,6 +648,8 @@ def _print_updates(updates: dict) -> None:
         if f.get("fixed_cost_share") is not None:
             compile_s += (f"; fixed cost {f['fixed_cost_share']:.0%} of fast, so fast/eager without "
                           f"it <= {f['fast_vs_eager_without_fixed_cost']:.2f}x")
+        if f.get("compiled_fixed_cost_share") is not None:
+            compile_s += f"; compiled's fixed cost {f['compiled_fixed_cost_share']:.0%} of compiled"
         if f.get("capture_s") is not None:
             compile_s += f"; capture {f['capture_s']:.2f} s"
             if f.get("graphed_fell_back"):
