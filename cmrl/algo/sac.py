@@ -136,12 +136,13 @@ class SACLearner:
         dropout); None: all.
         Returns the metrics as floats; with `read_metrics=False` the fast paths leave them as 0-dim
         tensors (no wait for the device; `float()` them later). The eager path always reads them."""
-        inputs = {"context": context, "goal": goal, "task_ids": task_ids, "cond_ids": cond_ids,
-                  "context_mask": context_mask, **{f"batch.{k}": v for k, v in batch.items()}}
         if self._graphed is not None and self.impl == "graphed":
+            inputs = {"context": context, "goal": goal, "task_ids": task_ids, "cond_ids": cond_ids,
+                      "context_mask": context_mask, **{f"batch.{k}": v for k, v in batch.items()}}
             metrics = self._graphed(inputs, update_actor)
         else:
-            metrics = self._step_inputs(inputs, update_actor)
+            metrics = self._step(batch, context, goal, task_ids, cond_ids, update_actor,
+                                 context_mask)
         self.updates += 1
         if read_metrics or self.impl == "eager":
             return {k: float(v) for k, v in metrics.items()}

@@ -15,7 +15,7 @@ mkdir -p $B/whl
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d $B/whl mujoco==3.3.0 metaworld==3.1.1 minari==0.5.4 gymnasium==1.4.0 farama-notifications==0.0.6 \
-  mtrl==1.0.0 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments packaging
+  mtrl==1.0.0 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0 packaging==26.4
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 (cd $tmp && unzip -q "$OLDPWD"/$B/whl/metaworld-*.whl 'metaworld/*')
 rm $B/whl/metaworld-*.whl
