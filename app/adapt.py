@@ -202,12 +202,14 @@ class RolloutWorker(threading.Thread):
 
 
 def drain(q: queue.Queue, wait: float = 0.5, limit: int = 256) -> list[Event]:
-    """Everything in the queue now (waiting up to `wait` s for the first item)."""
+    """Everything in the queue now (waiting up to `wait` s for the first item), up to and
+    including the first finished episode's video: one batch holds at most one video, so a page
+    that shows the latest one after each batch shows every episode's."""
     try:
         items = [q.get(timeout=wait)]
     except queue.Empty:
         return []
-    while len(items) < limit:
+    while len(items) < limit and items[-1].kind != "video":
         try:
             items.append(q.get_nowait())
         except queue.Empty:

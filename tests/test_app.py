@@ -709,3 +709,18 @@ def test_custom_run_form_is_built_from_the_config_fields():
     params = list(inspect.signature(TrainTab.train_launch).parameters)[1:]
     custom = [p for p in params if p not in ("benchmark", "seed", "device", "name")]
     assert custom == [name.split(".", 1)[1] for name in CUSTOM_FIELDS]
+
+
+def test_drain_ends_a_batch_at_each_finished_episodes_video():
+    """Two episodes finishing within one polling window still reach the page as two videos."""
+    import queue
+
+    from app.adapt import Event, drain
+
+    q: queue.Queue = queue.Queue()
+    kinds = ["step", "video", "step", "video", "step"]
+    for k in kinds:
+        q.put(Event(tag="A", kind=k))
+    batches = [[e.kind for e in drain(q, 0.01)] for _ in range(3)]
+    assert batches == [["step", "video"], ["step", "video"], ["step"]]
+    assert drain(q, 0.01) == []
