@@ -12,6 +12,7 @@ SEEDS=${SEEDS:-0 1 2}
 BASE=${BASE:-runs/speed-check}
 dirs=()
 for s in $SEEDS; do
+  echo "[speed_check_seeds] seed $s: eager and fast side by side, then evaluation (log: $BASE-s$s.txt)"
   SEED=$s OUT="$BASE-s$s" bash scripts/speed_check.sh >"$BASE-s$s.txt" 2>&1 || {
     echo "seed $s failed: see $BASE-s$s.txt" >&2; exit 1; }
   dirs+=("$BASE-s$s")
