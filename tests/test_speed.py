@@ -129,6 +129,33 @@ def test_fast_update_matches_eager(name, fast_kernels_always):
     _assert_same(_run(name, "eager"), _run(name, "fast"))
 
 
+def test_fast_kernels_need_enough_rows_per_cpu_thread(monkeypatch):
+    """On a CPU the fast kernels run from FAST_KERNEL_ROWS rows per intra-op thread (the reference
+    ones split across threads better); on CUDA from FAST_KERNEL_ROWS rows. And a network really
+    switches: same outputs either way, different ops."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    bar = modular_net.FAST_KERNEL_ROWS
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not modular_net.fast_kernels_pay(bar, cpu)
+    assert modular_net.fast_kernels_pay(2 * bar, cpu)
+    assert modular_net.fast_kernels_pay(bar, cuda) and not modular_net.fast_kernels_pay(bar - 1, cuda)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert modular_net.fast_kernels_pay(bar, cpu) and not modular_net.fast_kernels_pay(bar - 1, cpu)
+
+    torch.manual_seed(0)
+    net = SoftModularNet(OBS_DIM, 5, 4, NetworkConfig(), ensemble=2)
+    x, c = torch.randn(1, bar, OBS_DIM), torch.randn(1, bar, 5)
+    called = []
+    monkeypatch.setattr(net, "_forward_reference",
+                        lambda *a, _f=net._forward_reference: called.append(1) or _f(*a))
+    fast_out, _ = net(x, c)  # one thread: fast kernels
+    assert not called
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    ref_out, _ = net(x, c)  # two threads: reference kernels
+    assert called
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["cmrl", "sm-task-routing"])
 def test_fast_update_on_small_batches_matches_eager(name):
     """Below FAST_KERNEL_ROWS the fast path keeps the reference kernels (and groups task routing)."""
@@ -424,3 +451,19 @@ def test_bench_ceilings_put_each_target_beside_what_the_machine_allows():
     c = ceilings(fig)
     assert c["modular_net_vs_mtrl"] == round(top / 0.2 / fig["modular_net"]["fwd_bwd_per_s"]["mtrl"], 2)
     assert ceilings({"machine": {}}) == {}
+
+
+def test_fast_kernel_rule_script_compares_and_restores_the_rule():
+    """scripts/fast_kernel_rule.py: three contenders timed, and the library's rule put back."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fast_kernel_rule.py"
+    spec = importlib.util.spec_from_file_location("fast_kernel_rule", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rule = modular_net.fast_kernels_pay
+    r = mod.compare("sm", 8, seconds=0.2, rounds=2)
+    assert set(r["per_s"]) == {"eager", "fast_row_count", "fast_per_thread"}
+    assert all(v > 0 for v in r["per_s"].values())
+    assert modular_net.fast_kernels_pay is rule

@@ -156,17 +156,19 @@ FLOOR_BATCH = 8
 
 
 def fixed_cost_share(kind: str, num_tasks: int, fields: dict | None, full_step: Callable[[], None],
-                     seconds: float, impl: str = "fast") -> float:
-    """The share of an update's time (`impl`'s, `full_step` doing one) that does not shrink with
-    the batch: the same update (same kernels, so the same ops: the fast soft-modular kernels forced
-    on) at FLOOR_BATCH transitions per task, timed interleaved with the full one. That is the cost
+                     seconds: float, impl: str = "fast", full_rows: int | None = None) -> float:
+    """The share of an update's time (`impl`'s, `full_step` doing one, on `full_rows` rows) that
+    does not shrink with the batch: the same update (same kernels, so the same ops: the soft-modular
+    kernels the full update runs, forced on; the fast ones when `full_rows` is None) at FLOOR_BATCH
+    transitions per task, timed interleaved with the full one. That is the cost
     of issuing the ops (Python, dispatch, autograd bookkeeping, optimiser loops); an implementation
     with none of it and the same kernels would reach at most (its ratio to eager) / (1 - share).
     A compiled probe compiles on its first call, untimed."""
     from ..nets import modular_net
 
+    full_fast = full_rows is None or modular_net.fast_kernels_pay(full_rows, torch.device("cpu"))
     keep = modular_net.FAST_KERNEL_ROWS
-    modular_net.FAST_KERNEL_ROWS = 0
+    modular_net.FAST_KERNEL_ROWS = 0 if full_fast else 1 << 40
     try:
         _, floor_step = _update_fixture(kind, FLOOR_BATCH, torch.device("cpu"), impl, num_tasks,
                                         fields)
@@ -229,13 +231,15 @@ def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
                     faults[impl] = round((_faults() - start) / 3)
                 fig["page_faults_per_update"] = faults
                 if B == max(batches):
-                    share = fixed_cost_share(kind, num_tasks, fields, steps["fast"], seconds / 2)
+                    share = fixed_cost_share(kind, num_tasks, fields, steps["fast"], seconds / 2,
+                                             full_rows=num_tasks * B)
                     fig["fixed_cost_share"] = share
                     fig["fast_vs_eager_without_fixed_cost"] = round(
                         r["ratio"]["fast"] / max(1.0 - share, 1e-3), 2)
                     if compiled and not fig["compiled_fell_back"]:  # what the compiler removes
                         fig["compiled_fixed_cost_share"] = fixed_cost_share(
-                            kind, num_tasks, fields, steps["compiled"], seconds / 2, "compiled")
+                            kind, num_tasks, fields, steps["compiled"], seconds / 2, "compiled",
+                            full_rows=num_tasks * B)
             out[key] = fig
             print(f"[bench]   {key}: " + ", ".join(f"{k} {v:.2f} upd/s" for k, v in r["per_s"].items())
                   + "; " + ", ".join(f"{k}/eager {v:.2f}x" for k, v in r["ratio"].items()

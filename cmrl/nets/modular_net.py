@@ -23,7 +23,7 @@ Every forward pass returns its routing (`Routing`), so callers such as the app c
 network is ensembled (E copies, see `layers.py`): twin critics are one E=2 module.
 
 Two implementations of the same maths (issue 13, "training speed"): the fast one (default, for
-batches of FAST_KERNEL_ROWS rows and more) avoids the copies the reference makes between the
+batches large enough that it pays, `fast_kernels_pay`) avoids the copies the reference makes between the
 routing's sample-major and the modules' module-major layouts and uses a softmax written for the tiny
 n-way rows (torch's own is ~2.5x slower there on CPU); and, inside `grouped_rows`, task-level routing
 is computed once per task instead of once per row (any batch size).
@@ -44,8 +44,21 @@ from .layers import EnsembleLinear, EnsembleMLP
 
 
 FAST_KERNEL_ROWS = 384
-"""Batches of fewer rows (acting: one row per env) run the reference kernels: the fast ones pay from
-a few hundred rows up (1.0-1.2x at 384-768 rows, forward + backward) and cost up to 1.3x below 64."""
+"""Rows from which the fast kernels run; on a CPU, rows per intra-op thread (`fast_kernels_pay`).
+Smaller batches (acting: one row per env) run the reference kernels: the fast ones cost up to 1.3x
+below 64 rows, forward + backward."""
+
+
+def fast_kernels_pay(rows: int, device: torch.device) -> bool:
+    """Whether a batch of `rows` rows runs the fast kernels. On a CPU the reference kernels split
+    across intra-op threads better, so the bar is FAST_KERNEL_ROWS rows per thread. Measured inside
+    whole fast cmrl / sm updates on the 2-core EPYC (interleaved, reference / fast kernels): at two
+    threads 1.06-1.11x (cmrl) and 1.11-1.12x (sm) at 3 x 128 rows, 1.0-1.03x at 3 x 192 and 3 x 256,
+    0.94x at ML10's 10 x 256 (width 128); at one thread 0.94x at 3 x 128. On CUDA: FAST_KERNEL_ROWS
+    rows (what the GPU figures were measured with)."""
+    if device.type == "cpu":
+        return rows >= FAST_KERNEL_ROWS * torch.get_num_threads()
+    return rows >= FAST_KERNEL_ROWS
 
 
 class Routing(NamedTuple):
@@ -127,7 +140,7 @@ class SoftModularNet(nn.Module):
             return self._routing(obs_emb, cond, _torch_softmax)
         rows = self._group_size(cond)
         if rows is None:
-            big = cond.shape[-2] >= FAST_KERNEL_ROWS
+            big = fast_kernels_pay(cond.shape[-2], cond.device)
             return self._routing(obs_emb, cond, small_softmax if big else _torch_softmax)
         # Task-level routing reads the condition alone, and every row of a group has the same
         # one: route the first row of each group and repeat (gradients sum back over the rows).
@@ -164,7 +177,7 @@ class SoftModularNet(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         """x [E or 1, B, in_dim], cond [E or 1, B, cond_dim] -> out [E, B, out_dim], routing."""
-        if self.reference or x.shape[-2] < FAST_KERNEL_ROWS:
+        if self.reference or not fast_kernels_pay(x.shape[-2], x.device):
             return self._forward_reference(x, cond)
         E, n, w = self.E, self.n, self.w
         obs_emb = self.obs_out(torch.relu(self.obs_in(x)))
