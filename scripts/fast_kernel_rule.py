@@ -1,7 +1,11 @@
 """The evidence for `modular_net.fast_kernels_pay`: whole fast updates under the CPU rule (fast
 soft-modular kernels from FAST_KERNEL_ROWS rows per intra-op thread) and under the plain row count
-(from FAST_KERNEL_ROWS rows, the rule before it), with eager as the reference, interleaved in one
-process (separate learners, each path under its own allocator setting as in the bench).
+(from FAST_KERNEL_ROWS rows, the rule before it), with eager beside them, interleaved in one
+process (separate learners). All three run under the fast path's allocator setting
+(`sac.keep_freed_memory`, set by the fast learners), so the ratios to eager here leave the
+allocator out; `python -m cmrl bench` gives fast/eager as training sees it, each in its own process.
+(Before 2026-11-27 this script forced glibc's initial thresholds on eager's windows, which made
+eager slower than in any real run; its ratios to eager then were too high.)
 
     python scripts/fast_kernel_rule.py --batch 128 --agents cmrl sm [--threads 2] [--seconds 36]
 """
@@ -16,13 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file fr
 
 import torch
 
-from cmrl.experiments.bench import _allocator, _update_fixture, interleaved, machine_info
+from cmrl.experiments.bench import _update_fixture, interleaved, machine_info
 from cmrl.nets import modular_net
 
 
 def compare(kind: str, batch: int, seconds: float, rounds: int = 12) -> dict:
     """Updates/s and ratios to eager of: eager, fast under the row count alone, fast under the
-    per-thread rule (3 tasks x `batch`)."""
+    per-thread rule (3 tasks x `batch`), all under the fast path's allocator setting."""
     per_thread = modular_net.fast_kernels_pay
 
     def row_count(rows: int, device: torch.device) -> bool:
@@ -43,9 +47,7 @@ def compare(kind: str, batch: int, seconds: float, rounds: int = 12) -> dict:
 
     try:
         r = interleaved({"eager": eager, "fast_row_count": rows_rule, "fast_per_thread": thread_rule},
-                        seconds, rounds=rounds, before={"eager": _allocator(False),
-                                                        "fast_row_count": _allocator(True),
-                                                        "fast_per_thread": _allocator(True)})
+                        seconds, rounds=rounds)
     finally:
         modular_net.fast_kernels_pay = per_thread
     return r

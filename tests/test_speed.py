@@ -467,3 +467,40 @@ def test_fast_kernel_rule_script_compares_and_restores_the_rule():
     assert set(r["per_s"]) == {"eager", "fast_row_count", "fast_per_thread"}
     assert all(v > 0 for v in r["per_s"].values())
     assert modular_net.fast_kernels_pay is rule
+
+
+def test_cpu_bench_times_each_update_path_in_a_process_of_its_own():
+    """The CPU bench's fast/eager is what a user sees: eager in a process that never touched the
+    allocator (glibc's adaptive thresholds, as `train --set sac.update_impl=eager` runs it), fast
+    with its own allocator setting, and eager under fast's setting beside them, each in its own
+    process, none of them this one."""
+    from cmrl.experiments.bench import _print_updates, _ratios, bench_update_paths
+
+    out = bench_update_paths(0.3, torch.device("cpu"), kinds=("pearl",), batches=(8,))
+    f = out["pearl_3x8"]
+    assert set(f["updates_per_s"]) == {"eager", "eager_kept_memory", "fast"}
+    assert all(v > 0 for v in f["updates_per_s"].values())
+    assert f["allocator_kept"] == {"eager": None, "eager_kept_memory": True, "fast": True}
+    pids = set(f["processes"].values())
+    assert len(pids) == 3 and os.getpid() not in pids
+    assert set(f["page_faults_per_update"]) == set(f["updates_per_s"])
+    assert f["fixed_cost_share"] > 0 and f["fast_vs_eager_same_allocator"] > 0
+    ratios = _ratios({"updates": {"pearl_3x256": f}})
+    assert ratios["pearl_update_vs_eager"] == f["vs_eager"]["fast"]
+    assert ratios["pearl_update_vs_eager_same_allocator"] == f["fast_vs_eager_same_allocator"]
+
+
+def test_bench_worker_reports_bad_commands_and_keeps_serving():
+    """A failed command comes back as a clear error in the parent, and the worker goes on."""
+    from cmrl.experiments.bench import PathProcess
+
+    with PathProcess(threads=1) as w:
+        assert w.info["threads"] == 1 and w.info["pid"] != os.getpid()
+        with pytest.raises(RuntimeError, match="setup: .*nope"):
+            w.ask("setup", kind="nope", batch=8, num_tasks=3, impl="eager")
+        with pytest.raises(RuntimeError, match="unknown command 'warp'"):
+            w.ask("warp")
+        s = w.ask("setup", kind="pearl", batch=8, num_tasks=3, impl="eager")
+        assert s["impl"] == "eager" and s["allocator_kept"] is None
+        assert w.ask("window", seconds=0.05)["per_s"] > 0
+    assert w.proc.poll() == 0

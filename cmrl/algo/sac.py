@@ -483,11 +483,15 @@ def _set_fused(opt: torch.optim.Optimizer, fused: bool, capturable: bool = False
 def keep_freed_memory(on: bool = True) -> None:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
 
-    Every update allocates and frees the same few MB of activations; with glibc's defaults most of
-    them come back from the kernel as fresh zeroed pages, ~10k page faults per cmrl update here (a
-    third of its time in a VM). With the mmap threshold raised to 32 MB and the heap not trimmed
-    below 512 MB of free space, they are reused. Process-wide. `on=False` puts back glibc's initial
-    thresholds (128 kB; the bench's eager windows). A no-op without glibc."""
+    Every update allocates and frees the same few MB of activations; with glibc's defaults many of
+    them come back from the kernel as fresh zeroed pages: 1,400-2,500 page faults per cmrl update
+    at 3 x 256 in a process of its own on the 2-core EPYC VM, where the fast path, with this
+    setting, has almost none. With the mmap threshold raised to 32 MB and the heap not trimmed
+    below 512 MB of free space, they are reused. Process-wide. `on=False` sets glibc's initial
+    thresholds (128 kB) by hand, which also switches off glibc's adaptive ones: ~10k faults per
+    update, slower than a process that never called this (see `bench_worker.py`). A no-op
+    without glibc."""
+    global _FREED_MEMORY_KEPT
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -500,3 +504,13 @@ def keep_freed_memory(on: bool = True) -> None:
     mallopt(M_TRIM_THRESHOLD, (512 << 20) if on else (128 << 10))
     if not on and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+    _FREED_MEMORY_KEPT = on
+
+
+_FREED_MEMORY_KEPT: bool | None = None
+
+
+def freed_memory_kept() -> bool | None:
+    """What `keep_freed_memory` last set in this process: True, False, or None (never called:
+    glibc's own adaptive thresholds)."""
+    return _FREED_MEMORY_KEPT

@@ -1,12 +1,16 @@
 """`python -m cmrl bench`: speed figures measured in one run, side by side, on the machine at hand.
 
-Every comparison alternates short timing windows of the two (or more) contenders in this one process
-(A, B, A, B, ...) and reports the median of the per-round ratios, so that load from other processes
-hits both alike; the absolute rates are printed too but only the ratios travel between machines.
+Every comparison alternates short timing windows of the two (or more) contenders (A, B, A, B, ...)
+and reports the median of the per-round ratios, so that load from other processes hits both alike;
+the absolute rates are printed too but only the ratios travel between machines. The contenders
+share this process, except the CPU update paths: each of those runs in a process of its own, as
+training runs it (`bench_worker.py` says why).
 
 1. Update paths: one full SAC + KL update (twin Q, actor, temperatures, Polyak, context encoder and
    KL) of every agent kind through the `fast` path against the `eager` reference (`sac.py`), at the
-   default networks and 3 tasks x 128 and 3 x 256. Also the achieved GFLOP/s of each update (FLOPs
+   default networks and 3 tasks x 128 and 3 x 256. On CPU also `eager_kept_memory` (eager with
+   fast's allocator setting): fast / eager_kept_memory is what fast gains apart from the
+   allocator. Also the achieved GFLOP/s of each update (FLOPs
    from `torch.utils.flop_counter`) against the dense-matmul peak measured first in the same run.
    `CMRL_BENCH_COMPILE=1` adds the `compiled` path on CPU (compile time reported apart). On CPU,
    at the largest batch: the share of the fast update that does not shrink with the batch (the
@@ -28,13 +32,16 @@ The figures' `ratios` section is one flat object (`--json FILE`).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -54,26 +61,95 @@ TEXT_DIM = 384  # MiniLM's width: goal vectors for the agents that read text
 
 
 # -- timing ---------------------------------------------------------------------------------------
+REPLY = "@@bench-worker "
+
+
+class PathProcess:
+    """A worker process (`bench_worker.py`) holding one update path's learner, driven from here.
+
+    `keep_memory`: call `sac.keep_freed_memory()` at start-up; the `eager_kept_memory` contender,
+    eager with the fast path's allocator setting, so the bench can tell the allocator's share of
+    the gain from the kernels' share. False leaves the allocator as the path itself sets it."""
+
+    def __init__(self, threads: int, keep_memory: bool = False):
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cmrl.experiments.bench_worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env, cwd=root)
+        self.info = self.ask("start", threads=threads, keep_memory=keep_memory)
+
+    def ask(self, cmd: str, **args) -> dict:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"bench worker exited with code {self.proc.returncode}")
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                reply = json.loads(line[len(REPLY):])
+                if "error" in reply:
+                    raise RuntimeError(f"bench worker, {cmd}: {reply['error']}")
+                return reply
+            sys.stderr.write(line)  # anything a library printed
+        raise RuntimeError(f"bench worker exited during {cmd!r} (code {self.proc.wait()})")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.ask("exit")
+            except (RuntimeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __enter__(self) -> "PathProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def interleaved_processes(workers: dict[str, PathProcess], seconds: float,
+                          rounds: int = 6) -> dict:
+    """`interleaved` across worker processes (`bench_worker.py`) that each hold a learner (`setup` done): one
+    window per worker per round, alternating. Returns {"per_s": {name: median},
+    "ratio": {name: median over rounds of name / first}, "faults_per_update": {name: median},
+    "rounds": {name: [rate per round]}}."""
+    names = list(workers)
+    window = max(seconds / rounds, 0.05)
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    faults: dict[str, list[float]] = {k: [] for k in names}
+    for _ in range(rounds):
+        for name in names:
+            r = workers[name].ask("window", seconds=window)
+            rates[name].append(r["per_s"])
+            faults[name].append(r["faults_per_call"])
+    first = rates[names[0]]
+    return {"per_s": {k: round(statistics.median(v), 3) for k, v in rates.items()},
+            "ratio": {k: round(statistics.median([a / b for a, b in zip(v, first)]), 3)
+                      for k, v in rates.items()},
+            "faults_per_update": {k: round(statistics.median(v)) for k, v in faults.items()},
+            "rounds": rates}
+
+
 def interleaved(contenders: dict[str, Callable[[], object]], seconds: float, rounds: int = 6,
-                before: dict[str, Callable[[], None]] | None = None,
                 sync: Callable[[], None] | None = None) -> dict:
     """Calls per second of each contender, measured in `rounds` rounds of one window each (about
     seconds / rounds long; at least one call), the contenders alternating within every round.
-    `before[name]` runs before each of that contender's windows (untimed; e.g. the allocator
-    setting it runs under); `sync` waits for the device at the end of a window.
+    `sync` waits for the device at the end of a window. All contenders share this process (and
+    its allocator setting); the CPU update paths use `interleaved_processes` instead.
     Returns {"per_s": {name: median}, "ratio": {name: median over rounds of name / first}}."""
     names = list(contenders)
     window = max(seconds / rounds, 0.05)
     rates: dict[str, list[float]] = {k: [] for k in names}
-    for name, fn in contenders.items():  # warm up every contender once
-        if before and name in before:
-            before[name]()
+    for fn in contenders.values():  # warm up every contender once
         fn()
     for _ in range(rounds):
         for name in names:
             fn = contenders[name]
-            if before and name in before:
-                before[name]()
             fn()
             if sync:
                 sync()
@@ -178,22 +254,22 @@ def fixed_cost_share(kind: str, num_tasks: int, fields: dict | None, full_step: 
     return round(r["per_s"]["full"] / r["per_s"]["floor"], 3)
 
 
-def _allocator(on: bool) -> Callable[[], None]:
-    return lambda: keep_freed_memory(on)
-
-
-def _faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+CPU_PATHS = ("eager", "eager_kept_memory", "fast")
+"""The update paths the CPU bench times, each in a process of its own (`bench_worker.py`):
+eager as training runs it, eager with the fast path's allocator setting (`keep_freed_memory`,
+which tells the allocator's share of fast's gain from the rest), and fast."""
 
 
 def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
                        batches=(128, 256), compiled: bool = False, num_tasks: int = 3,
                        fields: dict | None = None, label: str = "", graphed: bool = False) -> dict:
-    """eager vs fast (vs compiled, vs graphed on CUDA) update rates, ratios, page faults and
-    GFLOP/s per configuration. Compile and capture happen before the timing, reported apart."""
+    """eager vs fast (vs compiled, vs graphed on CUDA) update rates, ratios and GFLOP/s per
+    configuration (plus page faults and the fixed cost on CPU). Compile and capture happen before
+    the timing, reported apart. On CPU every path runs in its own process (`bench_worker.py`)."""
+    if device.type == "cpu":
+        return _bench_update_paths_cpu(seconds, kinds, batches, compiled, num_tasks, fields, label)
     out: dict = {}
-    cpu = device.type == "cpu"
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     for kind in kinds:
         for B in batches:
             key = f"{kind}_{num_tasks}x{B}{label}"
@@ -202,49 +278,81 @@ def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
             steps, learners = {}, {}
             for impl in impls:
                 learners[impl], steps[impl] = _update_fixture(kind, B, device, impl, num_tasks, fields)
-            before = {impl: _allocator(impl != "eager") for impl in impls} if cpu else None
             if "compiled" in steps:  # compile outside the timing (dry run), reported apart
                 steps["compiled"]()
             if "graphed" in steps:  # warm-up updates and the capture, outside the timing
                 for _ in range(WARMUP + 1):
                     steps["graphed"]()
-            r = interleaved(steps, seconds, before=before, sync=sync)
-            flops = update_flops(kind, B, num_tasks, fields)
-            fig = {"updates_per_s": r["per_s"], "vs_eager": r["ratio"],
-                   "gflop_per_update": round(flops / 1e9, 3),
-                   "achieved_gflops": {k: round(v * flops / 1e9, 1) for k, v in r["per_s"].items()},
-                   "transitions_per_s": {k: round(v * num_tasks * B) for k, v in r["per_s"].items()}}
+            r = interleaved(steps, seconds, sync=sync)
+            fig = _update_figure(kind, B, num_tasks, fields, r)
             if compiled:
                 fig["compile_s"] = learners["compiled"].compile_seconds
                 fig["compiled_fell_back"] = learners["compiled"].impl != "compiled"
             if graphed:
                 fig["capture_s"] = round(learners["graphed"].capture_seconds or 0.0, 3)
                 fig["graphed_fell_back"] = learners["graphed"].impl != "graphed"
-            if cpu:  # page faults per update under each path's allocator setting
-                faults = {}
-                for impl in ("eager", "fast"):
-                    keep_freed_memory(impl != "eager")
-                    steps[impl]()
-                    start = _faults()
-                    for _ in range(3):
-                        steps[impl]()
-                    faults[impl] = round((_faults() - start) / 3)
-                fig["page_faults_per_update"] = faults
+            out[key] = fig
+            _print_update_line(key, r)
+    return out
+
+
+def _update_figure(kind: str, B: int, num_tasks: int, fields: dict | None, r: dict) -> dict:
+    flops = update_flops(kind, B, num_tasks, fields)
+    return {"updates_per_s": r["per_s"], "vs_eager": r["ratio"],
+            "gflop_per_update": round(flops / 1e9, 3),
+            "achieved_gflops": {k: round(v * flops / 1e9, 1) for k, v in r["per_s"].items()},
+            "transitions_per_s": {k: round(v * num_tasks * B) for k, v in r["per_s"].items()}}
+
+
+def _print_update_line(key: str, r: dict) -> None:
+    print(f"[bench]   {key}: " + ", ".join(f"{k} {v:.2f} upd/s" for k, v in r["per_s"].items())
+          + "; " + ", ".join(f"{k}/eager {v:.2f}x" for k, v in r["ratio"].items() if k != "eager"),
+          flush=True)
+
+
+def _bench_update_paths_cpu(seconds: float, kinds, batches, compiled: bool, num_tasks: int,
+                            fields: dict | None, label: str) -> dict:
+    """The CPU part of `bench_update_paths`: one worker process per path, kept for every
+    configuration (a new learner each), windows alternating between the processes."""
+    names = list(CPU_PATHS) + (["compiled"] if compiled else [])
+    threads = torch.get_num_threads()
+    out: dict = {}
+    workers: dict[str, PathProcess] = {}
+    try:
+        for name in names:
+            workers[name] = PathProcess(threads, keep_memory=name == "eager_kept_memory")
+        for kind in kinds:
+            for B in batches:
+                key = f"{kind}_{num_tasks}x{B}{label}"
+                setups = {name: w.ask("setup", kind=kind, batch=B, num_tasks=num_tasks,
+                                      fields=fields, impl="eager" if name.startswith("eager")
+                                      else name)
+                          for name, w in workers.items()}
+                r = interleaved_processes(workers, seconds)
+                fig = _update_figure(kind, B, num_tasks, fields, r)
+                rounds = r["rounds"]
+                fig["fast_vs_eager_same_allocator"] = round(statistics.median(
+                    [f / e for f, e in zip(rounds["fast"], rounds["eager_kept_memory"])]), 3)
+                fig["page_faults_per_update"] = r["faults_per_update"]
+                fig["allocator_kept"] = {n: s["allocator_kept"] for n, s in setups.items()}
+                fig["processes"] = {n: w.info["pid"] for n, w in workers.items()}
+                if compiled:
+                    fig["compile_s"] = setups["compiled"]["compile_s"]
+                    fig["compiled_fell_back"] = setups["compiled"]["impl"] != "compiled"
                 if B == max(batches):
-                    share = fixed_cost_share(kind, num_tasks, fields, steps["fast"], seconds / 2,
-                                             full_rows=num_tasks * B)
+                    share = workers["fast"].ask("fixed_cost", seconds=seconds / 2,
+                                                full_rows=num_tasks * B)["share"]
                     fig["fixed_cost_share"] = share
                     fig["fast_vs_eager_without_fixed_cost"] = round(
                         r["ratio"]["fast"] / max(1.0 - share, 1e-3), 2)
                     if compiled and not fig["compiled_fell_back"]:  # what the compiler removes
-                        fig["compiled_fixed_cost_share"] = fixed_cost_share(
-                            kind, num_tasks, fields, steps["compiled"], seconds / 2, "compiled",
-                            full_rows=num_tasks * B)
-            out[key] = fig
-            print(f"[bench]   {key}: " + ", ".join(f"{k} {v:.2f} upd/s" for k, v in r["per_s"].items())
-                  + "; " + ", ".join(f"{k}/eager {v:.2f}x" for k, v in r["ratio"].items()
-                                     if k != "eager"), flush=True)
-    keep_freed_memory(True)
+                        fig["compiled_fixed_cost_share"] = workers["compiled"].ask(
+                            "fixed_cost", seconds=seconds / 2, full_rows=num_tasks * B)["share"]
+                out[key] = fig
+                _print_update_line(key, r)
+    finally:
+        for w in workers.values():
+            w.close()
     return out
 
 
@@ -273,10 +381,13 @@ def _import_mtrl():
 
 def bench_modular_net(seconds: float, device: torch.device, batch: int = 384) -> dict:
     """Forward + backward of our soft-modular network (reference and fast kernels) against mtrl's,
-    same layers (4), modules (4), width (64) and batch; input: observation + z (46), output 8."""
+    same layers (4), modules (4), width (64) and batch; input: observation + z (46), output 8.
+    In this process, both under `keep_freed_memory` (what the fast update runs with)."""
     from ..nets.modular_net import SoftModularNet, reference_kernels
 
     in_dim, cond_dim, out_dim = OBS_DIM + 7, 7, 2 * ACTION_DIM
+    if device.type == "cpu":  # both networks under the allocator setting our training runs with
+        keep_freed_memory()
     cfg = NetworkConfig()
     torch.manual_seed(0)
     ours = SoftModularNet(in_dim, cond_dim, out_dim, cfg, ensemble=1).to(device)
@@ -538,7 +649,7 @@ def bench_gpu(seconds: float, save: Callable[[], None], figures: dict,
 
 def _ratios(fig: dict) -> dict:
     """The flat summary the issue names (`--json`): fast/eager per agent (3 x 256; 3 x 128 as
-    `_3x128`), network vs mtrl, pearl vs SB3 at equal parameters, collection vs bare loop; on
+    `_3x128`; on CPU also fast / eager with fast's allocator setting, `_same_allocator`), network vs mtrl, pearl vs SB3 at equal parameters, collection vs bare loop; on
     CUDA the same update ratios with a `gpu_` prefix, compiled/eager beside fast/eager. Sections
     not run leave their keys out."""
     out: dict = {}
@@ -548,6 +659,10 @@ def _ratios(fig: dict) -> dict:
             out[f"{kind}_update_vs_eager"] = u[f"{kind}_3x256"]["vs_eager"]["fast"]
         if f"{kind}_3x128" in u:
             out[f"{kind}_update_vs_eager_3x128"] = u[f"{kind}_3x128"]["vs_eager"]["fast"]
+        for B in ("256", "128"):
+            same = u.get(f"{kind}_3x{B}", {}).get("fast_vs_eager_same_allocator")
+            if same is not None:
+                out[f"{kind}_update_vs_eager_same_allocator" + ("" if B == "256" else "_3x128")] = same
     if "modular_net" in fig:
         out["modular_net_vs_mtrl"] = fig["modular_net"].get("ours_vs_mtrl")
     if "sb3" in fig:
@@ -606,7 +721,7 @@ def _print(fig: dict) -> None:
         print(f"dense fp32 matmul peak: {p['square_1024_gflops']} GFLOP/s (1024^3), "
               f"{p['layer_768x256x256_gflops']} GFLOP/s (768x256x256)")
     if "updates" in fig:
-        print("SAC update, fast vs eager (target >= 2x):")
+        print("SAC update, fast vs eager (target >= 2x; on CPU each path in its own process):")
         _print_updates(fig["updates"])
     if "modular_net" in fig:
         _print_modular_net(fig["modular_net"])
@@ -649,6 +764,12 @@ def _print_updates(updates: dict) -> None:
         gf = ", ".join(f"{k} {v}" for k, v in f["achieved_gflops"].items())
         ratios = "; ".join(f"{k}/eager {v:.2f}x" for k, v in f["vs_eager"].items() if k != "eager")
         compile_s = (f"; compile {f['compile_s']:.1f} s" if f.get("compile_s") is not None else "")
+        if f.get("fast_vs_eager_same_allocator") is not None:
+            compile_s += (f"; fast/eager with the same allocator setting "
+                          f"{f['fast_vs_eager_same_allocator']:.2f}x")
+        if f.get("page_faults_per_update"):
+            compile_s += "; page faults/update: " + ", ".join(
+                f"{k} {v}" for k, v in f["page_faults_per_update"].items())
         if f.get("fixed_cost_share") is not None:
             compile_s += (f"; fixed cost {f['fixed_cost_share']:.0%} of fast, so fast/eager without "
                           f"it <= {f['fast_vs_eager_without_fixed_cost']:.2f}x")
