@@ -504,3 +504,18 @@ def test_bench_worker_reports_bad_commands_and_keeps_serving():
         assert s["impl"] == "eager" and s["allocator_kept"] is None
         assert w.ask("window", seconds=0.05)["per_s"] > 0
     assert w.proc.poll() == 0
+
+
+def test_network_bench_puts_ours_beside_mtrl_per_step_and_per_flop():
+    """Ours and mtrl's Soft Modularization net (when installed) timed side by side; the nets differ
+    in size, so the FLOPs of each are counted and the per-FLOP ratio is given too."""
+    from cmrl.experiments.bench import _import_mtrl, _ratios, bench_modular_net
+
+    fig = bench_modular_net(0.3, torch.device("cpu"), batch=64)
+    assert fig["fwd_bwd_per_s"]["ours_fast"] > 0 and fig["ours_gflop_per_step"] > 0
+    if not isinstance(_import_mtrl(), tuple):
+        pytest.skip("mtrl is not installed (requirements-dev.txt)")
+    assert 0 < fig["mtrl_gflop_per_step"] < fig["ours_gflop_per_step"]
+    assert fig["ours_vs_mtrl_per_flop"] == round(
+        fig["ours_vs_mtrl"] * fig["ours_gflop_per_step"] / fig["mtrl_gflop_per_step"], 3)
+    assert _ratios({"modular_net": fig})["modular_net_vs_mtrl_per_flop"] == fig["ours_vs_mtrl_per_flop"]

@@ -427,6 +427,9 @@ def bench_modular_net(seconds: float, device: torch.device, batch: int = 384) ->
             theirs.zero_grad(set_to_none=True)
         contenders = {"mtrl": mtrl_step, **contenders}
         fig["mtrl_params"] = sum(p.numel() for p in theirs.parameters())
+        with FlopCounterMode(display=False) as counter:
+            mtrl_step()
+        fig["mtrl_gflop_per_step"] = round(counter.get_total_flops() / 1e9, 4)
     else:
         fig["mtrl"] = mtrl or "mtrl not installed (pip install --no-deps mtrl==1.0.0)"
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
@@ -435,6 +438,10 @@ def bench_modular_net(seconds: float, device: torch.device, batch: int = 384) ->
     if "mtrl" in contenders:
         fig["ours_vs_mtrl"] = r["ratio"]["ours_fast"]
         fig["ours_reference_vs_mtrl"] = r["ratio"]["ours_reference"]
+        # mtrl's net is smaller (three module layers and a per-module output layer, a one-layer
+        # routing projection): per FLOP, ours does this many times the arithmetic per second
+        fig["ours_vs_mtrl_per_flop"] = round(
+            r["ratio"]["ours_fast"] * fig["ours_gflop_per_step"] / fig["mtrl_gflop_per_step"], 3)
     print(f"[bench]   modular net: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r["per_s"].items()),
           flush=True)
     return fig
@@ -665,6 +672,8 @@ def _ratios(fig: dict) -> dict:
                 out[f"{kind}_update_vs_eager_same_allocator" + ("" if B == "256" else "_3x128")] = same
     if "modular_net" in fig:
         out["modular_net_vs_mtrl"] = fig["modular_net"].get("ours_vs_mtrl")
+        if "ours_vs_mtrl_per_flop" in fig["modular_net"]:
+            out["modular_net_vs_mtrl_per_flop"] = fig["modular_net"]["ours_vs_mtrl_per_flop"]
     if "sb3" in fig:
         out["pearl_update_vs_sb3_equal_params"] = fig["sb3"].get("pearl_vs_sb3")
     if "collection" in fig:
@@ -787,7 +796,10 @@ def _print_modular_net(n: dict, prefix: str = "") -> None:
     print(f"{prefix}modular net ({n['config']}), fwd+bwd/s: "
           + ", ".join(f"{k} {v:.1f}" for k, v in n["fwd_bwd_per_s"].items())
           + (f"; ours/mtrl {n['ours_vs_mtrl']:.2f}x (target >= 3x)" if "ours_vs_mtrl" in n
-             else f"; {n.get('mtrl')}"))
+             else f"; {n.get('mtrl')}")
+          + (f"; GFLOP per fwd+bwd ours {n['ours_gflop_per_step']}, mtrl {n['mtrl_gflop_per_step']}, "
+             f"so per FLOP ours/mtrl {n['ours_vs_mtrl_per_flop']:.2f}x"
+             if "ours_vs_mtrl_per_flop" in n else ""))
 
 
 def _print_precision(pr: dict, prefix: str = "") -> None:
