@@ -119,9 +119,10 @@ def _assert_same(ref: dict, other: dict, rtol: float = 1e-4, atol: float = 1e-5)
 
 @pytest.fixture
 def fast_kernels_always(monkeypatch):
-    """The fast soft-modular kernels run from FAST_KERNEL_ROWS rows up; the tests' batches are
-    smaller, so lower the bar to exercise them."""
+    """The fast soft-modular kernels run from FAST_KERNEL_ROWS rows up (per thread with several);
+    the tests' batches are smaller, so lower the bar to exercise them."""
     monkeypatch.setattr(modular_net, "FAST_KERNEL_ROWS", 0)
+    monkeypatch.setattr(modular_net, "FAST_KERNEL_ROWS_PER_THREAD", 0)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -130,14 +131,16 @@ def test_fast_update_matches_eager(name, fast_kernels_always):
 
 
 def test_fast_kernels_need_enough_rows_per_cpu_thread(monkeypatch):
-    """On a CPU the fast kernels run from FAST_KERNEL_ROWS rows per intra-op thread (the reference
-    ones split across threads better); on CUDA from FAST_KERNEL_ROWS rows. And a network really
-    switches: same outputs either way, different ops."""
+    """With one CPU thread (and on CUDA) the fast kernels run from FAST_KERNEL_ROWS rows; with
+    several CPU threads from FAST_KERNEL_ROWS_PER_THREAD rows per thread (the reference ones split
+    across threads better). And a network really switches: same outputs either way, different ops."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    bar = modular_net.FAST_KERNEL_ROWS
+    bar, per_thread = modular_net.FAST_KERNEL_ROWS, modular_net.FAST_KERNEL_ROWS_PER_THREAD
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert not modular_net.fast_kernels_pay(bar, cpu)
-    assert modular_net.fast_kernels_pay(2 * bar, cpu)
+    assert not modular_net.fast_kernels_pay(2 * per_thread - 1, cpu)
+    assert not modular_net.fast_kernels_pay(768, cpu)  # 3 x 256 at 2 threads: reference
+    assert modular_net.fast_kernels_pay(2 * per_thread, cpu)
+    assert modular_net.fast_kernels_pay(1152, cpu)  # 3 x 384 at 2 threads: fast
     assert modular_net.fast_kernels_pay(bar, cuda) and not modular_net.fast_kernels_pay(bar - 1, cuda)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert modular_net.fast_kernels_pay(bar, cpu) and not modular_net.fast_kernels_pay(bar - 1, cpu)
@@ -454,7 +457,8 @@ def test_bench_ceilings_put_each_target_beside_what_the_machine_allows():
 
 
 def test_fast_kernel_rule_script_compares_and_restores_the_rule():
-    """scripts/fast_kernel_rule.py: three contenders timed, and the library's rule put back."""
+    """scripts/fast_kernel_rule.py: both kernels timed in whole updates, the rule's pick reported,
+    and the library's rule put back."""
     import importlib.util
     from pathlib import Path
 
@@ -464,8 +468,9 @@ def test_fast_kernel_rule_script_compares_and_restores_the_rule():
     spec.loader.exec_module(mod)
     rule = modular_net.fast_kernels_pay
     r = mod.compare("sm", 8, seconds=0.2, rounds=2)
-    assert set(r["per_s"]) == {"eager", "fast_row_count", "fast_per_thread"}
-    assert all(v > 0 for v in r["per_s"].values())
+    assert set(r["per_s"]) == {"fast_kernels", "reference_kernels"}
+    assert all(v > 0 for v in r["per_s"].values()) and r["reference_over_fast"] > 0
+    assert r["rule_picks"] == "reference"  # 24 rows
     assert modular_net.fast_kernels_pay is rule
 
 

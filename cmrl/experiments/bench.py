@@ -242,15 +242,15 @@ def fixed_cost_share(kind: str, num_tasks: int, fields: dict | None, full_step: 
     A compiled probe compiles on its first call, untimed."""
     from ..nets import modular_net
 
-    full_fast = full_rows is None or modular_net.fast_kernels_pay(full_rows, torch.device("cpu"))
-    keep = modular_net.FAST_KERNEL_ROWS
-    modular_net.FAST_KERNEL_ROWS = 0 if full_fast else 1 << 40
+    rule = modular_net.fast_kernels_pay
+    full_fast = full_rows is None or rule(full_rows, torch.device("cpu"))
+    modular_net.fast_kernels_pay = lambda rows, device: full_fast
     try:
         _, floor_step = _update_fixture(kind, FLOOR_BATCH, torch.device("cpu"), impl, num_tasks,
                                         fields)
         r = interleaved({"full": full_step, "floor": floor_step}, seconds)
     finally:
-        modular_net.FAST_KERNEL_ROWS = keep
+        modular_net.fast_kernels_pay = rule
     return round(r["per_s"]["full"] / r["per_s"]["floor"], 3)
 
 

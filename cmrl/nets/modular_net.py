@@ -44,20 +44,30 @@ from .layers import EnsembleLinear, EnsembleMLP
 
 
 FAST_KERNEL_ROWS = 384
-"""Rows from which the fast kernels run; on a CPU, rows per intra-op thread (`fast_kernels_pay`).
-Smaller batches (acting: one row per env) run the reference kernels: the fast ones cost up to 1.3x
-below 64 rows, forward + backward."""
+"""Rows from which the fast kernels run with one intra-op thread, and on CUDA. Smaller batches
+(acting: one row per env) run the reference kernels: the fast ones cost up to 1.3x below 64
+rows, forward + backward."""
+
+FAST_KERNEL_ROWS_PER_THREAD = 512
+"""With several CPU threads: rows per thread from which the fast kernels run."""
 
 
 def fast_kernels_pay(rows: int, device: torch.device) -> bool:
-    """Whether a batch of `rows` rows runs the fast kernels. On a CPU the reference kernels split
-    across intra-op threads better, so the bar is FAST_KERNEL_ROWS rows per thread. Measured inside
-    whole fast cmrl / sm updates on the 2-core EPYC (interleaved, reference / fast kernels): at two
-    threads 1.06-1.11x (cmrl) and 1.11-1.12x (sm) at 3 x 128 rows, 1.0-1.03x at 3 x 192 and 3 x 256,
-    0.94x at ML10's 10 x 256 (width 128); at one thread 0.94x at 3 x 128. On CUDA: FAST_KERNEL_ROWS
-    rows (what the GPU figures were measured with)."""
+    """Whether a batch of `rows` rows runs the fast kernels. The reference kernels split across
+    intra-op threads better, so with several CPU threads the bar is FAST_KERNEL_ROWS_PER_THREAD
+    rows per thread. Measured inside whole fast cmrl and sm updates on the 2-core EPYC,
+    interleaved in one process, time with the reference kernels over time with the fast ones:
+    - two threads: 0.90-0.92 at 576 rows per thread (3 x 384);
+    - two threads, 384 rows per thread (3 x 256): 1.04-1.11 in seven of eight probes of 24-60 s
+      and 0.97 in the eighth;
+    - two threads, 192 (3 x 128): 1.06-1.12;
+    - one thread: 0.93 at 384 rows and 0.89 at 768.
+    Before 2026-11-27 the bar was 384 rows per thread; before that, 384 rows whatever the threads.
+    On CUDA: FAST_KERNEL_ROWS rows (what the GPU figures were measured with)."""
     if device.type == "cpu":
-        return rows >= FAST_KERNEL_ROWS * torch.get_num_threads()
+        threads = torch.get_num_threads()
+        if threads > 1:
+            return rows >= max(FAST_KERNEL_ROWS, FAST_KERNEL_ROWS_PER_THREAD * threads)
     return rows >= FAST_KERNEL_ROWS
 
 
