@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file fr
 
 import torch
 
-from cmrl.experiments.bench import _update_fixture, interleaved, machine_info
+from cmrl.experiments.bench import _update_fixture, describe_machine, interleaved
 from cmrl.nets import modular_net
 
 
@@ -54,8 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    m = machine_info()
-    print(f"{m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}, load {m['load_avg_1min']}")
+    print(describe_machine())
     for kind in args.agents:
         r = compare(kind, args.batch, args.seconds)
         print(f"{kind} 3 x {args.batch}: upd/s " + ", ".join(f"{k} {v:.2f}" for k, v in r["per_s"].items())

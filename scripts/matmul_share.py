@@ -21,7 +21,7 @@ import torch
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from cmrl.experiments.bench import _update_fixture, machine_info, matmul_peak
+from cmrl.experiments.bench import _update_fixture, describe_machine, matmul_peak
 
 MATMULS = ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm")
 
@@ -63,13 +63,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    m = machine_info()
     # the best of several tries: on a shared VM a single 2 s window often lands on a slow stretch
     peaks = [matmul_peak(torch.device("cpu"), 2.0) for _ in range(4)]
     square = max(p["square_1024_gflops"] for p in peaks)
     layer = max(p["layer_768x256x256_gflops"] for p in peaks)
     peak = max(square, layer)
-    print(f"{m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}, load {m['load_avg_1min']}; "
+    print(f"{describe_machine()}; "
           f"dense fp32 matmul peak {peak:.0f} GFLOP/s (best of 4 tries of a 1024^3 matmul, {square:.0f}, "
           f"and of a [768 x 256] @ [256 x 256] layer, {layer:.0f})")
     for kind in args.agents:

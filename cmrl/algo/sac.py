@@ -480,17 +480,17 @@ def _set_fused(opt: torch.optim.Optimizer, fused: bool, capturable: bool = False
                     st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
 
-def keep_freed_memory(on: bool = True) -> None:
+def keep_freed_memory() -> None:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
 
     Every update allocates and frees the same few MB of activations; with glibc's defaults many of
     them come back from the kernel as fresh zeroed pages: 1,400-2,500 page faults per cmrl update
     at 3 x 256 in a process of its own on the 2-core EPYC VM, where the fast path, with this
     setting, has almost none. With the mmap threshold raised to 32 MB and the heap not trimmed
-    below 512 MB of free space, they are reused. Process-wide. `on=False` sets glibc's initial
-    thresholds (128 kB) by hand, which also switches off glibc's adaptive ones: ~10k faults per
-    update, slower than a process that never called this (see `bench_worker.py`). A no-op
-    without glibc."""
+    below 512 MB of free space, they are reused. Process-wide, and not undone: setting glibc's
+    initial thresholds back by hand would also switch off its adaptive ones (~10k faults per
+    update, slower than a process that never called this; see `bench_worker.py`). A no-op without
+    glibc."""
     global _FREED_MEMORY_KEPT
     if not sys.platform.startswith("linux"):
         return
@@ -500,17 +500,15 @@ def keep_freed_memory(on: bool = True) -> None:
     except (OSError, AttributeError):
         return
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    mallopt(M_MMAP_THRESHOLD, (32 << 20) if on else (128 << 10))
-    mallopt(M_TRIM_THRESHOLD, (512 << 20) if on else (128 << 10))
-    if not on and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-    _FREED_MEMORY_KEPT = on
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 512 << 20)
+    _FREED_MEMORY_KEPT = True
 
 
 _FREED_MEMORY_KEPT: bool | None = None
 
 
 def freed_memory_kept() -> bool | None:
-    """What `keep_freed_memory` last set in this process: True, False, or None (never called:
-    glibc's own adaptive thresholds)."""
+    """True once `keep_freed_memory` ran in this process; None before (glibc's own adaptive
+    thresholds)."""
     return _FREED_MEMORY_KEPT

@@ -114,8 +114,8 @@ class PathProcess:
 
 def interleaved_processes(workers: dict[str, PathProcess], seconds: float,
                           rounds: int = 6) -> dict:
-    """`interleaved` across worker processes (`bench_worker.py`) that each hold a learner (`setup` done): one
-    window per worker per round, alternating. Returns {"per_s": {name: median},
+    """`interleaved` across worker processes (`bench_worker.py`) that each hold a learner (`setup`
+    done): one window per worker per round, alternating. Returns {"per_s": {name: median},
     "ratio": {name: median over rounds of name / first}, "faults_per_update": {name: median},
     "rounds": {name: [rate per round]}}."""
     names = list(workers)
@@ -127,12 +127,23 @@ def interleaved_processes(workers: dict[str, PathProcess], seconds: float,
             r = workers[name].ask("window", seconds=window)
             rates[name].append(r["per_s"])
             faults[name].append(r["faults_per_call"])
-    first = rates[names[0]]
-    return {"per_s": {k: round(statistics.median(v), 3) for k, v in rates.items()},
-            "ratio": {k: round(statistics.median([a / b for a, b in zip(v, first)]), 3)
-                      for k, v in rates.items()},
+    return {**_summary(rates),
             "faults_per_update": {k: round(statistics.median(v)) for k, v in faults.items()},
             "rounds": rates}
+
+
+def _summary(rates: dict[str, list[float]]) -> dict:
+    """Medians of per-round rates, and of each contender's per-round ratio to the first one."""
+    first = next(iter(rates.values()))
+    return {"per_s": {k: round(statistics.median(v), 3) for k, v in rates.items()},
+            "ratio": {k: round(statistics.median([a / b for a, b in zip(v, first)]), 3)
+                      for k, v in rates.items()}}
+
+
+def describe_machine() -> str:
+    """One line for the scripts' output: CPU, torch threads, torch version, load."""
+    m = machine_info()
+    return f"{m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}, load {m['load_avg_1min']}"
 
 
 def interleaved(contenders: dict[str, Callable[[], object]], seconds: float, rounds: int = 6,
@@ -162,10 +173,7 @@ def interleaved(contenders: dict[str, Callable[[], object]], seconds: float, rou
             if sync:
                 sync()
             rates[name].append(n / (time.perf_counter() - start))
-    first = rates[names[0]]
-    return {"per_s": {k: round(statistics.median(v), 3) for k, v in rates.items()},
-            "ratio": {k: round(statistics.median([a / b for a, b in zip(v, first)]), 3)
-                      for k, v in rates.items()}}
+    return _summary(rates)
 
 
 def matmul_peak(device: torch.device, seconds: float) -> dict:

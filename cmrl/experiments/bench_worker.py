@@ -7,7 +7,7 @@ window. Setting them by hand also switches off glibc's own adaptive thresholds, 
 windows page-faulted far more than eager does in its own process, the way `python -m cmrl train
 --set sac.update_impl=eager` runs it. On the 2-core EPYC the cmrl update at 3 x 256 ran 12.8
 upd/s in such windows and 15-17 in a process of its own, which inflated fast/eager from about
-1.1x to 1.2-1.7x. Here every path runs as training runs it, in its own interpreter. The parent
+1.1x to 1.4-1.8x. Here every path runs as training runs it, in its own interpreter. The parent
 alternates short windows between the processes, so load from outside hits them alike.
 
 Protocol: the parent (`bench.PathProcess`) writes one JSON command per line on the worker's stdin;
@@ -70,12 +70,11 @@ def _handle(cmd: str, msg: dict, state: dict) -> dict:
         state.clear()
         learner, step = bench._update_fixture(msg["kind"], msg["batch"], torch.device("cpu"),
                                               msg["impl"], msg["num_tasks"], msg.get("fields"))
-        start = time.perf_counter()
         step()  # a compiled path compiles here (its dry run), outside every window
-        state.update(learner=learner, step=step, kind=msg["kind"], num_tasks=msg["num_tasks"],
+        state.update(step=step, kind=msg["kind"], num_tasks=msg["num_tasks"],
                      fields=msg.get("fields"), impl=msg["impl"])
-        return {"first_update_s": time.perf_counter() - start, "impl": learner.impl,
-                "compile_s": learner.compile_seconds, "allocator_kept": sac.freed_memory_kept()}
+        return {"impl": learner.impl, "compile_s": learner.compile_seconds,
+                "allocator_kept": sac.freed_memory_kept()}
     if cmd == "window":
         step = state["step"]
         step()
