@@ -20,6 +20,7 @@ COND_EMBEDS = ("linear", "mlp")
 GOAL_ENCODINGS = ("sentence", "verb_object")
 BC_FORMS = ("sum", "td3bc")
 KL_PRIORS = ("standard", "text")
+CONTEXT_FROM = ("variation", "task")
 UPDATE_IMPLS = ("auto", "eager", "fast", "compiled", "graphed")
 TEXT_ENCODERS = ("auto", "clip", "minilm")
 PRIOR_DATA = ("none", "expert")
@@ -36,7 +37,9 @@ class ConfigError(ValueError):
 class BenchmarkConfig:
     name: str = "ml4"
     """`ml4` (drawer-open, drawer-close, window-open -> window-close), `ml1:<env>`, `ml10`, `ml45`,
-    or `custom` (then `train_tasks` / `test_tasks` name Meta-World v3 envs)."""
+    `point` (a 2-D point robot with its goal hidden on a half circle, 20-step episodes: the sanity
+    benchmark for adaptation) or `custom` (then `train_tasks` / `test_tasks` name Meta-World v3
+    envs)."""
     train_tasks: list[str] = field(default_factory=list)
     """Meta-train env names for `custom` (filled in from the benchmark for the others)."""
     test_tasks: list[str] = field(default_factory=list)
@@ -167,6 +170,18 @@ class SACConfig:
     z_contrastive: float = 0.0
     """Weight of a task-discrimination (InfoNCE) loss on the encoder: the posteriors of two disjoint
     halves of a task's context must be nearer each other than to any other task's. 0 disables."""
+    context_from: str = "variation"
+    """Where an update's context and the RL rows it conditions come from. `variation`: one goal
+    variation (PEARL's task: a context can then say where the goal is), `meta_batch` of them per
+    meta-train task (`variation_batches.py`). `task`: any variation of the env, mixed (how runs
+    trained before 2026-12-05; the context cannot identify a goal that way)."""
+    meta_batch: int = 4
+    """With `context_from = variation`: goal variations per meta-train task in each update; each
+    gets its own context and batch_size // meta_batch RL rows."""
+    context_relabel: float = 0.0
+    """With `context_from = variation`: fraction of each context drawn from other variations of the
+    task with their rewards recomputed for this one's goal (tasks with a known reward function:
+    `envs/relabel.py`; elsewhere no effect). 0 disables."""
     bc_only: bool = False
     """The actor's loss is behaviour cloning alone (no Q or entropy term): a baseline, and the
     check that the data path is right. Critics and encoder train as usual."""
@@ -304,6 +319,11 @@ class RunConfig:
             raise ConfigError(f"sac.bc_weight must be >= 0 (or null: by mode), got {self.sac.bc_weight}")
         if not 0.0 <= self.sac.context_dropout <= 1.0:
             raise ConfigError(f"sac.context_dropout must be in [0, 1], got {self.sac.context_dropout}")
+        if not 0.0 <= self.sac.context_relabel <= 1.0:
+            raise ConfigError(f"sac.context_relabel must be in [0, 1], got {self.sac.context_relabel}")
+        if not 1 <= self.sac.meta_batch <= self.sac.batch_size:
+            raise ConfigError(f"sac.meta_batch must be from 1 to sac.batch_size, got "
+                              f"{self.sac.meta_batch}")
         if not 0.0 <= self.sac.z_contrastive <= 100.0:
             raise ConfigError(f"sac.z_contrastive must be in [0, 100], got {self.sac.z_contrastive}")
         if self.sac.kl_prior == "text" and not self.net.goal_factor:
@@ -323,6 +343,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": DEVICES, "sac.precision": PRECISIONS, "sac.update_impl": UPDATE_IMPLS,
     "net.routing_input": ROUTING_INPUTS, "net.cond_embed": COND_EMBEDS,
     "net.goal_encoding": GOAL_ENCODINGS, "sac.bc_form": BC_FORMS, "sac.kl_prior": KL_PRIORS,
+    "sac.context_from": CONTEXT_FROM,
 }
 """The fields that take one of a few words, and those words: `validate`, the CLI and the app's
 forms all read them from here (train.agent: AGENT_KINDS, checked first)."""

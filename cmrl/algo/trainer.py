@@ -31,7 +31,8 @@ from .agent import MetaAgent
 from ..agent_kinds import agent_kind
 from .collector import Collector, add_round
 from ..config import ConfigError, RunConfig
-from ..envs.metaworld_env import ACTION_DIM, OBS_DIM, TaskPool
+from ..envs.metaworld_env import TaskPool
+from ..envs.relabel import reward_relabeller
 from .evaluation import evaluate
 from ..runs.logger import (CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter,
                            TensorBoardWriter, eval_key)
@@ -40,8 +41,13 @@ from ..nets.normalizer import observation_stats
 from .replay import MultiTaskReplay
 from ..runs.run_status import RunStatus, StatusWriter
 from .sac import SACLearner
+from .variation_batches import VariationBatches
 from ..envs.tasks import HeldOutTaskError, goal_texts, resolve_benchmark
 from ..nets.text_encoders import encoder_info, get_text_encoder
+
+
+UNKNOWN_GROUP = 1_000_000
+"""Group ids from here on: dataset episodes whose goal variation was not recorded (one each)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,7 +107,8 @@ class Trainer:
             bank = [embed_goals(self.text_encoder, [x[i % len(x)] for i in range(P)],
                                 config.net.goal_encoding) for x in texts]
             self.goal_bank = torch.as_tensor(np.stack(bank), device=self.device)
-        self.agent = MetaAgent(config, OBS_DIM, ACTION_DIM, text_dim, self.tasks).to(self.device)
+        obs_dim, act_dim = self.pool.obs_dim, self.pool.act_dim
+        self.agent = MetaAgent(config, obs_dim, act_dim, text_dim, self.tasks).to(self.device)
         if t.init_from and not resume:
             self._init_from(t.init_from)
         self.task_ids = torch.arange(len(self.tasks), device=self.device)
@@ -109,9 +116,18 @@ class Trainer:
                                         device=self.device)
         self.learner = SACLearner(self.agent)
         T = len(self.tasks)
-        self.replay = MultiTaskReplay(T, t.replay_capacity, OBS_DIM, ACTION_DIM)
-        self.context_buffer = MultiTaskReplay(T, max(config.benchmark.horizon * t.envs_per_task
-                                                     * t.prior_rounds, 1), OBS_DIM, ACTION_DIM)
+        self.replay = MultiTaskReplay(T, t.replay_capacity, obs_dim, act_dim)
+        self.context_buffer = MultiTaskReplay(T, max(self.benchmark.horizon * t.envs_per_task
+                                                     * t.prior_rounds, 1), obs_dim, act_dim)
+        # PEARL's task is a goal variation: contexts and the RL rows they condition share one.
+        self.variation_batches = None
+        if self.agent.uses_context and config.sac.context_from == "variation":
+            self.variation_batches = VariationBatches(
+                T, config.sac.meta_batch, config.sac.batch_size, config.sac.context_size,
+                config.sac.context_relabel, [reward_relabeller(task) for task in self.tasks])
+        rows = (self.variation_batches.row_task if self.variation_batches is not None
+                else np.arange(T))
+        self.row_task = torch.as_tensor(rows, device=self.device)
         self.offline_data = None
         self.data_manifest = None
         if t.offline:
@@ -156,10 +172,18 @@ class Trainer:
         if missing:
             raise ValueError(f"offline dataset {path} has no data for meta-train task(s) {sorted(missing)}")
         size = max(len(data[task].rewards) for task in self.tasks)
-        self.offline_data = MultiTaskReplay(len(self.tasks), size, OBS_DIM, ACTION_DIM)
+        self.offline_data = MultiTaskReplay(len(self.tasks), size, self.pool.obs_dim,
+                                            self.pool.act_dim)
         for i, task in enumerate(self.tasks):
             d = data[task]
-            self.offline_data.add(i, d.obs, d.actions, d.rewards, d.next_obs)
+            for e in range(d.num_episodes):
+                rows = d.episode_ids == e
+                v = int(d.variations[e]) if len(d.variations) else -1
+                goal = d.goals[e] if len(d.goals) and not np.isnan(d.goals[e]).any() else None
+                # Episodes of an unrecorded variation are each a group of their own.
+                self.offline_data.add(i, d.obs[rows], d.actions[rows], d.rewards[rows],
+                                      d.next_obs[rows], groups=v if v >= 0 else UNKNOWN_GROUP + e,
+                                      goal=goal)
         self.data_manifest = {"path": str(path), "command": manifest.get("command"),
                               "seed": manifest.get("seed"),
                               "tasks": {k: {kk: vv for kk, vv in v.items() if kk != "goal_texts"}
@@ -194,12 +218,30 @@ class Trainer:
         for i, task in enumerate(self.tasks):
             for ep in collect_prior_episodes(self.pool, task, t.prior_episodes, t.prior_noise,
                                              seed=t.seed * 7919 + i):
-                self.replay.add(i, ep.obs, ep.actions, ep.rewards, ep.next_obs)
+                self.replay.add(i, ep.obs, ep.actions, ep.rewards, ep.next_obs,
+                                groups=ep.variation, goal=ep.goal)
         # Scripted prior data is not counted in the agent's env steps; the run config labels it.
 
     # -- one gradient step ---------------------------------------------------------------------------
+    def _variation_batch(self) -> tuple[dict, torch.Tensor]:
+        """A batch whose rows are goal variations (`variation_batches.py`): offline, the dataset
+        drives; online, the variations of the recent-context buffer, RL rows from the replay (and
+        the dataset's share of them when offline data is mixed in)."""
+        vb, cfg = self.variation_batches, self.config
+        if self.offline_data is not None and len(self.replay) == 0:
+            return vb.sample(self.offline_data, [(self.offline_data, vb.rows)], self.rng,
+                             self.device)
+        driver = self.context_buffer if len(self.context_buffer) else self.replay
+        parts = [(self.replay, vb.rows)]
+        if self.offline_data is not None:
+            n_off = int(round(vb.rows * cfg.train.offline_ratio))
+            parts = [(self.offline_data, n_off), (self.replay, vb.rows - n_off)]
+        return vb.sample(driver, parts, self.rng, self.device)
+
     def _batch(self) -> tuple[dict, torch.Tensor | None]:
         cfg = self.config
+        if self.variation_batches is not None:
+            return self._variation_batch()
         B = cfg.sac.batch_size
         if self.offline_data is not None and len(self.replay) > 0:
             # Online after offline: mix dataset and online transitions.
@@ -231,10 +273,12 @@ class Trainer:
         return torch.as_tensor(mask, device=self.device)
 
     def _goal(self) -> torch.Tensor | None:
+        """A goal paraphrase per batch row (its meta-train task's)."""
         if self.goal_bank is None:
             return None
-        pick = torch.as_tensor(self.rng.integers(self.goal_bank.shape[1], size=len(self.tasks)))
-        return self.goal_bank[torch.arange(len(self.tasks)), pick]
+        rows = self.row_task.cpu()
+        pick = torch.as_tensor(self.rng.integers(self.goal_bank.shape[1], size=len(rows)))
+        return self.goal_bank[rows, pick]
 
     def _fix_obs_stats(self) -> None:
         """Before the first gradient step of a fresh run: freeze the observation standardisation
@@ -259,7 +303,8 @@ class Trainer:
         for _ in range(n):
             batch, context = self._batch()
             actor = self.grad_steps >= self.config.train.critic_warmup_updates
-            m = self.learner.update(batch, context, self._goal(), self.task_ids, self.cond_ids,
+            m = self.learner.update(batch, context, self._goal(), self.task_ids[self.row_task],
+                                    self.cond_ids[self.row_task],
                                     update_actor=actor, context_mask=self._context_mask(context),
                                     read_metrics=False)
             for k, v in m.items():
@@ -344,8 +389,9 @@ class Trainer:
             add_round(self.replay, r)
             add_round(self.context_buffer, r)
             results.append(r)
-        for _ in range(t.posterior_rounds):
-            source = self.context_buffer if len(self.context_buffer) else None
+        for k in range(t.posterior_rounds):
+            # Each env's posterior from its own prior-round transitions, on the same variation.
+            source = results[k % len(results)] if results else None
             r = self.collector.run_round(posterior_from=source,
                                          context_size=self.config.sac.context_size)
             add_round(self.replay, r)
@@ -389,8 +435,8 @@ class Trainer:
     def run_info(self) -> dict:
         enc = encoder_info(self.text_encoder) if self.text_encoder is not None else {"name": "none",
                                                                                      "dim": 0}
-        return {"config": self.config.to_dict(), "agent": self.agent.kind, "obs_dim": OBS_DIM,
-                "act_dim": ACTION_DIM, "text_encoder": enc, "train_tasks": list(self.tasks),
+        return {"config": self.config.to_dict(), "agent": self.agent.kind,
+                "obs_dim": self.pool.obs_dim, "act_dim": self.pool.act_dim, "text_encoder": enc, "train_tasks": list(self.tasks),
                 "test_tasks": list(self.benchmark.test_tasks),
                 "goal_texts": {task: list(goal_texts(task)) for task in
                                self.tasks + self.benchmark.test_tasks},

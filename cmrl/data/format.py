@@ -57,6 +57,11 @@ class TaskData:
     goal_texts: tuple[str, ...]
     policies: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))  # [E] str
     noise: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))       # [E] float32
+    variations: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))    # [E] int64
+    """Per episode, its goal variation's index among the training variations (-1: not recorded, as
+    in datasets made before it was)."""
+    goals: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # [E, g]
+    """Per episode, the hidden goal position (NaN where not recorded)."""
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -85,7 +90,7 @@ def dataset_id(benchmark_name: str, task: str) -> str:
 def held_out_tasks(benchmark: Benchmark) -> tuple[str, ...]:
     """Tasks whose data may never appear in a dataset. ML1 holds out goal variations of its single
     task rather than a task, so it has none; every other benchmark holds out its test tasks."""
-    if benchmark.name.startswith("ml1:"):
+    if benchmark.holds_out_variations:
         return tuple(t for t in benchmark.test_tasks if t not in benchmark.train_tasks)
     return tuple(benchmark.test_tasks)
 

@@ -27,7 +27,8 @@ Where things are stored, per Minari dataset:
   last step) and `infos["success"]` (Meta-World's success flag of that step);
 - per episode, in Minari's episode metadata (`MinariDataset.storage.get_episode_metadata`): `task`,
   `policy` (`expert` / `random`), `noise` (action-noise std; NaN for random episodes), `goal_text`
-  (the task's canonical goal text), `job_seed`;
+  (the task's canonical goal text), `job_seed`, `variation` (index of the goal variation among the
+  task's training variations) and `goal` (its hidden goal position);
 - per dataset: a `description` in words and a `cmrl` metadata entry (task, goal texts, benchmark,
   horizon, noise levels, random episodes).
 
@@ -56,7 +57,6 @@ from typing import Sequence
 import numpy as np
 
 from ..config import BenchmarkConfig
-from ..envs.metaworld_env import ACTION_DIM, OBS_DIM
 from ..envs.experts import EXPERT_OBSERVATION
 from ..envs.tasks import Benchmark, HeldOutTaskError, goal_texts, resolve_benchmark
 from ..runs.checkpoint import atomic_write_json
@@ -81,11 +81,11 @@ def _cmrl_version() -> str | None:
         return None
 
 
-def _spaces():
+def _spaces(bench: Benchmark):
     import gymnasium as gym
 
-    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=(bench.obs_dim,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(bench.act_dim,), dtype=np.float32)
     return obs_space, action_space
 
 
@@ -235,7 +235,7 @@ class _TaskWriter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Minari nags about unset author/permalink
             if self.dataset is None:
-                obs_space, action_space = _spaces()
+                obs_space, action_space = _spaces(self.bench)
                 self.dataset = minari.create_dataset_from_buffers(
                     self.id, buffer=buffers, observation_space=obs_space,
                     action_space=action_space, algorithm_name=(
@@ -248,7 +248,8 @@ class _TaskWriter:
         goal = goal_texts(self.task)[0]
         first = self.episodes
         metas = [{"task": self.task, "policy": job.policy, "noise": float(job.noise),
-                  "goal_text": goal, "job_seed": int(job.seed)} for _ in episodes]
+                  "goal_text": goal, "job_seed": int(job.seed), "variation": int(ep.variation),
+                  "goal": np.asarray(ep.goal, np.float32)} for ep in episodes]
         self.dataset.storage.update_episode_metadata(metas, range(first, first + len(episodes)))
         self.episodes += len(episodes)
         self.transitions += sum(len(ep.rewards) for ep in episodes)

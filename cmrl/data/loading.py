@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from ..config import BenchmarkConfig, ConfigError
-from ..envs.metaworld_env import ACTION_DIM, OBS_DIM
 from ..envs.tasks import UnknownTaskError, goal_texts, resolve_benchmark
 from .format import DatasetError, TaskData, held_out_tasks, minari_root, read_manifest
 
@@ -38,11 +37,11 @@ def load_dataset(path: str | Path) -> tuple[dict[str, TaskData], dict]:
     data = {}
     with minari_root(path.resolve()):
         for task, info in manifest["tasks"].items():
-            data[task] = _load_task(path, task, info)
+            data[task] = _load_task(path, task, info, bench.obs_dim, bench.act_dim)
     return data, manifest
 
 
-def _load_task(path: Path, task: str, info: dict) -> TaskData:
+def _load_task(path: Path, task: str, info: dict, obs_dim: int, act_dim: int) -> TaskData:
     import minari
 
     if not isinstance(info, dict) or not isinstance(info.get("dataset_id"), str):
@@ -64,13 +63,13 @@ def _load_task(path: Path, task: str, info: dict) -> TaskData:
         raise DatasetError(f"{path}: dataset {did} of task {task!r} is empty")
     cols: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones",
                                              "successes", "episode_ids")}
-    policies, noise = [], []
+    policies, noise, variations, goals = [], [], [], []
     for i, (ep, meta) in enumerate(zip(episodes, metas)):
         if meta.get("task", task) != task:
             raise DatasetError(f"{path}: dataset {did} holds an episode of {meta.get('task')!r}")
         obs = np.asarray(ep.observations, np.float32)
         T = len(ep.rewards)
-        if obs.shape != (T + 1, OBS_DIM) or np.shape(ep.actions) != (T, ACTION_DIM):
+        if obs.shape != (T + 1, obs_dim) or np.shape(ep.actions) != (T, act_dim):
             raise DatasetError(f"{path}: dataset {did} episode {i} has malformed arrays")
         success = (ep.infos or {}).get("success")
         cols["obs"].append(obs[:-1])
@@ -82,7 +81,14 @@ def _load_task(path: Path, task: str, info: dict) -> TaskData:
         cols["episode_ids"].append(np.full(T, i, np.int64))
         policies.append(str(meta.get("policy", "unknown")))
         noise.append(float(meta.get("noise", math.nan)))
+        variations.append(int(meta.get("variation", -1)))
+        goals.append(np.asarray(meta.get("goal", ()), np.float32).reshape(-1))
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
     texts = tuple(info.get("goal_texts") or goal_texts(task))
+    width = max(len(g) for g in goals)
+    goal_rows = np.full((len(goals), width), np.nan, np.float32)
+    for i, g in enumerate(goals):
+        goal_rows[i, :len(g)] = g
     return TaskData(task=task, goal_texts=texts, policies=np.asarray(policies, dtype=object),
-                    noise=np.asarray(noise, np.float32), **arrays)
+                    noise=np.asarray(noise, np.float32),
+                    variations=np.asarray(variations, np.int64), goals=goal_rows, **arrays)

@@ -31,6 +31,10 @@ class Episode:
     next_obs: np.ndarray
     successes: np.ndarray
     policy: str
+    variation: int = -1
+    """Index of the goal variation among the task's training variations (-1: not recorded)."""
+    goal: np.ndarray | None = None
+    """The hidden goal position of that variation (for relabelling and goal probes)."""
 
     @property
     def success(self) -> bool:
@@ -41,6 +45,10 @@ class Episode:
 
 
 def scripted_policy(task: str):
+    from . import point_robot
+
+    if task == point_robot.TASK:
+        return point_robot.PointExpert()
     from metaworld.policies import ENV_POLICY_MAP
 
     if task not in ENV_POLICY_MAP:
@@ -64,7 +72,7 @@ def run_episode(env: TaskEnv, variation, policy, noise: float, rng: np.random.Ge
     done = False
     while not done:
         if policy is None:
-            action = rng.uniform(-1.0, 1.0, size=4)
+            action = rng.uniform(-1.0, 1.0, size=env.act_dim)
         else:
             seen = env.privileged_obs(obs) if privileged else obs.astype(np.float64)
             action = np.asarray(policy.get_action(seen), dtype=np.float64)
@@ -79,7 +87,8 @@ def run_episode(env: TaskEnv, variation, policy, noise: float, rng: np.random.Ge
                    actions=np.asarray(rows["actions"], np.float32),
                    rewards=np.asarray(rows["rewards"], np.float32),
                    next_obs=np.asarray(rows["next_obs"], np.float32),
-                   successes=np.asarray(rows["successes"], bool), policy=policy_name)
+                   successes=np.asarray(rows["successes"], bool), policy=policy_name,
+                   goal=np.asarray(env.goal, np.float32))
 
 
 def collect_prior_episodes(pool: TaskPool, task: str, episodes: int, noise: float,
@@ -98,11 +107,16 @@ def collect_prior_episodes(pool: TaskPool, task: str, episodes: int, noise: floa
     variations = pool.variations(task, "train")
     env = pool.make_env(task, "train")
     actor = scripted_policy(task) if policy == "expert" else None
+    out = []
     try:
-        return [run_episode(env, variations[int(rng.integers(len(variations)))], actor, noise, rng,
-                            policy, privileged) for _ in range(episodes)]
+        for _ in range(episodes):
+            v = int(rng.integers(len(variations)))
+            ep = run_episode(env, variations[v], actor, noise, rng, policy, privileged)
+            ep.variation = v
+            out.append(ep)
     finally:
         env.close()
+    return out
 
 
 def first_success_steps(episodes: list[Episode]) -> list[int | None]:

@@ -20,12 +20,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from .tasks import Benchmark, UnknownTaskError, all_env_names  # noqa: E402
+from .tasks import (METAWORLD_ACTION_DIM, METAWORLD_OBS_DIM, Benchmark,  # noqa: E402
+                    UnknownTaskError, all_env_names)
 
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 _FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4"}
-OBS_DIM = 39
-ACTION_DIM = 4
+OBS_DIM = METAWORLD_OBS_DIM
+ACTION_DIM = METAWORLD_ACTION_DIM
 GOAL_SLICE = slice(36, 39)
 """Where Meta-World's observation holds the goal position (zeros while the goal is hidden)."""
 NUM_VARIATIONS = 50
@@ -37,6 +38,10 @@ warnings.filterwarnings("ignore", category=UserWarning, module="gymnasium")
 
 
 def _metaworld_benchmark(benchmark: Benchmark, seed: int):
+    if benchmark.is_point:
+        from .point_robot import PointSource
+
+        return PointSource(seed)
     import metaworld
 
     if benchmark.name.startswith("ml1:"):
@@ -53,6 +58,7 @@ class TaskPool:
 
     def __init__(self, benchmark: Benchmark):
         self.benchmark = benchmark
+        self.obs_dim, self.act_dim = benchmark.obs_dim, benchmark.act_dim
         self._mw = _metaworld_benchmark(benchmark, benchmark.seed)
         self._mw_fresh = None
 
@@ -73,10 +79,16 @@ class TaskPool:
 
     def env_class(self, task: str, split: str | None = None):
         split = split or self.benchmark.split_of(task)
+        if self.benchmark.is_point:
+            from .point_robot import PointEnv
+
+            return PointEnv
         classes = self._mw.train_classes if split == "train" else self._mw.test_classes
         return classes[task]
 
     def make_env(self, task: str, split: str | None = None, **render_kw) -> "TaskEnv":
+        if self.benchmark.is_point:
+            return self.env_class(task, split)(self.benchmark.horizon, **render_kw)
         return TaskEnv(self.env_class(task, split), task, self.benchmark.horizon, **render_kw)
 
 
@@ -92,10 +104,15 @@ def make_scene(task: str, horizon: int = 200, seed: int = 0, **render_kw) -> tup
     goals" assertion): construction, the variations' and the env's, is locked here, for every
     caller (the app's concurrent rollouts included), and the variations are cached per
     (task, seed)."""
+    from . import point_robot
+
+    if task == point_robot.TASK:
+        return (point_robot.PointEnv(min(horizon, point_robot.HORIZON), **render_kw),
+                point_robot.PointSource(seed).train_tasks)
     import metaworld
 
     if task not in all_env_names():
-        raise UnknownTaskError(task, all_env_names())
+        raise UnknownTaskError(task, all_env_names() + [point_robot.TASK])
     with _SCENE_LOCK:
         if (task, seed) not in _SCENES:
             mw = metaworld.ML1(task, seed=seed)
@@ -107,6 +124,8 @@ def make_scene(task: str, horizon: int = 200, seed: int = 0, **render_kw) -> tup
 
 class TaskEnv:
     """One Meta-World env with a hidden goal and a fixed horizon."""
+
+    obs_dim, act_dim = OBS_DIM, ACTION_DIM
 
     def __init__(self, env_cls, task: str, horizon: int, render: bool = False,
                  camera: str = "corner", size: int = 224, shadows: bool = False):
@@ -150,6 +169,11 @@ class TaskEnv:
         full = np.array(obs, dtype=np.float64)
         full[GOAL_SLICE] = self.env._get_pos_goal()
         return full
+
+    @property
+    def goal(self) -> np.ndarray:
+        """The hidden goal position of the current variation (what the agent must infer)."""
+        return np.asarray(self.env._get_pos_goal(), np.float64)
 
     def render(self) -> np.ndarray:
         if not self._render:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from ..config import BenchmarkConfig, ConfigError
 
+METAWORLD_OBS_DIM = 39
+METAWORLD_ACTION_DIM = 4
 ML4_TRAIN = ("drawer-open-v3", "drawer-close-v3", "window-open-v3")
 ML4_TEST = ("window-close-v3",)
 ML10_GOAL_POSITION_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3",
@@ -94,6 +96,16 @@ UNSEEN_GOAL_TEXTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _add_point_texts() -> None:
+    from . import point_robot
+
+    GOAL_TEXTS[point_robot.TASK] = point_robot.GOAL_TEXTS
+    UNSEEN_GOAL_TEXTS[point_robot.TASK] = point_robot.UNSEEN_GOAL_TEXTS
+
+
+_add_point_texts()
+
+
 def unseen_goal_text(task: str) -> str | None:
     """A phrasing of the task that training never used (None where none is written)."""
     texts = UNSEEN_GOAL_TEXTS.get(task)
@@ -130,6 +142,27 @@ class Benchmark:
     horizon: int
     seed: int
 
+    @property
+    def holds_out_variations(self) -> bool:
+        """ML1 and the point robot hold out goal variations of their one task, not a task."""
+        return self.name.startswith("ml1:") or self.name == "point"
+
+    @property
+    def is_point(self) -> bool:
+        return self.name == "point"
+
+    @property
+    def obs_dim(self) -> int:
+        from . import point_robot
+
+        return point_robot.OBS_DIM if self.is_point else METAWORLD_OBS_DIM
+
+    @property
+    def act_dim(self) -> int:
+        from . import point_robot
+
+        return point_robot.ACTION_DIM if self.is_point else METAWORLD_ACTION_DIM
+
     def tasks(self, split: str) -> tuple[str, ...]:
         if split == "train":
             return self.train_tasks
@@ -157,6 +190,12 @@ class HeldOutTaskError(RuntimeError):
 
 def resolve_benchmark(cfg: BenchmarkConfig) -> Benchmark:
     name = cfg.name.lower()
+    if name == "point":
+        from . import point_robot
+
+        # The point robot's episodes have its own fixed length (PEARL's and MAML's 20 steps).
+        return Benchmark(name=name, train_tasks=(point_robot.TASK,), test_tasks=(point_robot.TASK,),
+                         horizon=point_robot.HORIZON, seed=cfg.seed)
     if name == "ml4":
         train, test = ML4_TRAIN, ML4_TEST
     elif name.startswith("ml1:"):
@@ -172,7 +211,8 @@ def resolve_benchmark(cfg: BenchmarkConfig) -> Benchmark:
         if not train:
             raise ConfigError("a custom benchmark needs at least one train task")
     else:
-        raise ConfigError(f"unknown benchmark {cfg.name!r}; use ml4, ml1:<env>, ml10, ml45 or custom")
+        raise ConfigError(f"unknown benchmark {cfg.name!r}; use ml4, ml1:<env>, ml10, ml45, point "
+                          "or custom")
     known = set(all_env_names())
     for task in train + test:
         if task not in known:

@@ -1,0 +1,112 @@
+"""Training batches in which PEARL's task is a goal variation.
+
+On ML1, ML10 or the point robot an env name covers many goals. A context drawn across all of them
+cannot say where the goal is, and a z inferred from one goal's context must condition RL rows of
+that same goal, or the actor and critics learn to ignore z. So each update draws, per meta-train
+task, `groups_per_task` goal variations; for each one a context and `batch_size // groups_per_task`
+RL rows from that variation alone. The rows are laid out as T x groups_per_task "tasks" for the
+batched SAC update, each knowing its meta-train task (for per-task temperatures and goal texts).
+
+`relabel_fraction` of each context may come from other variations of the same task with their
+rewards recomputed for this variation's goal (`envs/relabel.py`), so the encoder sees many
+behaviours per goal and must read the goal from rewards.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..envs.relabel import Relabeller
+from .replay import MultiTaskReplay
+
+
+class VariationBatches:
+    def __init__(self, num_tasks: int, groups_per_task: int, batch_size: int, context_size: int,
+                 relabel_fraction: float = 0.0,
+                 relabellers: Sequence[Relabeller | None] | None = None):
+        self.T, self.M = num_tasks, groups_per_task
+        self.rows = max(1, batch_size // groups_per_task)
+        self.N = context_size
+        self.relabel_fraction = relabel_fraction
+        self.relabellers = list(relabellers or [None] * num_tasks)
+
+    @property
+    def row_task(self) -> np.ndarray:
+        """The meta-train task of each of the T * M batch rows."""
+        return np.repeat(np.arange(self.T), self.M)
+
+    def pick_groups(self, driver: MultiTaskReplay, rng: np.random.Generator) -> list[int]:
+        """M variations per task (with replacement), among those in `driver`."""
+        out = []
+        for t in range(self.T):
+            keys = list(driver.group_index(t))
+            if not keys:
+                raise RuntimeError(f"replay of task {t} is empty")
+            out.extend(keys[i] for i in rng.integers(len(keys), size=self.M))
+        return out
+
+    @staticmethod
+    def _rows_of(source: MultiTaskReplay, task: int, group: int, n: int,
+                 rng: np.random.Generator) -> np.ndarray | None:
+        idx = source.group_index(task).get(group)
+        return None if idx is None else idx[rng.integers(len(idx), size=n)]
+
+    def _gather(self, parts: list[tuple[MultiTaskReplay, np.ndarray]], fields: Sequence[str]
+                ) -> dict[str, np.ndarray]:
+        """Rows [T*M, n] from (source, index [n]) pairs per row, stacked per field."""
+        row_task = self.row_task
+        return {f: np.stack([getattr(src, f)[row_task[r], idx] for r, (src, idx) in enumerate(parts)])
+                for f in fields}
+
+    def sample(self, driver: MultiTaskReplay, rl_parts: Sequence[tuple[MultiTaskReplay, int]],
+               rng: np.random.Generator, device: torch.device | str = "cpu"
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(batch {field: [T*M, rows, ...]}, context [T*M, N, 2*obs+act+1]).
+
+        `driver` holds the variations to draw (offline: the dataset; online: the recent-context
+        buffer) and gives the contexts; `rl_parts` are (source, rows per group) pairs whose rows
+        are drawn from the same variation (from the driver where a source lacks it)."""
+        groups = self.pick_groups(driver, rng)
+        row_task = self.row_task
+        fields = ("obs", "actions", "rewards", "next_obs", "dones")
+        batch_parts = []
+        for source, n in rl_parts:
+            if n <= 0:
+                continue
+            picks = []
+            for r, g in enumerate(groups):
+                idx = self._rows_of(source, row_task[r], g, n, rng)
+                picks.append((source, idx) if idx is not None else
+                             (driver, self._rows_of(driver, row_task[r], g, n, rng)))
+            batch_parts.append(self._gather(picks, fields))
+        batch = {f: np.concatenate([p[f] for p in batch_parts], axis=1) for f in fields}
+        context = self._context(driver, groups, rng)
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+        return out, torch.from_numpy(context).to(device)
+
+    def _context(self, driver: MultiTaskReplay, groups: list[int],
+                 rng: np.random.Generator) -> np.ndarray:
+        row_task = self.row_task
+        rows = []
+        for r, g in enumerate(groups):
+            t = int(row_task[r])
+            relabel = self.relabellers[t]
+            goal = driver.group_goals[t].get(g)
+            n_other = (int(round(self.N * self.relabel_fraction))
+                       if relabel is not None and goal is not None else 0)
+            own = self._rows_of(driver, t, g, self.N - n_other, rng)
+            obs, act = driver.obs[t, own], driver.actions[t, own]
+            rew, nxt = driver.rewards[t, own], driver.next_obs[t, own]
+            if n_other:
+                other = rng.integers(driver.size[t], size=n_other)
+                o_obs, o_nxt = driver.obs[t, other], driver.next_obs[t, other]
+                obs = np.concatenate([obs, o_obs])
+                act = np.concatenate([act, driver.actions[t, other]])
+                rew = np.concatenate([rew, relabel(o_obs, o_nxt, goal)])
+                nxt = np.concatenate([nxt, o_nxt])
+            ctx = np.concatenate([obs, act, rew[:, None].astype(np.float32), nxt], axis=-1)
+            rows.append(ctx[rng.permutation(len(ctx))] if n_other else ctx)
+        return np.stack(rows).astype(np.float32)

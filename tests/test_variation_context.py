@@ -1,0 +1,169 @@
+"""PEARL's task is a goal variation: the point robot, variation-tagged data, grouped batches,
+relabelled contexts, and the collector's posterior rounds."""
+
+import numpy as np
+import pytest
+import torch
+
+from cmrl.algo.collector import _own_context
+from cmrl.algo.replay import MultiTaskReplay
+from cmrl.algo.variation_batches import VariationBatches
+from cmrl.config import BenchmarkConfig, ConfigError, RunConfig
+from cmrl.envs import point_robot
+from cmrl.envs.experts import collect_prior_episodes, run_episode, scripted_policy
+from cmrl.envs.metaworld_env import TaskPool, make_scene
+from cmrl.envs.relabel import reward_relabeller
+from cmrl.envs.tasks import resolve_benchmark
+
+
+def point_pool():
+    return TaskPool(resolve_benchmark(BenchmarkConfig(name="point")))
+
+
+def test_point_benchmark_hides_the_goal_and_holds_out_goals():
+    bench = resolve_benchmark(BenchmarkConfig(name="point", horizon=200))
+    assert bench.horizon == point_robot.HORIZON and bench.holds_out_variations
+    pool = TaskPool(bench)
+    assert (pool.obs_dim, pool.act_dim) == (2, 2)
+    train = pool.variations(point_robot.TASK, "train")
+    test = pool.variations(point_robot.TASK, "test")
+    fresh = pool.variations(point_robot.TASK, "train", fresh=True)
+    goals = {v.goal for v in train}
+    assert len(train) == point_robot.NUM_TRAIN_GOALS and not goals & {v.goal for v in test}
+    assert not goals & {v.goal for v in fresh}
+    for v in train + test:
+        assert abs(np.hypot(*v.goal) - 1.0) < 1e-9 and v.goal[1] >= 0
+    env = pool.make_env(point_robot.TASK, "train")
+    obs = env.reset(train[0])
+    assert obs.shape == (2,) and np.all(obs == 0)  # the observation says nothing of the goal
+
+
+def test_point_dynamics_reward_success_and_expert():
+    pool = point_pool()
+    env = pool.make_env(point_robot.TASK, "train", render=True)
+    v = pool.variations(point_robot.TASK, "train")[3]
+    env.reset(v)
+    obs, r, success, done = env.step(np.array([5.0, 0.0]))  # clipped to 1 -> moves 0.1
+    assert np.allclose(obs, [0.1, 0.0]) and not done
+    assert r == pytest.approx(-np.linalg.norm(np.array([0.1, 0.0]) - np.asarray(v.goal)))
+    frame = env.render(belief=np.array([0.0, 1.0]))
+    assert frame.shape == (224, 224, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    rng = np.random.default_rng(0)
+    episodes = [run_episode(env, u, scripted_policy(point_robot.TASK), 0.1, rng, "expert")
+                for u in pool.variations(point_robot.TASK, "train")[:10]]
+    assert np.mean([ep.success for ep in episodes]) >= 0.9
+    assert len(episodes[0]) == point_robot.HORIZON
+    random_eps = [run_episode(env, u, None, 0.0, rng, "random")
+                  for u in pool.variations(point_robot.TASK, "train")[:10]]
+    assert np.mean([ep.success for ep in random_eps]) <= 0.3
+
+
+def test_point_relabelling_reproduces_the_env_reward():
+    pool = point_pool()
+    eps = collect_prior_episodes(pool, point_robot.TASK, 3, 0.3, seed=1)
+    relabel = reward_relabeller(point_robot.TASK)
+    for ep in eps:
+        assert ep.variation >= 0 and ep.goal is not None
+        assert np.allclose(relabel(ep.obs, ep.next_obs, ep.goal), ep.rewards, atol=1e-5)
+    # under another goal the rewards differ
+    assert not np.allclose(relabel(eps[0].obs, eps[0].next_obs, -eps[0].goal), eps[0].rewards)
+
+
+def test_reach_relabelling_tracks_metaworld_reward():
+    pool = TaskPool(resolve_benchmark(BenchmarkConfig(name="ml1:reach-v3", horizon=60)))
+    relabel = reward_relabeller("reach-v3")
+    eps = (collect_prior_episodes(pool, "reach-v3", 2, 0.3, seed=0)
+           + collect_prior_episodes(pool, "reach-v3", 1, 0.0, seed=0, policy="random"))
+    for ep in eps:
+        r = relabel(ep.obs, ep.next_obs, ep.goal)
+        assert np.corrcoef(r, ep.rewards)[0, 1] > 0.95
+        assert np.abs(r - ep.rewards).max() < 1.5
+    assert reward_relabeller("push-v3") is None  # its reward needs the object: not relabelled
+
+
+def _grouped_replay():
+    rb = MultiTaskReplay(2, 100, 2, 2)
+    for task in range(2):
+        for g in range(3):
+            n = 10
+            # obs encode (task, group) so a test can tell where each row came from
+            obs = np.full((n, 2), [task, g], np.float32)
+            rb.add(task, obs, np.zeros((n, 2), np.float32), np.full(n, g, np.float32), obs,
+                   groups=g, goal=np.array([g, -g], np.float32))
+    return rb
+
+
+def test_group_index_and_state_round_trip():
+    rb = _grouped_replay()
+    idx = rb.group_index(1)
+    assert sorted(idx) == [0, 1, 2] and all(len(v) == 10 for v in idx.values())
+    assert np.all(rb.obs[1, idx[2], 1] == 2)
+    other = MultiTaskReplay(2, 100, 2, 2)
+    other.load_state_dict(rb.state_dict("r"), "r")
+    assert sorted(other.group_index(0)) == [0, 1, 2]
+    assert np.allclose(other.group_goals[0][2], [2, -2])
+
+
+def test_variation_batches_keep_context_and_rows_on_one_variation():
+    rb = _grouped_replay()
+    vb = VariationBatches(2, groups_per_task=4, batch_size=32, context_size=6)
+    batch, context = vb.sample(rb, [(rb, vb.rows)], np.random.default_rng(0))
+    assert batch["obs"].shape == (8, 8, 2) and context.shape == (8, 6, 2 + 2 + 1 + 2)
+    assert list(vb.row_task) == [0, 0, 0, 0, 1, 1, 1, 1]
+    for r in range(8):
+        task = vb.row_task[r]
+        rows_groups = set(batch["obs"][r, :, 1].tolist())
+        ctx_groups = set(context[r, :, 1].tolist())
+        assert len(rows_groups) == 1 and rows_groups == ctx_groups
+        assert set(batch["obs"][r, :, 0].tolist()) == {task}
+
+
+def test_relabelled_contexts_carry_this_variations_rewards():
+    rb = MultiTaskReplay(1, 200, 2, 2)
+    rng = np.random.default_rng(0)
+    goals = [np.array([1.0, 0.0]), np.array([-1.0, 0.0])]
+    for g, goal in enumerate(goals):
+        nxt = rng.uniform(-1, 1, (50, 2)).astype(np.float32)
+        rb.add(0, nxt, np.zeros((50, 2), np.float32), point_robot.relabel_rewards(nxt, goal), nxt,
+               groups=g, goal=goal)
+    vb = VariationBatches(1, 2, 16, 40, relabel_fraction=0.5,
+                          relabellers=[reward_relabeller(point_robot.TASK)])
+    groups = vb.pick_groups(rb, np.random.default_rng(1))
+    ctx = vb._context(rb, groups, np.random.default_rng(1))
+    for r, g in enumerate(groups):
+        nxt, rew = ctx[r, :, -2:], ctx[r, :, 4]
+        # every row's reward is this variation's, whichever variation it was collected on
+        assert np.allclose(rew, point_robot.relabel_rewards(nxt, goals[g]), atol=1e-5)
+        own = {tuple(x) for x in rb.next_obs[0, rb.group_index(0)[g]]}
+        mixed = [tuple(x) not in own for x in nxt]
+        assert 0 < sum(mixed) < len(mixed)
+
+
+def test_own_context_takes_each_envs_own_transitions():
+    from cmrl.algo.collector import RoundResult
+
+    E, H = 3, 5
+    obs = np.arange(E, dtype=np.float32)[:, None, None] * np.ones((E, H, 2), np.float32)
+    r = RoundResult(obs, np.zeros((E, H, 2), np.float32), np.zeros((E, H), np.float32), obs,
+                    np.zeros(E, bool), np.zeros(E), np.zeros(E, int), np.arange(E),
+                    np.zeros((E, 2), np.float32))
+    ctx = _own_context(r, 7, np.random.default_rng(0))
+    assert ctx.shape == (E, 7, 7)
+    for e in range(E):
+        assert np.all(ctx[e, :, 0] == e)
+
+
+def test_config_checks_the_new_fields():
+    with pytest.raises(ConfigError):
+        RunConfig().updated({"sac.context_relabel": 1.5})
+    with pytest.raises(ConfigError):
+        RunConfig().updated({"sac.meta_batch": 0})
+    with pytest.raises(ConfigError):
+        RunConfig().updated({"sac.context_from": "episode"})
+    assert RunConfig().sac.context_from == "variation"
+
+
+def test_point_scene_for_the_app():
+    env, variations = make_scene(point_robot.TASK, horizon=200, seed=0)
+    assert env.horizon == point_robot.HORIZON and len(variations) == point_robot.NUM_TRAIN_GOALS
+    torch.manual_seed(0)
