@@ -250,6 +250,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--unseen-paraphrases", action="store_true",
                    help="give every task a phrasing training never used (cmrl.envs.tasks."
                         "UNSEEN_GOAL_TEXTS) instead of its canonical text; --goal still wins")
+    p.add_argument("--workers", type=int,
+                   help="worker processes sharing the (task, group of variations) units (default: "
+                        "the cores); the numbers are the same for any count")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cmd_eval(args) -> int:
@@ -271,6 +275,8 @@ def cmd_eval(args) -> int:
     splits = ("train", "test") if args.split == "all" else (args.split,)
     if args.variations < 1 or args.adaptation_episodes < 0 or args.eval_episodes < 1:
         raise ConfigError("--variations and --eval-episodes must be >= 1, --adaptation-episodes >= 0")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers must be >= 1")
     if args.protocol == "metaworld":
         from .algo.metaworld_adapter import metaworld_protocol
 
@@ -282,7 +288,8 @@ def cmd_eval(args) -> int:
                              "grad_steps": agent.info.get("grad_steps"), "mode": agent.info.get("mode")}
     else:
         res = agent.evaluate(splits, args.variations, args.adaptation_episodes, args.eval_episodes,
-                             args.seed, goals)
+                             args.seed, goals, workers=args.workers,
+                             progress=not args.no_progress)
     res["command"] = "python -m cmrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from ..agent_kinds import AgentKind, agent_kind
 from ..config import RunConfig
 from ..nets.context_encoder import MIN_VAR, ContextEncoder
 from ..nets.goal_text import goal_dim
-from ..nets.networks import Actor, ActorOutput, TwinCritic
+from ..nets.networks import Actor, ActorOutput, TwinCritic, standard_normal
 from ..nets.normalizer import ObsNormalizer
 
 
@@ -120,8 +120,7 @@ class MetaAgent(nn.Module):
                  generator: torch.Generator | None = None) -> torch.Tensor:
         if deterministic:
             return mu
-        return mu + var.sqrt() * torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
-                                             device=mu.device)
+        return mu + var.sqrt() * standard_normal(mu, generator)
 
     def context_condition(self, z: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         """What actor and critics read for a context agent: z, or [z ; goal] with text routing."""
@@ -166,7 +165,8 @@ class TaskBelief:
 
     `goal` [E, goal_dim] goal vectors (cmrl, care; `goal_text.embed_goals`), `task_ids` [E] (sm; -1
     for an unknown task).
-    `generator` (on the agent's device) draws z and the actions' noise; torch's global RNG when None."""
+    `generator` (on the agent's device) draws z and the actions' noise; torch's global RNG when None;
+    a list of E generators: one per env (`networks.standard_normal`)."""
 
     def __init__(self, agent: MetaAgent, num_envs: int, goal: np.ndarray | None = None,
                  task_ids: np.ndarray | list[int] | None = None,

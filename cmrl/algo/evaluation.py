@@ -129,64 +129,107 @@ ZERO_SHOT_RESET = 500
 """Offset of the zero-shot episode's reset seed (adaptation and evaluation episodes use 0, 1, ...)."""
 
 
-def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encoder=None,
-                  goal_text: str | None = None, num_variations: int = 5,
-                  adaptation_episodes: int = 3, eval_episodes: int = 1,
-                  seed: int = 0, zero_shot: bool = True) -> TaskResult:
-    """The meta-test protocol on one task, its variations stepped in lockstep (one forward pass).
-    `zero_shot`: first run one deterministic episode at the prior's mean whose transitions are not
-    kept (it consumes no randomness, so the other episodes are the same with or without it)."""
-    fresh = split == "train"  # meta-train tasks: goals never trained on
-    variations = pool.variations(task, split, fresh=fresh)
-    rng = np.random.default_rng(seed)
-    chosen = [variations[i] for i in rng.permutation(len(variations))[:num_variations]]
-    E = len(chosen)
-    goal = None
-    if agent.uses_text:
-        goal_text = goal_text or canonical_goal_text(task)
-        goal = np.repeat(embed_goals(encoder, goal_text, agent.config.net.goal_encoding)[None], E,
-                         axis=0)
-    task_id = agent.task_id(task) if split == "train" else -1
-    envs = [pool.make_env(task, split) for _ in range(E)]
-    phases = (["zero-shot"] if zero_shot else []) + ["adapt"] * adaptation_episodes + \
+def variation_generators(device, seed: int, count: int) -> list[torch.Generator]:
+    """One torch generator per chosen variation (its index among the task's chosen ones), seeded
+    from (seed, index): a variation's z and action noise do not depend on which variations are
+    stepped beside it, so a task split over worker processes (`parallel_eval.py`) gives the same
+    numbers as one process."""
+    seeds = np.random.SeedSequence(seed).spawn(count)
+    return [torch.Generator(device=device).manual_seed(int(s.generate_state(1)[0])) for s in seeds]
+
+
+def episode_phases(adaptation_episodes: int, eval_episodes: int, zero_shot: bool) -> list[str]:
+    return (["zero-shot"] if zero_shot else []) + ["adapt"] * adaptation_episodes + \
         ["eval"] * eval_episodes
-    succ_by_ep, ret_by_ep = [], []
+
+
+def task_goal(agent: MetaAgent, task: str, encoder=None,
+              goal_text: str | None = None) -> tuple[str | None, np.ndarray | None]:
+    """(goal text, its embedding) for an agent that reads text; (goal_text, None) otherwise."""
+    if not agent.uses_text:
+        return goal_text, None
+    goal_text = goal_text or canonical_goal_text(task)
+    return goal_text, embed_goals(encoder, goal_text, agent.config.net.goal_encoding)
+
+
+def chosen_variations(pool: TaskPool, task: str, split: str, num_variations: int, seed: int) -> list:
+    """The goal variations a task is evaluated on: meta-train tasks on fresh ones (goals never
+    trained on), held-out tasks on their test variations; a seeded draw of `num_variations`."""
+    variations = pool.variations(task, split, fresh=split == "train")
+    rng = np.random.default_rng(seed)
+    return [variations[i] for i in rng.permutation(len(variations))[:num_variations]]
+
+
+def run_variations(agent: MetaAgent, pool: TaskPool, task: str, split: str,
+                   goal: np.ndarray | None, num_variations: int, phases: list[str], seed: int,
+                   rows: list[int] | None = None,
+                   on_episode=None) -> tuple[np.ndarray, np.ndarray]:
+    """The meta-test protocol on one task: success (any step) and return of every episode of
+    `phases`, arrays [variations, episodes], for the chosen variations `rows` (default: all).
+
+    The belief always spans all chosen variations and only `rows` are stepped (the others see
+    zeros and are never observed): every forward pass then has the same shape whatever `rows`
+    is, and a row's numbers do not depend on the rows run beside it (batched matmuls are not
+    bitwise the same across batch sizes). `on_episode()` is called after each episode."""
+    chosen = chosen_variations(pool, task, split, num_variations, seed)
+    E = len(chosen)
+    live = list(range(E)) if rows is None else sorted(rows)
+    mask = np.isin(np.arange(E), live)
+    goals = None if goal is None else np.repeat(np.asarray(goal)[None], E, axis=0)
+    task_id = agent.task_id(task) if split == "train" else -1
+    envs = [pool.make_env(task, split) for _ in live]
+    succ = np.zeros((len(live), len(phases)), bool)
+    ret = np.zeros((len(live), len(phases)))
     try:
-        gen = torch.Generator(device=agent.device).manual_seed(seed)
-        belief = TaskBelief(agent, E, goal=goal, task_ids=[task_id] * E, generator=gen)
+        belief = TaskBelief(agent, E, goal=goals, task_ids=[task_id] * E,
+                            generator=variation_generators(agent.device, seed, E))
         episode = 0
-        for phase in phases:
+        for k, phase in enumerate(phases):
             deterministic = phase != "adapt"
             belief.sample_z(deterministic=deterministic)
             reset_seed = seed * 1000 + (ZERO_SHOT_RESET if phase == "zero-shot" else episode)
-            obs = np.stack([env.reset(v, seed=reset_seed) for env, v in zip(envs, chosen)])
-            succ, ret, done = np.zeros(E, bool), np.zeros(E), False
+            first = [env.reset(chosen[i], seed=reset_seed) for env, i in zip(envs, live)]
+            obs = np.zeros((E,) + first[0].shape, np.float32)
+            obs[live] = first
+            next_obs = obs.copy()
+            rewards = np.zeros(E, np.float32)
+            done = False
             while not done:
                 actions = belief.act(obs, deterministic=deterministic).action.cpu().numpy()
-                steps = [env.step(a) for env, a in zip(envs, actions)]
-                next_obs = np.stack([s[0] for s in steps])
-                rewards = np.array([s[1] for s in steps], np.float32)
-                succ |= np.array([s[2] for s in steps])
-                ret += rewards
+                steps = [env.step(actions[i]) for env, i in zip(envs, live)]
+                next_obs[live] = [s[0] for s in steps]
+                rewards[live] = [s[1] for s in steps]
+                succ[:, k] |= np.array([s[2] for s in steps])
+                ret[:, k] += rewards[live]
                 done = steps[0][3]
                 if phase == "adapt":
-                    belief.observe(obs, actions, rewards, next_obs)
-                obs = next_obs
-            succ_by_ep.append(float(succ.mean()))
-            ret_by_ep.append(float(ret.mean()))
+                    belief.observe(obs, actions, rewards, next_obs, env_mask=mask)
+                obs, next_obs = next_obs, obs
             episode += phase != "zero-shot"
+            if on_episode is not None:
+                on_episode()
     finally:
         for env in envs:
             env.close()
+    return succ, ret
+
+
+def task_result(task: str, split: str, goal_text: str | None, phases: list[str],
+                succ: np.ndarray, ret: np.ndarray) -> TaskResult:
+    """A task's `TaskResult` from `run_variations`' arrays (all its variations, in order)."""
+    succ_by_ep = [float(x) for x in succ.mean(0)]
+    ret_by_ep = [float(x) for x in ret.mean(0)]
 
     def of(phase: str, values: list[float]) -> list[float]:
         return [v for p, v in zip(phases, values) if p == phase]
 
-    success = float(np.mean(of("eval", succ_by_ep))) if eval_episodes else float("nan")
+    evals = of("eval", succ_by_ep)
+    success = float(np.mean(evals)) if evals else float("nan")
+    zero_shot = "zero-shot" in phases
     zs_succ = of("zero-shot", succ_by_ep)[0] if zero_shot else None
     return TaskResult(task, split, goal_text, success,
-                      float(np.mean(of("eval", ret_by_ep))) if eval_episodes else float("nan"),
-                      of("adapt", succ_by_ep), of("adapt", ret_by_ep), E,
+                      float(np.mean(of("eval", ret_by_ep))) if evals else float("nan"),
+                      of("adapt", succ_by_ep), of("adapt", ret_by_ep), len(succ),
                       zero_shot_success=zs_succ,
                       zero_shot_return=of("zero-shot", ret_by_ep)[0] if zero_shot else None,
                       adaptation_gain=None if zs_succ is None else round(success - zs_succ, 6),
@@ -194,11 +237,30 @@ def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encod
                       return_by_episode=ret_by_ep)
 
 
+def evaluate_task(agent: MetaAgent, pool: TaskPool, task: str, split: str, encoder=None,
+                  goal_text: str | None = None, num_variations: int = 5,
+                  adaptation_episodes: int = 3, eval_episodes: int = 1,
+                  seed: int = 0, zero_shot: bool = True) -> TaskResult:
+    """The meta-test protocol on one task, its variations stepped in lockstep (one forward pass).
+    `zero_shot`: first run one deterministic episode at the prior's mean whose transitions are not
+    kept (it consumes no randomness, so the other episodes are the same with or without it)."""
+    goal_text, goal = task_goal(agent, task, encoder, goal_text)
+    phases = episode_phases(adaptation_episodes, eval_episodes, zero_shot)
+    succ, ret = run_variations(agent, pool, task, split, goal, num_variations, phases, seed)
+    return task_result(task, split, goal_text, phases, succ, ret)
+
+
 def evaluate(agent: MetaAgent, pool: TaskPool, splits: tuple[str, ...] = ("train", "test"),
              encoder=None, num_variations: int = 5, adaptation_episodes: int = 3,
              eval_episodes: int = 1, seed: int = 0,
-             goal_texts: dict[str, str] | None = None, zero_shot: bool = True) -> dict:
-    """Every task of the given splits; a JSON-ready dict with per-task and mean success."""
+             goal_texts: dict[str, str] | None = None, zero_shot: bool = True,
+             workers: int | None = None, progress: bool = False) -> dict:
+    """Every task of the given splits; a JSON-ready dict with per-task and mean success.
+    `workers` processes share the work, (task, group of variations) units (`parallel_eval.py`;
+    None: torch's thread count, i.e. the cores unless this process was given fewer); the numbers
+    are the same for any number. `progress`: a bar per task on stderr."""
+    from .parallel_eval import evaluate_tasks
+
     start = time.time()
     out: dict = {"protocol": {"adaptation_episodes": adaptation_episodes,
                               "eval_episodes": eval_episodes, "variations_per_task": num_variations,
@@ -207,11 +269,10 @@ def evaluate(agent: MetaAgent, pool: TaskPool, splits: tuple[str, ...] = ("train
                               "success": "info['success'] at any step of an evaluation episode",
                               "train_variations": "fresh (not the ones trained on)"},
                  "agent": agent.kind, "splits": {}}
-    for split in splits:
-        results = [evaluate_task(agent, pool, task, split, encoder,
-                                 (goal_texts or {}).get(task), num_variations,
-                                 adaptation_episodes, eval_episodes, seed, zero_shot)
-                   for task in pool.benchmark.tasks(split)]
+    by_split, out["workers"] = evaluate_tasks(
+        agent, pool, splits, encoder, goal_texts or {}, num_variations,
+        episode_phases(adaptation_episodes, eval_episodes, zero_shot), seed, workers, progress)
+    for split, results in by_split.items():
         out["splits"][split] = {
             "tasks": {r.task: r.__dict__ for r in results},
             "mean_success": float(np.mean([r.success_rate for r in results])) if results else None,

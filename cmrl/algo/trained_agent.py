@@ -96,9 +96,13 @@ class TrainedAgent:
 
     def evaluate(self, splits=("train", "test"), num_variations: int = 5,
                  adaptation_episodes: int = 3, eval_episodes: int = 1, seed: int = 0,
-                 goal_texts: dict[str, str] | None = None) -> dict:
+                 goal_texts: dict[str, str] | None = None, workers: int | None = None,
+                 progress: bool = False) -> dict:
+        """The meta-test protocol (`evaluation.evaluate`) over `workers` processes (None: the
+        cores); the numbers do not depend on how many."""
         res = evaluate(self.agent, self.task_pool(), tuple(splits), self.text_encoder,
-                       num_variations, adaptation_episodes, eval_episodes, seed, goal_texts)
+                       num_variations, adaptation_episodes, eval_episodes, seed, goal_texts,
+                       workers=workers, progress=progress)
         res["checkpoint"] = {"run_dir": str(self.run_dir), "env_steps": self.info.get("env_steps"),
                              "grad_steps": self.info.get("grad_steps"), "mode": self.info.get("mode"),
                              "prior_data": self.info.get("prior_data"),

@@ -72,6 +72,16 @@ class Backbone(nn.Module):
         return self.net(x), None
 
 
+def standard_normal(like: torch.Tensor, generator=None) -> torch.Tensor:
+    """N(0, 1) draws shaped like `like`: from `generator` (torch's global RNG when None), or, given
+    a list of generators, row i (dim 0) from generator i alone, so a row's draws do not depend on
+    the rows beside it (the evaluator's per-variation generators)."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype,
+                                        device=like.device) for g in generator])
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
 class ActorOutput(NamedTuple):
     action: torch.Tensor
     """[B, act_dim] in [-1, 1]: sampled, or tanh(mean) when deterministic."""
@@ -95,7 +105,8 @@ class Actor(nn.Module):
     def forward(self, obs: torch.Tensor, cond: torch.Tensor, deterministic: bool = False,
                 with_log_prob: bool = True,
                 generator: torch.Generator | None = None) -> ActorOutput:
-        """`generator` draws the action noise (torch's global RNG when None)."""
+        """`generator` draws the action noise (`standard_normal`: one, a list of one per row, or
+        None for torch's global RNG)."""
         out, routing = self.body(self.obs_norm(obs), cond)
         mean, log_std = out[0].float().split(self.act_dim, dim=-1)
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
@@ -103,8 +114,7 @@ class Actor(nn.Module):
         if deterministic:
             pre_tanh = mean
         else:
-            pre_tanh = mean + log_std.exp() * torch.randn(
-                mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            pre_tanh = mean + log_std.exp() * standard_normal(mean, generator)
         action = torch.tanh(pre_tanh)
         log_prob = None
         if with_log_prob:

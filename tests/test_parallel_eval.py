@@ -1,0 +1,94 @@
+"""Evaluation over worker processes (cmrl/algo/parallel_eval.py): the same JSON whatever the number
+of workers, because every variation draws from its own generator and every forward pass spans all of
+a task's variations whichever of them a unit steps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cmrl.algo import parallel_eval
+from cmrl.algo.agent import MetaAgent
+from cmrl.algo.evaluation import episode_phases, evaluate, run_variations
+from cmrl.config import BenchmarkConfig
+from cmrl.envs.metaworld_env import TaskPool
+from cmrl.envs.tasks import resolve_benchmark
+from tests.conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
+
+
+class _Encoder:
+    dim = 16
+
+    def encode(self, texts):
+        single = isinstance(texts, str)
+        items = [texts] if single else texts
+        out = np.stack([np.random.default_rng(len(t)).normal(size=16).astype(np.float32)
+                        for t in items])
+        return out[0] if single else out
+
+
+@pytest.fixture(scope="module")
+def ml1():
+    return TaskPool(resolve_benchmark(BenchmarkConfig(name="ml1:reach-v3", horizon=5)))
+
+
+def _agent(kind: str) -> MetaAgent:
+    torch.manual_seed(0)
+    return MetaAgent(tiny_config(kind), OBS_DIM, ACT_DIM, 16, ML4_TRAIN).eval()
+
+
+def _json(res: dict) -> str:
+    """The result without what differs from run to run by design (wall time, worker count)."""
+    return json.dumps({k: v for k, v in res.items() if k not in ("wall_time_s", "workers")},
+                      sort_keys=True)
+
+
+@pytest.mark.parametrize("kind", ["cmrl", "pearl"])
+def test_same_json_with_one_and_several_workers(ml1, kind):
+    """ML1: one task per split, so with 3 workers each task's variations split into groups."""
+    agent = _agent(kind)
+    kw = dict(splits=("train", "test"), encoder=_Encoder(), num_variations=3,
+              adaptation_episodes=2, eval_episodes=1, seed=7)
+    one = evaluate(agent, ml1, workers=1, **kw)
+    three = evaluate(agent, ml1, workers=3, **kw)
+    assert one["workers"] == 1 and three["workers"] == 3
+    assert _json(three) == _json(one)
+    assert one["splits"]["test"]["tasks"]["reach-v3"]["variations"] == 3
+    assert parallel_eval._EXECUTOR  # the workers are kept for the next evaluation
+    again = evaluate(agent, ml1, workers=3, **{**kw, "seed": 8})
+    assert _json(again) != _json(one)  # another seed, other draws
+
+
+def test_a_variation_does_not_depend_on_the_others_stepped_beside_it(ml1):
+    agent = _agent("pearl")
+    phases = episode_phases(2, 1, True)
+    succ, ret = run_variations(agent, ml1, "reach-v3", "test", None, 4, phases, seed=3)
+    assert ret.shape == (4, 4) and np.all(ret != 0)
+    for rows in ([2], [0, 3]):
+        s, r = run_variations(agent, ml1, "reach-v3", "test", None, 4, phases, seed=3, rows=rows)
+        np.testing.assert_array_equal(r, ret[rows])
+        np.testing.assert_array_equal(s, succ[rows])
+
+
+def test_units_cover_every_variation_once_and_reach_the_workers():
+    sizes = {("train", "a"): 10, ("test", "b"): 3}
+    for workers in (1, 2, 5, 16):
+        units = parallel_eval.plan_units(sizes, workers)
+        assert len(units) >= min(workers, 13)
+        for key, n in sizes.items():
+            rows = [i for u in units if (u.split, u.task) == key for i in u.rows]
+            assert rows == list(range(n))
+    assert len(parallel_eval.plan_units({("test", "a"): 10}, 2)) == 2  # ML1's one task splits
+
+
+def test_bare_loop_steps_the_same_episodes(ml1):
+    out = parallel_eval.bare_loop(ml1, ("test",), num_variations=2, episodes=3, seed=0, workers=1)
+    assert out["env_steps"] == 2 * 3 * 5 and out["seconds"] > 0 and out["workers"] == 1
+
+
+def test_bad_worker_counts_are_refused(ml1):
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        evaluate(_agent("sm"), ml1, workers=0)
