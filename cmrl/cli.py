@@ -528,6 +528,37 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="does the context find the goal: the evaluation episode "
+                                        "with the posterior from the agent's own episodes, an "
+                                        "expert's, a random policy's, or none")
+    p.add_argument("--checkpoint", required=True, help="run directory of a context agent")
+    p.add_argument("--task", action="append", default=[], help="only these tasks (repeatable)")
+    p.add_argument("--variations", type=int, default=10, help="goal variations per task")
+    p.add_argument("--adaptation-episodes", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the report here")
+
+
+def cmd_diagnose(args) -> int:
+    from .algo.trained_agent import load_agent
+    from .experiments.context_diagnosis import diagnose, markdown
+
+    if not 2 <= args.variations <= 50 or args.adaptation_episodes < 0:
+        raise ConfigError("--variations must be in 2..50 and --adaptation-episodes >= 0")
+    agent = load_agent(args.checkpoint)
+    if not agent.uses_context:
+        raise ConfigError(f"a {agent.kind} agent infers no context: nothing to diagnose")
+    report = diagnose(agent, args.task or None, args.variations, args.adaptation_episodes,
+                      args.seed)
+    report["command"] = "python -m cmrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(markdown(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def _add_ship(sub) -> None:
     p = sub.add_parser("ship", help="copy a trained run's weights, config, curves and evaluations "
                                     "(no resumable state) with paths made relative to this folder")
@@ -572,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_finetune, _add_sweep, _add_eval, _add_data, _add_report, _add_bench,
-                _add_recipe, _add_ablation, _add_analyze, _add_ship, _add_info):
+                _add_recipe, _add_ablation, _add_analyze, _add_diagnose, _add_ship, _add_info):
         add(sub)
     return parser
 
@@ -582,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": cmd_train, "finetune": cmd_finetune, "sweep": cmd_sweep, "eval": cmd_eval,
                 "data": cmd_data, "report": cmd_report, "bench": cmd_bench, "ablation": cmd_ablation,
                 "recipe": cmd_recipe,
-                "analyze": cmd_analyze, "ship": cmd_ship, "info": cmd_info}
+                "analyze": cmd_analyze, "diagnose": cmd_diagnose, "ship": cmd_ship,
+                "info": cmd_info}
     from .errors import user_errors, user_message
 
     try:

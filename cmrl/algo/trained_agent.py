@@ -81,7 +81,7 @@ class TrainedAgent:
         """Adapt to `task` (any Meta-World v3 env) on goal variation `variation` (0..49), yielding
         every step. The env is built, rendered and closed in the calling thread."""
         goal_text = validate_goal_text(goal_text if goal_text is not None else canonical_goal_text(task))
-        horizon = horizon or self.config.benchmark.horizon
+        horizon = horizon or resolve_benchmark(self.config.benchmark).horizon
         env, variations = make_scene(task, horizon=horizon, seed=self.config.benchmark.seed,
                                      render=render, camera=camera, size=size)
         if not 0 <= variation < len(variations):
