@@ -1,47 +1,35 @@
-"""Training runs launched from the app as separate processes: a recipe (`python -m cmrl recipe
---name quick ...`, `cmrl/experiments/recipes.py`: data made on demand, then offline and/or online phases) or a
-custom run (`python -m cmrl train ...` with the trainer's flags).
+"""Training runs launched from the app: a recipe (`python -m cmrl recipe --name quick ...`,
+`cmrl/experiments/recipes.py`) or a custom run (`python -m cmrl train --config FILE`, the RunConfig
+checked here), run by a backend (`job_backends.py`): a process on this machine, or, with
+CMRL_RAY_ADDRESS (`python app.py --ray-address http://head:8265`), a job on a Ray cluster.
 
-Every job lives in its run directory `RUNS/<name>/` next to what the trainer writes there:
+Every job lives in its run directory `RUNS/<name>/` beside what the run writes there (metrics.jsonl,
+checkpoints, a recipe's status.json): `app_job.json` holds the spec and one record per launch or
+resume (command, pid or Ray job id, start, stop request, time limit, exit code and message), and
+`queued` while it waits here. The job list is rebuilt from these files on every refresh, so it
+survives page reloads and app restarts. On a cluster, RUNS must be storage that the page and every
+node see at the same path (CMRL_RAY_STORAGE: runs in STORAGE/runs, recipe data in STORAGE/data).
 
-    app_job.json   what the app launched: the spec, the argv (and its command text), pid, process
-                   group, start time, stop requests and exit codes (one entry per launch or
-                   resume); `queued` while the job waits for its turn, `cancelled` if it never ran
-    train.log      the process's stdout and stderr
-    status.json    (recipes) phase, progress, rate and ETA, written by the run itself
-                   (`cmrl.runs.run_status`)
+Locally one run at a time (`MAX_RUNNING`): further launches wait in this page's queue; a cluster
+queues by itself. At most `MAX_QUEUED` wait either way. A watcher thread, awake while anything runs
+or waits, records ends, stops a run at the wall-time cap, kills a stopped run that lingers and
+starts the next queued one (after an app restart the first refresh wakes it).
 
-So the job list is rebuilt from disk on every refresh: it survives page reloads and app restarts.
-A process is alive if its pid exists, is not a zombie and its command line names its run directory.
-Processes start in their own session (`start_new_session=True`): Stop sends SIGINT to the process
-group (the CLI leaves the last checkpoint intact and exits), then SIGTERM and SIGKILL if it lingers.
-
-One run at a time per app (`MAX_RUNNING`); a launch or resume while one runs is queued (at most
-`MAX_QUEUED` waiting, in their run dirs' app_job.json) and starts when the running one ends: the
-watcher thread of the ending process starts the next, and `pump()` (called on every page refresh and
-by a daemon poller while anything is queued) does it after an app restart. `cancel()` drops a queued
-job (or stops a running one). A hosted page (CMRL_HOSTED=1) launches and queues nothing.
-
-Every launch is capped even without settings: at most DEFAULT_MAX_STEPS steps (CMRL_MAX_TRAIN_STEPS
-changes it; a recipe whose phases ask for more gets `--steps <cap>`, said in the notes) and
-DEFAULT_MAX_SECONDS of wall time (CMRL_MAX_TRAIN_SECONDS), after which the run is stopped like Stop
-does (its last checkpoint kept). Every numeric field has a range (`LIMITS`), and an offline dataset
-must be one made by `python -m cmrl data` inside the page's allowed roots (`roots.py`).
-
-Recipes at smoke size (tests, demos): `JobManager(recipe_smoke=(steps, data_episodes))` or the
-environment variable CMRL_RECIPE_SMOKE="steps,data_episodes" adds `--steps/--data-episodes` to every
-recipe launch; `data_root=` or CMRL_RECIPE_DATA_ROOT sets `--data-root`, where recipes cache the data
-they make (default: the library's data/cache).
+Caps hold on every launch: at most DEFAULT_MAX_STEPS steps per phase (CMRL_MAX_TRAIN_STEPS), at most
+DEFAULT_MAX_SECONDS of running time (CMRL_MAX_TRAIN_SECONDS; then it is stopped like Stop does),
+whole-number fields within `LIMITS`, offline datasets only from the allowed roots (`roots.py`). A
+hosted page (CMRL_HOSTED=1) launches nothing. Recipes at smoke size: `recipe_smoke=(steps,
+data_episodes)` or CMRL_RECIPE_SMOKE="steps,data_episodes"; `data_root=` or CMRL_RECIPE_DATA_ROOT:
+where recipes cache the data they make.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -49,22 +37,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmrl.runs.checkpoint import atomic_write_json, has_resumable_state
-from cmrl.config import (AGENT_KINDS, DEVICES, PRIOR_DATA,  # the library's choice lists, not copies
+from cmrl.config import (AGENT_KINDS, DEVICES, PRIOR_DATA,  # noqa: F401 (the library's choice lists)
                          BenchmarkConfig, RunConfig, check_bounds)
 from cmrl.envs.tasks import resolve_benchmark
 from cmrl.errors import user_errors, user_message
 from cmrl.runs.logger import read_metrics
 
 from .common import ROOT, InputError, display_path, env_flag
+from .job_backends import (LOG_FILE, JobError, LocalProcesses, RayJobs,  # noqa: F401 (re-exported)
+                           log_tail, pid_alive)
 from .roots import Roots
 
 JOB_FILE = "app_job.json"
-LOG_FILE = "train.log"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 AGENTS = AGENT_KINDS
 LAUNCH_CONFIG = "launch_config.json"
 """The validated RunConfig of a custom launch, in its run directory (`train --config`)."""
-RECIPE = "recipe"
 CUSTOM = "custom"
 """The recipe choice that launches `python -m cmrl train` with the trainer's flags."""
 MAX_RUNNING = 1
@@ -76,22 +64,8 @@ LIMITS = {"horizon": (10, 500), "envs_per_task": (1, 16), "warmup_steps": (0, No
 """Ranges of the whole-number fields of a launch; None: the step cap."""
 UPDATES_PER_STEP = (0.0, 16.0)
 """updates_per_step must be above the first and at most the second."""
-
-
-class JobError(RuntimeError):
-    """A launch, stop or resume that cannot be done; the message says why and what to do."""
-
-
-def device_summary() -> str:
-    """Which device `--device auto` picks here, in words."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda: {torch.cuda.get_device_name(0)} (GPU; `auto` uses it)"
-        return f"cpu: {os.cpu_count()} cores, torch {torch.__version__}; no CUDA device (`auto` uses the CPU)"
-    except Exception as e:  # noqa: BLE001
-        return f"unknown ({e})"
+WATCH_S = 1.0
+"""How often the watcher thread looks at the jobs that run or wait."""
 
 
 def cuda_available() -> bool:
@@ -133,21 +107,10 @@ class RecipeSpec:
     name: str | None = None
 
 
-def recipe_choices() -> list[tuple[str, str]]:
-    """(title, name) of the library's recipes, then custom."""
-    from cmrl.experiments.recipes import RECIPES
-
-    return [(r.title, r.name) for r in RECIPES.values()] + [
-        ("custom (the trainer's flags)", CUSTOM)]
-
-
 def _smoke_from_env() -> tuple[int, int] | None:
     """CMRL_RECIPE_SMOKE="steps,data_episodes" (both positive whole numbers), else None."""
-    text = os.environ.get("CMRL_RECIPE_SMOKE", "").strip()
-    if not text:
-        return None
     try:
-        steps, episodes = (int(x) for x in text.split(","))
+        steps, episodes = (int(x) for x in os.environ.get("CMRL_RECIPE_SMOKE", "").split(","))
     except ValueError:
         return None
     return (steps, episodes) if steps > 0 and episodes > 0 else None
@@ -186,10 +149,18 @@ class JobStatus:
     eta_s: float | None = None
     precision: str = ""
     queue_position: int | None = None
+    """Place in this page's queue; None for a run the cluster holds (pending there)."""
+    where: str = ""
+    """Where the last launch ran: `pid N` here, or `Ray job ID` on the cluster."""
 
     @property
     def alive(self) -> bool:
         return self.state in ("running", "stopping")
+
+    @property
+    def stoppable(self) -> bool:
+        """Running, or pending on the cluster (which a stop takes out of its queue)."""
+        return self.alive or (self.state == "queued" and self.queue_position is None)
 
     @property
     def what(self) -> str:
@@ -198,42 +169,20 @@ class JobStatus:
     @property
     def progress(self) -> str:
         if self.state == "queued":
-            return f"queued (position {self.queue_position})"
+            return f"queued ({f'position {self.queue_position}' if self.queue_position else 'on the cluster'})"
         if self.target_steps:
             return f"{self.step:,}/{self.target_steps:,} ({100 * self.step / self.target_steps:.0f}%)"
         return f"{self.step:,}"
 
     @property
     def fraction(self) -> float | None:
-        if not self.target_steps:
-            return None
-        return max(0.0, min(1.0, self.step / self.target_steps))
-
-    @property
-    def eta(self) -> str:
-        if not self.alive:
-            return ""
-        return "" if self.eta_s is None else format_seconds(self.eta_s)
+        return max(0.0, min(1.0, self.step / self.target_steps)) if self.target_steps else None
 
 
 def _sentence(message: str) -> str:
     """A library message as the page writes its own: capitalised (unless it opens with a config
     field's name, e.g. `train.prior_data must be ...`)."""
-    if re.match(r"\w+\.\w+", message):
-        return message
-    return message[:1].upper() + message[1:]
-
-
-def format_seconds(s: float | None) -> str:
-    """1 h 05 min, 4 min 10 s, 12 s."""
-    if s is None:
-        return "?"
-    s = max(0, int(round(s)))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"
+    return message if re.match(r"\w+\.\w+", message) else message[:1].upper() + message[1:]
 
 
 def _whole(value) -> bool:
@@ -247,69 +196,49 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def pid_alive(pid: int | None, run_dir: Path | None = None) -> bool:
-    """True if `pid` runs (not a zombie) and, when `run_dir` is given, its command line names it."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            stat = (proc / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-            if run_dir is not None:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if "cmrl" not in cmd or Path(run_dir).name not in cmd:
-                    return False  # the pid was reused by something else
-        except OSError:
-            return False
-    return True
-
-
-def _read_status(run_dir: Path) -> dict | None:
-    from cmrl.runs.run_status import read_status
-
-    return read_status(run_dir)
-
-
-def log_tail(run_dir: Path, lines: int = 30, max_bytes: int = 64_000) -> str:
-    path = Path(run_dir) / LOG_FILE
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    text = text.replace("\r", "\n")
-    return "\n".join([x for x in text.splitlines() if x.strip()][-lines:])
-
-
 class JobManager:
     def __init__(self, runs_dir: Path | None = None, hosted: bool | None = None,
                  max_steps: int | None = None, python: str | None = None,
                  max_seconds: float | None = None, roots: Roots | None = None,
-                 recipe_smoke: tuple[int, int] | None = None, data_root: Path | None = None):
-        self.runs_dir = Path(runs_dir) if runs_dir else ROOT / "runs" / "app"
-        self.recipe_smoke = recipe_smoke or _smoke_from_env()
-        env_root = os.environ.get("CMRL_RECIPE_DATA_ROOT", "").strip()
-        self.data_root = Path(data_root) if data_root else (Path(env_root) if env_root else None)
+                 recipe_smoke: tuple[int, int] | None = None, data_root: Path | None = None,
+                 ray_address: str | None = None, ray_storage: Path | None = None):
+        """`ray_address` (else CMRL_RAY_ADDRESS): the Ray dashboard to launch on; `ray_storage`
+        (else CMRL_RAY_STORAGE): the shared folder runs and recipe data default to. A cluster job
+        runs CMRL_RAY_PYTHON (default `python`) and asks for CMRL_RAY_CPUS CPUs (default 1)."""
         self.hosted = env_flag("CMRL_HOSTED") if hosted is None else hosted
+        self.ray_address = None if self.hosted else (
+            ray_address or os.environ.get("CMRL_RAY_ADDRESS", "").strip() or None)
+        storage = ray_storage or os.environ.get("CMRL_RAY_STORAGE", "").strip()
+        storage = Path(storage).resolve() if storage and self.ray_address else None
+        self.runs_dir = Path(runs_dir) if runs_dir else (
+            storage / "runs" if storage else ROOT / "runs" / "app")
+        self.recipe_smoke = recipe_smoke or _smoke_from_env()
+        data = data_root or os.environ.get("CMRL_RECIPE_DATA_ROOT", "").strip() or (
+            storage and storage / "data")
+        self.data_root = Path(data) if data else None
         self.max_steps = max_steps or _env_cap("CMRL_MAX_TRAIN_STEPS", DEFAULT_MAX_STEPS)
         self.max_seconds = max_seconds or _env_cap("CMRL_MAX_TRAIN_SECONDS", DEFAULT_MAX_SECONDS)
+        self.ray_cpus = _env_cap("CMRL_RAY_CPUS", 1)
         self.roots = roots or Roots()
         self.python = python or sys.executable
-        self._lock = threading.Lock()
-        self._file_lock = threading.Lock()
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._poller: threading.Thread | None = None
+        self.local = LocalProcesses()
+        self._ray: RayJobs | None = None
+        self._lock = threading.RLock()  # launches, resumes and the queue, one at a time
+        self._file_lock = threading.RLock()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def backend(self) -> LocalProcesses | RayJobs:
+        """Where launches go: the Ray cluster (connected on first use) if the page has an address."""
+        if self.ray_address and self._ray is None:
+            self._ray = RayJobs(self.ray_address, os.environ.get("CMRL_RAY_PYTHON", "python"))
+        return self._ray or self.local
+
+    def _backend_of(self, launch: dict) -> LocalProcesses | RayJobs:
+        if launch.get("ray_job") and not self.ray_address:
+            raise JobError(f"{launch['ray_job']} ran on the Ray cluster at {launch.get('address')}"
+                           "; this page has no CMRL_RAY_ADDRESS to ask it.")
+        return self.backend if launch.get("ray_job") else self.local
 
     # -- listing ------------------------------------------------------------------------------------
     def run_dir(self, name: str) -> Path:
@@ -318,16 +247,55 @@ class JobManager:
                            "'-' (at most 64 characters, no slashes).")
         return self.runs_dir / name
 
-    def names(self) -> list[str]:
+    def _jobs(self) -> list[tuple[str, dict, float]]:
+        """(name, job record, file time) of every app-launched run."""
         if not self.runs_dir.is_dir():
             return []
-        jobs = []
-        for p in self.runs_dir.glob(f"*/{JOB_FILE}"):
-            job = _read_json(p)
-            launches = job.get("launches") or [{}]
-            jobs.append((launches[0].get("started") or job.get("created") or p.stat().st_mtime,
-                         p.parent.name))
-        return [n for _, n in sorted(jobs, reverse=True)]  # newest first
+        return [(p.parent.name, _read_json(p), p.stat().st_mtime)
+                for p in self.runs_dir.glob(f"*/{JOB_FILE}")]
+
+    def names(self) -> list[str]:
+        """Newest first."""
+        first = {n: (j.get("launches") or [{}])[0].get("started") or j.get("created") or t
+                 for n, j, t in self._jobs()}
+        return sorted(first, key=first.get, reverse=True)
+
+    def queued(self) -> list[str]:
+        """The jobs waiting in this page's queue, first in line first."""
+        return [n for _, n in sorted((j["queued"].get("since") or 0, n) for n, j, _ in self._jobs()
+                                     if isinstance(j.get("queued"), dict))]
+
+    @contextlib.contextmanager
+    def _edit(self, name: str):
+        """The job record of `name` to change in place, written back (atomically) after."""
+        path = self.runs_dir / name / JOB_FILE
+        with self._file_lock:
+            job = _read_json(path)
+            yield job
+            if job:
+                atomic_write_json(path, job)
+
+    def _poll(self, name: str, run: Path, last: dict) -> tuple[str, int | None, str]:
+        """Where the last launch stands (see `job_backends`); its end is recorded once."""
+        if last.get("ended"):
+            return "ended", last.get("exit_code"), last.get("message", "")
+        try:
+            where, code, message = self._backend_of(last).poll(run, last)
+        except JobError as e:
+            return "lost", None, str(e)
+        if where in ("ended", "stopped") or (where == "running" and not last.get("running_since")):
+            now = time.time()
+            with self._edit(name) as job:
+                rec = job["launches"][-1]
+                if rec.get("started") == last.get("started"):
+                    if where == "running":  # the wall-time cap counts from here
+                        rec["running_since"] = now
+                    else:
+                        rec.update(exit_code=code, ended=now, message=message)
+                    if where == "stopped":  # on the cluster, not from this page
+                        rec.setdefault("stop_requested", now)
+                    last.update(rec)
+        return where, code, message
 
     def status(self, name: str) -> JobStatus:
         run = self.run_dir(name)
@@ -336,69 +304,57 @@ class JobManager:
             raise JobError(f"No app-launched run called {name!r} in {display_path(self.runs_dir)}.")
         spec = job.get("spec") or {}
         recipe = spec.get("recipe")
-        if job.get("queued") or (job.get("cancelled") and not job.get("launches")):
-            queued = bool(job.get("queued"))
-            pos = self._queue_position(name) if queued else None
-            return JobStatus(name, run, "queued" if queued else "cancelled", None,
-                             spec.get("agent", "cmrl"), spec.get("benchmark", "?"), None, 0,
-                             spec.get("device", "auto"), None, (job.get("queued") or {}).get(
-                                 "command", ""), message=job.get("start_error", ""),
-                             recipe=recipe, queue_position=pos)
-        launches = job.get("launches") or [{}]
-        last = launches[-1]
-        pid = last.get("pid")
-        proc = self._procs.get(name)
-        if proc is not None and proc.pid == pid and proc.poll() is not None:
-            self._record_exit(name, proc.returncode)
-            job = _read_json(run / JOB_FILE)
-            last = (job.get("launches") or [{}])[-1]
-        alive = pid_alive(pid, run) and last.get("exit_code") is None
-        if (alive and not last.get("stop_requested") and not last.get("time_limit")
-                and time.time() > last.get("deadline", float("inf"))):
-            self._stop_at_time_limit(name)  # its watcher is gone (the app was restarted)
-            job = _read_json(run / JOB_FILE)
-            last = (job.get("launches") or [{}])[-1]
+        agent, benchmark = spec.get("agent", "cmrl" if recipe else "?"), spec.get("benchmark", "?")
+        if job.get("queued") or not job.get("launches"):  # waiting here, or cancelled unrun
+            q = job.get("queued") or {}
+            if q:
+                self._watch()
+            return JobStatus(name, run, "queued" if q else "cancelled", None, agent, benchmark,
+                             None, 0, spec.get("device", "auto"), None, q.get("command", ""),
+                             message=job.get("start_error", ""), recipe=recipe,
+                             queue_position=self._queue_position(name) if q else None)
+        last = job["launches"][-1]
+        where, exit_code, message = self._poll(name, run, last)
         rows = read_metrics(run, max_rows=3)
         step = int(rows[-1].get("step", 0)) if rows else 0
         info = _read_json(run / "config.json")
-        target = last.get("steps") or job.get("spec", {}).get("steps")
         cfg_steps = (info.get("config") or {}).get("train", {}).get("steps")
-        target = int(target or cfg_steps or 0) or None
-        device = info.get("device") or (_read_status(run) or {}).get("device")
-        if not device:
-            asked = (job.get("spec") or {}).get("device", "auto")
-            device = (f"auto → {'cuda' if cuda_available() else 'cpu'}" if asked == "auto"
-                      else asked)
-        exit_code = last.get("exit_code")
-        run_status = _read_status(run) if recipe else None
+        target = int(last.get("steps") or spec.get("steps") or cfg_steps or 0) or None
+        from cmrl.runs.run_status import read_status
+
+        run_status = (read_status(run) if recipe else None) or {}
+        asked = spec.get("device", "auto")
+        device = info.get("device") or run_status.get("device") or (
+            asked if asked != "auto" else "auto (the cluster's node)" if last.get("ray_job")
+            else f"auto → {'cuda' if cuda_available() else 'cpu'}")
         if run_status:
             step = int(run_status.get("step") or 0)
             target = int(run_status.get("total") or 0) or None
-            device = run_status.get("device") or device
-        message = ""
         if last.get("time_limit"):
             message = (f"stopped at this page's time limit of {self.max_seconds / 3600:g} h "
                        "(CMRL_MAX_TRAIN_SECONDS); its last checkpoint is kept")
-        if alive:
-            state = "stopping" if last.get("stop_requested") else "running"
+        if where in ("pending", "running"):
+            self._watch()
+            state = "stopping" if last.get("stop_requested") else {"pending": "queued"}.get(
+                where, where)
         elif last.get("stop_requested"):
             state = "stopped"
         elif exit_code == 0 or (exit_code is None and (
-                (run_status or {}).get("state") == "finished" if recipe
-                else (target and step >= target))):
+                run_status.get("state") == "finished" if recipe else (target and step >= target))):
             state = "finished"
         elif exit_code is not None:
             state = "failed"
-            message = (run_status or {}).get("message") or log_tail(run, 3)
+            message = message or run_status.get("message") or log_tail(run, 3)
         else:
             state = "interrupted"
-        rs = run_status or {}
-        return JobStatus(name, run, state, pid, spec.get("agent", "cmrl" if recipe else "?"),
-                         spec.get("benchmark", "?"), target, step, device,
-                         launches[0].get("started"), last.get("command", ""), exit_code, message,
-                         recipe=recipe, phase=rs.get("phase"), phases=list(rs.get("phases") or []),
-                         unit=rs.get("unit") or "steps", rate=rs.get("rate"),
-                         eta_s=rs.get("eta_s"), precision=rs.get("precision") or "")
+        return JobStatus(name, run, state, last.get("pid"), agent, benchmark, target, step, device,
+                         job["launches"][0].get("started"), last.get("command", ""), exit_code,
+                         message, recipe, run_status.get("phase"),
+                         list(run_status.get("phases") or []), run_status.get("unit") or "steps",
+                         run_status.get("rate"), run_status.get("eta_s"),
+                         run_status.get("precision") or "",
+                         where=f"Ray job {last['ray_job']}" if last.get("ray_job") else
+                         f"pid {last.get('pid')}")
 
     def list(self) -> list[JobStatus]:
         out = []
@@ -412,111 +368,126 @@ class JobManager:
     def running(self) -> list[JobStatus]:
         return [j for j in self.list() if j.alive]
 
-    # -- launching ----------------------------------------------------------------------------------
+    def log(self, name: str, lines: int = 25) -> str:
+        """The last lines of the log of `name`'s last launch: train.log, or Ray's job log."""
+        run = self.run_dir(name)
+        last = (_read_json(run / JOB_FILE).get("launches") or [{}])[-1]
+        try:
+            return self._backend_of(last).log(run, last, lines)
+        except JobError as e:
+            return str(e)
+
+    # -- the queue and the watcher --------------------------------------------------------------------
     def _check_can_launch(self) -> None:
         """Hosted pages launch nothing; a full queue takes nothing more."""
         if self.hosted:
             raise JobError("Training is switched off on this hosted demo page (CMRL_HOSTED=1), so "
                            "that it cannot be used to burn compute. Run the app locally "
                            "(`bash scripts/run_app.sh`) to train, or use `python -m cmrl train`.")
-        if len(self.queued()) >= MAX_QUEUED:
-            raise JobError(f"The queue is full: {MAX_QUEUED} runs are waiting for their turn "
-                           "behind the running one. Cancel one of them or wait.")
-
-    # -- the queue ------------------------------------------------------------------------------------
-    def queued(self) -> list[str]:
-        """Names of the queued jobs, first in line first."""
-        if not self.runs_dir.is_dir():
-            return []
-        waiting = []
-        for p in self.runs_dir.glob(f"*/{JOB_FILE}"):
-            q = _read_json(p).get("queued")
-            if isinstance(q, dict):
-                waiting.append((q.get("since") or 0, p.parent.name))
-        return [n for _, n in sorted(waiting)]
+        if sum(j.state == "queued" for j in self.list()) >= MAX_QUEUED:
+            raise JobError(f"The queue is full: {MAX_QUEUED} runs are waiting for their turn. "
+                           "Cancel one of them or wait.")
 
     def _queue_position(self, name: str) -> int | None:
         names = self.queued()
         return names.index(name) + 1 if name in names else None
 
-    def _enqueue(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None) -> None:
-        with self._file_lock:
-            job = _read_json(run / JOB_FILE) or job
-            job["queued"] = {"argv": argv, "command": self._command(argv, run), "steps": steps,
-                             "since": time.time()}
-            job.setdefault("created", time.time())
-            atomic_write_json(run / JOB_FILE, job)
-        self._start_poller()
-
     def _start_or_queue(self, name: str, run: Path, argv: list[str], job: dict,
-                        steps: int | None) -> list[str]:
-        """Starts the job now if nothing runs (and nothing waits before it), else queues it."""
-        if len(self.running()) < MAX_RUNNING and not self.queued():
-            self._start(name, run, argv, job, steps)
+                        steps: int | None, device: str) -> list[str]:
+        """Starts the job now if a cluster takes it, or if nothing runs (or waits) here; else
+        queues it here."""
+        if self.backend.queues or (len(self.running()) < MAX_RUNNING and not self.queued()):
+            self._start(name, run, argv, job, steps, device)
             return []
-        self._enqueue(name, run, argv, job, steps)
+        with self._edit(name) as stored:
+            stored.update(stored or job, queued={"argv": argv, "command": self._command(argv, run),
+                                                 "steps": steps, "device": device,
+                                                 "since": time.time()})
+        self._watch()
         return [f"{name} is queued (position {self._queue_position(name)}): it starts when the "
                 "running run ends. Cancel it with the Cancel button."]
 
     def pump(self) -> str | None:
         """Starts the first queued job if nothing runs; returns its name (None if none started).
-        Called when a run ends, on every page refresh and by the poller (so a queue survives an
-        app restart)."""
+        Called by the watcher and on every page refresh."""
         if self.hosted or not self.queued():
             return None
         with self._lock:
             if len(self.running()) >= MAX_RUNNING:
                 return None
             for name in self.queued():
-                run = self.runs_dir / name
-                job = _read_json(run / JOB_FILE)
+                job = _read_json(self.runs_dir / name / JOB_FILE)
                 q = job.get("queued") or {}
                 try:
-                    self._start(name, run, list(q["argv"]), job, q.get("steps"))
+                    self._start(name, self.runs_dir / name, list(q["argv"]), job, q.get("steps"),
+                                q.get("device", "auto"))
                     return name
                 except (JobError, KeyError, TypeError) as e:
-                    with self._file_lock:
-                        job = _read_json(run / JOB_FILE)
+                    with self._edit(name) as job:
                         job.pop("queued", None)
-                        job["cancelled"] = time.time()
-                        job["start_error"] = f"could not start: {e}"[:500]
-                        atomic_write_json(run / JOB_FILE, job)
+                        job.update(cancelled=time.time(), start_error=f"could not start: {e}"[:500])
             return None
 
-    def _start_poller(self) -> None:
-        """A daemon thread that pumps the queue every 2 s while anything waits (the running run
-        may belong to an earlier app process, with no watcher thread here)."""
+    def _watch(self) -> None:
+        """Wakes the watcher thread (`_watching`) unless it is awake."""
         with self._file_lock:
-            if self._poller is not None and self._poller.is_alive():
-                return
-            self._poller = threading.Thread(target=self._poll, daemon=True, name="job-queue")
-            self._poller.start()
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._watching, daemon=True,
+                                                 name="job-watcher")
+                self._watcher.start()
 
-    def _poll(self) -> None:
-        while self.queued():
-            try:
-                self.pump()
-            except Exception:  # noqa: BLE001 (a torn file; the next round reads it again)
-                pass
-            time.sleep(2.0)
+    def _watching(self) -> None:
+        """While anything runs or waits: records ends (`status`), stops a run at the wall-time cap,
+        kills a stopped local run still there after its grace time, starts the next queued run."""
+        busy = True
+        while busy:
+            time.sleep(WATCH_S)
+            busy = False
+            for name in self.names():
+                try:
+                    st = self.status(name)
+                    busy |= st.alive or st.state == "queued"
+                    last = (_read_json(st.run_dir / JOB_FILE).get("launches") or [{}])[-1]
+                    now = time.time()
+                    since = last.get("running_since") or now
+                    if st.state == "running" and now > since + last.get("max_seconds", now):
+                        with self._edit(name) as job:
+                            job["launches"][-1]["time_limit"] = True
+                        self.stop(name)
+                    elif st.alive and now > last.get("stop_requested", now) + last.get("grace_s", 0):
+                        self._backend_of(last).stop(last, force=True)
+                except Exception:  # noqa: BLE001 (a torn file, a cluster hiccup: next round)
+                    busy = True
+            with contextlib.suppress(Exception):  # noqa: BLE001 (tried again next round)
+                busy |= bool(self.pump())
 
     def cancel(self, name: str) -> JobStatus:
-        """Drops a queued job from the queue, or stops a running one (like `stop`)."""
+        """Drops a job from this page's queue, or stops a running or cluster-pending one."""
         st = self.status(name)
-        if st.alive:
+        if st.stoppable:
             return self.stop(name)
         if st.state != "queued":
             raise JobError(f"{name} is neither queued nor running ({st.state}): nothing to cancel.")
-        path = st.run_dir / JOB_FILE
-        with self._file_lock:
-            job = _read_json(path)
+        with self._edit(name) as job:
             if not job.pop("queued", None):
                 raise JobError(f"{name} has just started: press Stop to stop it.")
             if not job.get("launches"):
                 job["cancelled"] = time.time()
-            atomic_write_json(path, job)
         return self.status(name)
 
+    def stop(self, name: str, grace_s: float = 10.0) -> JobStatus:
+        """Asks the run to stop (SIGINT here, Ray's stop on a cluster): it exits keeping its last
+        checkpoint; the watcher kills a local run still there after `grace_s`."""
+        st = self.status(name)
+        if not st.stoppable:
+            raise JobError(f"{name} is not running ({st.state}).")
+        with self._edit(name) as job:
+            last = job["launches"][-1]
+            last.update(stop_requested=time.time(), grace_s=grace_s)
+        self._backend_of(last).stop(last)
+        return self.status(name)
+
+    # -- checking a launch ------------------------------------------------------------------------------
     def _cap(self, steps: int) -> tuple[int, str]:
         if steps > self.max_steps:
             return self.max_steps, (f"steps capped at {self.max_steps:,} on this page "
@@ -598,11 +569,11 @@ class JobManager:
             raise JobError(_sentence(user_message(e))) from None
         return bench
 
-    @staticmethod
-    def _device(device) -> None:
+    def _device(self, device) -> None:
+        """A device choice; cuda only where torch sees one (on a cluster: Ray finds a GPU node)."""
         if device not in DEVICES:
             raise JobError(f"Device must be auto, cpu or cuda, not {str(device)[:30]!r}.")
-        if device == "cuda" and not cuda_available():
+        if device == "cuda" and not self.ray_address and not cuda_available():
             raise JobError("Device cuda was asked for, but torch sees no CUDA device on this "
                            "machine: choose auto or cpu.")
 
@@ -644,21 +615,17 @@ class JobManager:
         argv = [self.python, "-m", "cmrl", "recipe", "--name", spec.recipe, "--run-dir",
                 str(run_dir), "--benchmark", spec.benchmark, "--seed", str(spec.seed), "--device",
                 spec.device, "--no-progress"]
-        if self.data_root is not None:
-            argv += ["--data-root", str(self.data_root)]
+        from cmrl.experiments.recipes import DATA_CACHE
+
+        # a cluster job runs in a folder of Ray's: its data goes to an absolute root
+        root = self.data_root or (ROOT / DATA_CACHE if self.ray_address else None)
+        if root is not None:
+            argv += ["--data-root", str(root)]
         if extra.get("steps") is not None:
             argv += ["--steps", str(extra["steps"])]
         if extra.get("data_episodes") is not None:
             argv += ["--data-episodes", str(extra["data_episodes"])]
         return argv
-
-    def estimate(self, recipe: str, benchmark: str, device: str) -> dict:
-        """`cmrl.experiments.recipes.estimate_seconds` for a launch from this page (its data root)."""
-        from cmrl.experiments.recipes import DATA_CACHE, estimate_seconds, get_recipe
-
-        spec, _, _ = self.validate_recipe(RecipeSpec(recipe, benchmark, 0, device))
-        root = self.data_root or (ROOT / DATA_CACHE)
-        return estimate_seconds(get_recipe(spec.recipe), spec.benchmark, spec.device, root)
 
     def _dataset(self, offline: str) -> str:
         """The offline dataset's folder, if it lies inside the allowed roots and is a dataset made
@@ -696,17 +663,13 @@ class JobManager:
                                "press Resume, or choose another name.")
             run.mkdir(parents=True, exist_ok=True)
             spec.name = name
+            job = {"name": name, "spec": dict(spec.__dict__), "launches": [], "created": time.time()}
             if isinstance(spec, RecipeSpec):
-                argv = self.build_recipe_argv(spec, run, extra)
-                job = {"name": name, "spec": dict(spec.__dict__, agent="cmrl", extra=extra),
-                       "launches": [], "created": time.time()}
-                steps = None
+                argv, steps = self.build_recipe_argv(spec, run, extra), None
+                job["spec"].update(agent="cmrl", extra=extra)
             else:
-                argv = self.build_argv(spec, run)
-                job = {"name": name, "spec": spec.__dict__, "launches": [],
-                       "created": time.time()}
-                steps = spec.steps
-            notes += self._start_or_queue(name, run, argv, job, steps)
+                argv, steps = self.build_argv(spec, run), spec.steps
+            notes += self._start_or_queue(name, run, argv, job, steps, spec.device)
             return self.status(name), notes
 
     def resume(self, name: str, steps: int | None = None, device: str | None = None
@@ -733,10 +696,8 @@ class JobManager:
             if target and st.step >= target:
                 raise JobError(f"{name} has already reached {st.step:,} of {target:,} steps: raise "
                                "the steps field above that to train it further, then Resume.")
-            if device is not None and device not in DEVICES:
-                raise JobError(f"Device must be auto, cpu or cuda, not {str(device)[:30]!r}.")
-            if device == "cuda" and not cuda_available():
-                raise JobError("Device cuda was asked for, but torch sees no CUDA device here.")
+            if device is not None:
+                self._device(device)
             argv = [self.python, "-m", "cmrl", "train", "--resume", "--run-dir", str(run),
                     "--no-progress"]
             if steps:
@@ -744,133 +705,40 @@ class JobManager:
             if device:
                 argv += ["--device", device]
             job = _read_json(run / JOB_FILE)
-            notes += self._start_or_queue(name, run, argv, job, target)
+            notes += self._start_or_queue(name, run, argv, job, target,
+                                          device or (job.get("spec") or {}).get("device", "auto"))
             return self.status(name), notes
 
     def _resume_recipe(self, st: JobStatus, steps, device) -> tuple[JobStatus, list[str]]:
         """A recipe resumes by running its command again: `run_recipe` skips finished phases
-        and resumes the interrupted one from its checkpoint."""
+        and resumes the interrupted one from its checkpoint (`steps` is not used: a recipe
+        resumes with its own budget)."""
         job = _read_json(st.run_dir / JOB_FILE)
         spec = job.get("spec") or {}
         if st.state == "finished":
             raise JobError(f"{st.name} has finished every phase of the {st.recipe} recipe: "
                            "launch a new run to train again.")
-        notes = []  # a recipe resumes with its own budget: `steps` is not used
         rspec = RecipeSpec(spec.get("recipe", ""), spec.get("benchmark", ""), spec.get("seed", 0),
-                           spec.get("device", "auto"), st.name)
-        if device is not None:
-            rspec.device = device
+                           device or spec.get("device", "auto"), st.name)
         rspec, _, extra = self.validate_recipe(rspec)
         argv = self.build_recipe_argv(rspec, st.run_dir, spec.get("extra") or extra)
-        notes += self._start_or_queue(st.name, st.run_dir, argv, job, None)
+        notes = self._start_or_queue(st.name, st.run_dir, argv, job, None, rspec.device)
         return self.status(st.name), notes
 
     def _command(self, argv: list[str], run: Path) -> str:
         shown = ["python"] + [display_path(Path(a)) if a == str(run) else a for a in argv[1:]]
         return shlex.join(shown)
 
-    def _start(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None) -> None:
-        env = dict(os.environ)
-        env.setdefault("MUJOCO_GL", "egl")
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                         else "")
+    def _start(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None,
+               device: str) -> None:
+        """Starts one launch on the backend and records it (with the caps in force)."""
         command = self._command(argv, run)
-        with open(run / LOG_FILE, "ab") as log:
-            log.write(f"\n$ {command}\n".encode())
-            log.flush()
-            try:
-                proc = subprocess.Popen(argv, cwd=str(ROOT), env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-            except OSError as e:
-                raise JobError(f"Could not start the training process: {e}") from e
         started = time.time()
-        with self._file_lock:
-            job = _read_json(run / JOB_FILE) or job
-            job.pop("queued", None)
-            job.setdefault("launches", []).append({"pid": proc.pid, "pgid": proc.pid, "argv": argv,
-                                                   "command": command, "started": started,
-                                                   "deadline": started + self.max_seconds,
-                                                   "steps": steps, "exit_code": None})
-            atomic_write_json(run / JOB_FILE, job)
-        self._procs[name] = proc
-        threading.Thread(target=self._wait, args=(name, proc), daemon=True,
-                         name=f"job-{name}").start()
-
-    def _wait(self, name: str, proc: subprocess.Popen) -> None:
-        try:
-            rc = proc.wait(timeout=self.max_seconds)
-        except subprocess.TimeoutExpired:
-            self._stop_at_time_limit(name)
-            rc = proc.wait()
-        self._record_exit(name, rc, proc.pid)  # reaped: no zombie
-        try:
-            self.pump()  # the next queued run, if any
-        except Exception:  # noqa: BLE001 (the poller and the next refresh try again)
-            pass
-
-    def _stop_at_time_limit(self, name: str) -> None:
-        path = self.runs_dir / name / JOB_FILE
-        with self._file_lock:
-            job = _read_json(path)
-            if not job.get("launches") or job["launches"][-1].get("time_limit"):
-                return  # stopped already (by the watcher thread or a status check)
-            job["launches"][-1]["time_limit"] = True
-            atomic_write_json(path, job)
-        try:
-            self.stop(name)
-        except JobError:
-            pass  # it ended meanwhile
-
-    def _record_exit(self, name: str, rc: int, pid: int | None = None) -> None:
-        with self._file_lock:
-            path = self.runs_dir / name / JOB_FILE
-            job = _read_json(path)
-            if not job.get("launches"):
-                return
-            last = job["launches"][-1]
-            if pid is not None and last.get("pid") != pid:
-                return
-            if last.get("exit_code") is None:
-                last["exit_code"] = rc
-                last["ended"] = time.time()
-                atomic_write_json(path, job)
-
-    # -- stopping -----------------------------------------------------------------------------------
-    def stop(self, name: str, grace_s: float = 10.0) -> JobStatus:
-        st = self.status(name)
-        if not st.alive:
-            raise JobError(f"{name} is not running ({st.state}).")
-        path = st.run_dir / JOB_FILE
-        with self._file_lock:
-            job = _read_json(path)
-            last = job["launches"][-1]
-            last["stop_requested"] = time.time()
-            atomic_write_json(path, job)
-        pgid = last.get("pgid") or st.pid
-        # SIGINT: the CLI exits cleanly and says the last checkpoint is intact. A child started while
-        # SIGINT was ignored here (an app run in the background) inherits that, so use SIGTERM then;
-        # checkpoints are atomic, so even SIGKILL loses nothing but the steps since the last one.
-        first = signal.SIGTERM if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else signal.SIGINT
-        try:
-            os.killpg(pgid, first)
-        except ProcessLookupError:
-            pass
-        threading.Thread(target=self._escalate, args=(st.pid, pgid, st.run_dir, grace_s),
-                         daemon=True).start()
-        return self.status(name)
-
-    @staticmethod
-    def _escalate(pid: int, pgid: int, run: Path, grace_s: float) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            deadline = time.time() + grace_s
-            while time.time() < deadline:
-                if not pid_alive(pid, run):
-                    return
-                time.sleep(0.25)
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                return
+        launch = self.backend.start(run, argv, command, device, self.ray_cpus)
+        with self._edit(name) as stored:
+            stored.update(stored or job)
+            stored.pop("queued", None)
+            stored.setdefault("launches", []).append(dict(
+                launch, argv=argv, command=command, started=started, steps=steps,
+                max_seconds=self.max_seconds, exit_code=None))
+        self._watch()

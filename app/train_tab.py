@@ -1,12 +1,14 @@
-"""The Train tab: pick a recipe (or the trainer's flags), launch it as its own process, follow,
-stop, cancel or resume it. A recipe's description, its time estimate and a run's progress panel
-are text and HTML made here; every number comes from `cmrl` (`cmrl.experiments.recipes`, the
-run's `status.json`) or from `jobs.py`, which owns the processes.
+"""The Train tab: pick a recipe (or the trainer's flags), launch it as its own process (or as a
+job on a Ray cluster, with CMRL_RAY_ADDRESS), follow, stop, cancel or resume it. A recipe's
+description, its time estimate and a run's progress panel are text and HTML made here; every number
+comes from `cmrl` (`cmrl.experiments.recipes`, the run's `status.json`) or from `jobs.py`, which
+owns the jobs.
 """
 
 from __future__ import annotations
 
 import html
+import os
 import time
 from pathlib import Path
 
@@ -16,13 +18,12 @@ from cmrl.config import config_fields
 from cmrl.runs.logger import read_metrics
 
 from .base import PageBase, page_error
-from .common import (InputError, clean_text, display_path, find_checkpoints, parse_choice,
+from .common import (ROOT, InputError, clean_text, display_path, find_checkpoints, parse_choice,
                      parse_float, parse_int, resolve_path, shown)
 from .figures import message_figure, training_figure
 from .inputs import DropdownInput, NumberInput, RadioInput
 from .jobs import (AGENTS, CUSTOM, DEVICES, LAUNCH_CONFIG, PRIOR_DATA, UPDATES_PER_STEP, JobError,
-                   JobStatus, RecipeSpec, TrainSpec, device_summary, format_seconds, log_tail,
-                   recipe_choices)
+                   JobStatus, RecipeSpec, TrainSpec, log_tail)
 from .roots import inside
 
 CUSTOM_FIELDS = ("train.agent", "train.steps", "train.prior_data", "train.offline",
@@ -55,6 +56,36 @@ def field_input(name: str):
     if info.type.startswith("float"):
         return NumberInput(value, label=label, info=help_line)
     return gr.Textbox(value or "", label=label + " (optional)", info=help_line)
+
+
+def device_summary() -> str:
+    """Which device `--device auto` picks here, in words."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)} (GPU; `auto` uses it)"
+        return f"cpu: {os.cpu_count()} cores, torch {torch.__version__}; no CUDA device (`auto` uses the CPU)"
+    except Exception as e:  # noqa: BLE001
+        return f"unknown ({e})"
+
+
+def recipe_choices() -> list[tuple[str, str]]:
+    """(title, name) of the library's recipes, then custom."""
+    from cmrl.experiments.recipes import RECIPES
+
+    return [(r.title, r.name) for r in RECIPES.values()] + [
+        ("custom (the trainer's flags)", CUSTOM)]
+
+
+def format_seconds(s: float | None) -> str:
+    """1 h 05 min, 4 min 10 s, 12 s."""
+    if s is None:
+        return "?"
+    s = max(0, int(round(s)))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 PHASE_WORDS = {"data": "making data", "offline": "offline training", "online": "online training"}
@@ -95,7 +126,9 @@ def progress_html(st: JobStatus | None) -> str:
             f"<b>{e(st.state)}</b></span> · {e(st.what)} · {e(st.benchmark)}")
     lines = [head]
     if st.state == "queued":
-        lines.append(f"queued (position {st.queue_position}): starts when the running run ends")
+        lines.append(f"queued (position {st.queue_position}): starts when the running run ends"
+                     if st.queue_position else "pending on the Ray cluster: it starts when the "
+                     "cluster has the CPUs (and GPU) it asks for")
     if st.phases:
         steps = [f"<b><u>{e(PHASE_WORDS.get(p, p))}</u></b>" if p == st.phase
                  else e(PHASE_WORDS.get(p, p)) for p in st.phases]
@@ -156,12 +189,13 @@ class TrainTab(PageBase):
     def _launched(self, st, notes):
         for n in notes:
             gr.Warning(n)
-        if st.state == "queued":
+        if st.state == "queued" and st.queue_position:
             text = (f"Queued **{st.name}** (position {st.queue_position}): it starts when the "
                     f"running run ends. `{st.command}`")
         else:
-            text = (f"Launched **{st.name}** (pid {st.pid}): `{st.command}`  \nlogs: "
+            logs = ("Ray's job log" if st.where.startswith("Ray") else
                     f"`{display_path(st.run_dir / 'train.log')}`")
+            text = f"Launched **{st.name}** ({st.where}): `{st.command}`  \nlogs: {logs}"
         if st.recipe is None and st.target_steps:
             text += (f"  \ntrains: {st.agent} on {st.benchmark}, {st.target_steps:,} steps, "
                      f"device {st.device} (the checked config: "
@@ -200,7 +234,7 @@ class TrainTab(PageBase):
             raise page_error(e)
         if was == "queued":
             return f"Cancelled **{st.name}**: it left the queue without running."
-        return f"Stopping **{st.name}** (SIGINT to its process group; the last checkpoint is kept)."
+        return f"Stopping **{st.name}** ({self.jobs.backend.stop_words})."
 
     def train_estimate(self, recipe, benchmark, device):
         """How long the recipe takes on this machine (`cmrl.experiments.recipes.estimate_seconds`: a few
@@ -217,7 +251,11 @@ class TrainTab(PageBase):
             device = parse_choice(device, "The device", DEVICES)
             key = (recipe, benchmark, device)
             if key not in self._estimates:
-                est = self.jobs.estimate(recipe, benchmark, device)
+                from cmrl.experiments.recipes import DATA_CACHE, estimate_seconds, get_recipe
+
+                spec, _, _ = self.jobs.validate_recipe(RecipeSpec(recipe, benchmark, 0, device))
+                est = estimate_seconds(get_recipe(spec.recipe), spec.benchmark, spec.device,
+                                       self.jobs.data_root or (ROOT / DATA_CACHE))
                 self._estimates[key] = estimate_text(recipe, benchmark, device, est)
             return self._estimates[key]
         except (InputError, JobError) as e:
@@ -238,7 +276,7 @@ class TrainTab(PageBase):
             st = self.jobs.stop(self._job_name(run))
         except (InputError, JobError) as e:
             raise page_error(e)
-        return f"Stopping **{st.name}** (SIGINT to its process group; the last checkpoint is kept)."
+        return f"Stopping **{st.name}** ({self.jobs.backend.stop_words})."
 
     def train_resume(self, run, steps, device):
         try:
@@ -251,10 +289,10 @@ class TrainTab(PageBase):
             raise page_error(e)
         for n in notes:
             gr.Warning(n)
-        if st.state == "queued":
+        if st.state == "queued" and st.queue_position:
             return (f"Queued the resume of **{st.name}** (position {st.queue_position}): it "
                     "starts when the running run ends.")
-        return f"Resumed **{st.name}** (pid {st.pid}): `{st.command}`"
+        return f"Resumed **{st.name}** ({st.where}): `{st.command}`"
 
     def _job_name(self, run) -> str:
         """A run launched by this app (by any client, listed or not on its page), or InputError."""
@@ -287,9 +325,10 @@ class TrainTab(PageBase):
     def jobs_table(self) -> list[list]:
         rows = []
         for j in self.jobs.list():
-            rows.append([j.name, j.state, j.what, j.benchmark, j.phase or "", j.progress, j.eta,
+            eta = format_seconds(j.eta_s) if j.alive and j.eta_s is not None else ""
+            rows.append([j.name, j.state, j.what, j.benchmark, j.phase or "", j.progress, eta,
                          j.device, time.strftime("%Y-%m-%d %H:%M", time.localtime(j.started))
-                         if j.started else "", j.pid or ""])
+                         if j.started else "", j.where])
         return rows
 
     def train_refresh(self, run, shown, known):
@@ -333,7 +372,7 @@ class TrainTab(PageBase):
                           f"`{j.command}`" + (f"\n\n```\n{j.message}\n```" if j.message else ""))
             else:
                 status = f"**{run}**: not launched from this app (curves only)."
-            logs = log_tail(path, 25)
+            logs = self.jobs.log(run, 25) if run in self.jobs.names() else log_tail(path, 25)
         elif shown is not None:
             curves = message_figure("pick a run to see its curves", 420)
         found = self.checkpoints()
@@ -352,11 +391,15 @@ class TrainTab(PageBase):
         else:
             hosted = (f"\n\n> Each run is capped at {self.jobs.max_steps:,} steps per training "
                       f"phase and {self.jobs.max_seconds / 3600:g} h of wall time on this page.")
+        where = (f"as a job on the Ray cluster at `{self.jobs.ray_address}` (it queues the jobs "
+                 "and places a cuda run on a GPU node; `auto` asks for no GPU)"
+                 if self.jobs.ray_address else "as a separate process")
+        queue = ("" if self.jobs.ray_address else
+                 " One run at a time: further launches wait in a queue.")
         gr.Markdown(f"Pick a **recipe** (from `cmrl.experiments.recipes`: data made on demand, then offline "
-                    f"and/or online training) and launch it as a separate process (it keeps running "
-                    f"if you reload the page); runs go to `{display_path(self.jobs.runs_dir)}/<name>`."
-                    f" One run at a time: further launches wait in a queue.  \n**Device here:** "
-                    f"{device_summary()}{hosted}")
+                    f"and/or online training) and launch it {where} (it keeps running if you "
+                    f"reload the page); runs go to `{display_path(self.jobs.runs_dir)}/<name>`."
+                    f"{queue}  \n**Device here:** {device_summary()}{hosted}")
         with gr.Row():
             recipe = RadioInput(recipe_choices(), value="quick", label="recipe", scale=3)
             estimate = gr.Button("estimate", scale=0, min_width=90)
@@ -391,7 +434,7 @@ class TrainTab(PageBase):
         status = gr.Markdown()
         progress = gr.HTML(progress_html(None), elem_id="train-progress-panel")
         table = gr.Dataframe(headers=["run", "state", "recipe / agent", "benchmark", "phase",
-                                      "progress", "ETA", "device", "started", "pid"],
+                                      "progress", "ETA", "device", "started", "where"],
                              label="runs launched from the app", value=self.jobs_table(),
                              interactive=False)
         curves = gr.Plot(label="training curves (metrics.jsonl, refreshed every 2 s): success on "
