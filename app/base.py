@@ -20,8 +20,9 @@ from cmrl.runs.checkpoint import CheckpointError, read_run_info
 
 from .adapt import Rollout, Sessions
 from .common import (MAX_EPISODES, NUM_VARIATIONS, AgentCache, InputError, default_checkpoint,
-                     describe_agent, display_path, find_checkpoints, parse_camera, parse_goal,
-                     parse_int, parse_scene, resolve_path, SCENES)
+                     describe_agent, display_path, find_checkpoints, parse_camera,
+                     parse_goal_text, parse_int, parse_scene, release_memory_soon, resolve_path,
+                     SCENES)
 from .inputs import DropdownInput, NumberInput
 from .jobs import JobManager
 from .results import results_roots
@@ -40,6 +41,15 @@ def page_error(e: Exception) -> gr.Error:
     msg = msg if len(msg) <= MAX_MESSAGE else msg[:MAX_MESSAGE - 1] + "…"
     log.info("refused: %s", " ".join(msg.split())[:300])
     return gr.Error(msg, duration=12, print_exception=False)
+
+
+class PageSessions(Sessions):
+    """The rollouts running for each page session; when one ends (its env and renderer closed),
+    what it freed goes back to the system (`release_memory_soon`)."""
+
+    def finish(self, session: str, ev) -> None:
+        super().finish(session, ev)
+        release_memory_soon()
 
 
 def session_key(request, tab: str, new: bool = True) -> str:
@@ -73,7 +83,7 @@ class PageBase:
         """Benchmark name -> the folder its shipped results are read from (the first is shown first)."""
         self.default = default
         self.agents = AgentCache()
-        self.sessions = Sessions()
+        self.sessions = PageSessions()
         self._estimates: dict[tuple, str] = {}
 
     def checkpoints(self) -> list[str]:
@@ -156,7 +166,10 @@ class PageBase:
 
     def _rollout_spec(self, scene, goal, variation, camera, episodes, eval_episodes, horizon,
                       size, what: str = "The goal description") -> Rollout:
-        spec = Rollout(scene=parse_scene(scene), goal=parse_goal(goal, what),
+        """The rollout asked for, or InputError; a goal text used otherwise than as typed is
+        said in a note (`parse_goal_text`)."""
+        goal, note = parse_goal_text(goal, what)
+        spec = Rollout(scene=parse_scene(scene), goal=goal,
                        variation=parse_int(variation, "The goal variation", 0, NUM_VARIATIONS - 1),
                        camera=parse_camera(camera),
                        episodes=parse_int(episodes, "Adaptation episodes", 0, MAX_EPISODES),
@@ -165,6 +178,8 @@ class PageBase:
                        size=parse_int(size, "The frame size", 64, 640))
         if spec.episodes + spec.eval_episodes == 0:
             raise InputError("Nothing to run: ask for at least one adaptation or evaluation episode.")
+        if note:
+            gr.Info(note if what == "The goal description" else f"{what}: {note}")
         return spec
 
     def _busy_note(self) -> None:

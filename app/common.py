@@ -6,8 +6,11 @@ the UI layer shows it with `gr.Error`. Only `cmrl`'s public functions are called
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import os
+import re
 import threading
 import unicodedata
 from collections import OrderedDict
@@ -35,6 +38,12 @@ MAX_TEXT = 500
 """Longest path or name accepted from a text field."""
 APP_MAX_MODEL_BYTES = int(os.environ.get("CMRL_APP_MAX_MODEL_MB", "256")) << 20
 """Budget of the networks of a checkpoint the page loads (`cmrl.load_agent(max_bytes=...)`)."""
+MAX_FOLDER_ENTRIES = 10_000
+"""Files and folders a checkpoint or dataset folder may hold, all checked before it is read (a run
+directory holds about ten, a dataset a few per task)."""
+NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+"""A number typed as text: ASCII digits, an optional sign, point and exponent. Python's int() and
+float() also take other scripts' digits ("٣", full-width "１２"), "1_000", "nan" and "inf"."""
 
 
 class InputError(ValueError):
@@ -59,15 +68,50 @@ def resolve_path(text: str) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+def leaves_roots(folder: Path, roots: list[Path],
+                 max_entries: int = MAX_FOLDER_ENTRIES) -> str | None:
+    """Why the files under `folder` may not be read, or None when they may: "link" when the folder
+    or anything under it, all links followed (os.path.realpath), lies outside every root, or cannot
+    be listed; "size" when it holds more than `max_entries` entries. Folder links inside the roots
+    are followed (each real folder once), so nothing read through them escapes either."""
+    bases = [os.path.realpath(r) for r in roots]
+
+    def inside_roots(path) -> bool:
+        real = os.path.realpath(path)
+        return any(real == b or real.startswith(b.rstrip(os.sep) + os.sep) for b in bases)
+
+    try:
+        if not inside_roots(folder):
+            return "link"
+        seen, stack, count = {os.path.realpath(folder)}, [os.path.realpath(folder)], 0
+        while stack:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    count += 1
+                    if count > max_entries:
+                        return "size"
+                    if not inside_roots(entry.path):
+                        return "link"
+                    if entry.is_dir():
+                        real = os.path.realpath(entry.path)
+                        if real not in seen:
+                            seen.add(real)
+                            stack.append(real)
+    except (OSError, ValueError):
+        return "link"
+    return None
+
+
 def find_checkpoints(roots: list[Path] | None = None) -> list[str]:
     """Run directories (`cmrl.runs.checkpoint.find_run_dirs`) under checkpoints/ then runs/ (and
-    any extra roots), as paths relative to the repository where possible."""
+    any extra roots), as paths relative to the repository where possible; a run whose files lead
+    out of the roots (`leaves_roots`) is not listed."""
     roots = roots or [ROOT / "checkpoints", ROOT / "runs"]
     found: list[str] = []
     for base in roots:
         for run in find_run_dirs(base):
             name = display_path(run)
-            if name not in found:
+            if name not in found and leaves_roots(run, roots) is None:
                 found.append(name)
     return found
 
@@ -201,13 +245,14 @@ def _number(value, what: str, expected: str) -> float | int:
         text = value.strip()
         if len(text) > 40:
             raise InputError(f"{what} must be {expected}, got {shown(value)}.")
+        if not NUMBER_TEXT.fullmatch(text):
+            hint = (" written with the digits 0-9" if any(c.isdigit() for c in text)
+                    and not text.isascii() else "")
+            raise InputError(f"{what} must be {expected}{hint}, got {shown(text)}.")
         try:
             value = int(text)
         except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise InputError(f"{what} must be {expected}, got {shown(text)}.") from None
+            value = float(text)
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"{what} must be {expected}, got {value}.")
     return value
@@ -261,10 +306,86 @@ def parse_choice(value, what: str, choices) -> str:
     return value
 
 
-def parse_goal(goal, what: str = "The goal description") -> str:
+INVISIBLE = {"Cf"}
+"""Unicode categories dropped from a goal text: format characters (zero-width, direction marks)."""
+MAX_INVISIBLE_SHARE = 0.5
+"""A goal text more than this share invisible characters is refused, not cleaned."""
+NON_WORDS = {"nan", "-nan", "inf", "-inf", "+inf", "infinity", "-infinity", "none", "null",
+             "undefined", "true", "false"}
+
+
+def parse_goal_text(goal, what: str = "The goal description") -> tuple[str, str | None]:
+    """The goal text the encoder is given, and a note saying what was used when that is not just
+    the text as typed (None otherwise). Invisible characters (zero-width, direction marks) are
+    dropped and compatibility forms folded (NFKC: full-width letters become
+    ASCII); a text whose visible characters are fewer than its invisible ones is refused, as are control characters and lone
+    surrogates (`validate_goal_text`). A text that describes nothing ("NaN", "null", "1e999", no
+    letters) is encoded as typed, and the note says so."""
+    def refuse(msg: str):
+        return InputError(msg[0].upper() + msg[1:] if what == "The goal description"
+                          else f"{what}: {msg}")
+
+    dropped, folded = 0, False
+    if isinstance(goal, str) and len(goal) <= 4 * MAX_TEXT:
+        kinds = [unicodedata.category(c) for c in goal]
+        if "Cs" not in kinds:  # a lone surrogate: validate_goal_text says so
+            kept = "".join(c for c, k in zip(goal, kinds) if k not in INVISIBLE)
+            dropped = len(goal) - len(kept)
+            if kept.strip():  # nothing visible at all: validate_goal_text says so
+                if dropped > MAX_INVISIBLE_SHARE * len("".join(goal.split())):
+                    raise refuse(f"the goal description is mostly invisible characters ({dropped} "
+                                 f"of {len(goal)}, such as zero-width spaces): type it as plain "
+                                 "text")
+                goal = unicodedata.normalize("NFKC", kept)
+                folded = goal != kept
+            else:
+                dropped = 0
     try:
-        return validate_goal_text(goal)
+        text = validate_goal_text(goal)
     except GoalTextError as e:
-        msg = str(e)
-        raise InputError(msg[0].upper() + msg[1:] if what == "The goal description"
-                         else f"{what}: {msg}") from e
+        raise refuse(str(e)) from e
+    changes = ([f"{dropped} invisible character{'s' if dropped > 1 else ''} dropped"] * bool(dropped)
+               + ["compatibility forms folded (NFKC)"] * folded)
+    if changes:
+        return text, f"Goal text used: {shown(text, 120)} ({'; '.join(changes)})."
+    if not any(c.isalpha() for c in text) or text.lower() in NON_WORDS or NUMBER_TEXT.fullmatch(text):
+        return text, (f"Goal text used: {shown(text, 120)}, as typed; it describes no goal, so the "
+                      "agent acts on what it infers from its own steps.")
+    return text, None
+
+
+# -- memory -----------------------------------------------------------------------------------------
+_release_lock = threading.Lock()
+_release_state = {"running": False, "again": False}
+
+
+def release_memory() -> None:
+    """Hand what finished requests freed back to the system: a garbage collection, then glibc's
+    malloc_trim, which returns the free pages of every malloc arena. Without it most of what a closed env and its
+    renderer freed stays resident (figures in docs/public_page.md). No-op off glibc."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def release_memory_soon() -> None:
+    """`release_memory` in a thread of its own (it takes tens of ms on a large heap), called when a
+    rollout or a long request ends. A call while one runs makes that one run once more."""
+    with _release_lock:
+        if _release_state["running"]:
+            _release_state["again"] = True
+            return
+        _release_state["running"] = True
+
+    def run():
+        while True:
+            release_memory()
+            with _release_lock:
+                if not _release_state["again"]:
+                    _release_state["running"] = False
+                    return
+                _release_state["again"] = False
+
+    threading.Thread(target=run, name="release-memory", daemon=True).start()

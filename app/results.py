@@ -10,7 +10,8 @@ Sources under the results root (default `checkpoints/ml4/`), all optional:
   For an agent and protocol that results.json lacks, they are averaged over seeds by
   `cmrl.experiments.report.aggregate_evaluations`, the same code that writes results.json.
 
-Unreadable files become `Results.problems`, never exceptions.
+Unreadable files become `Results.problems`, never exceptions. Nothing is read from a root holding a
+link that leads out of both it and checkpoints/ (all links followed).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cmrl.runs.checkpoint import find_run_dirs
 from cmrl.runs.logger import eval_series, read_metrics
 from cmrl.experiments.report import AGENT_ORDER, RESULTS_FILE, aggregate_evaluations, find_runs
 
-from .common import ML4_TASKS, ROOT, display_path
+from .common import ML4_TASKS, ROOT, display_path, leaves_roots
 
 DEFAULT_RESULTS_ROOT = ROOT / "checkpoints" / "ml4"
 SHIPPED_ROOT = ROOT / "checkpoints"
@@ -166,6 +167,10 @@ def load_results(root: Path | str | None = None, protocol: str = "cmrl") -> Resu
     root = Path(root) if root else DEFAULT_RESULTS_ROOT
     res = Results(root)
     if not root.is_dir():
+        return res
+    if leaves_roots(root, [root, SHIPPED_ROOT]) is not None:
+        res.problems.append(f"{display_path(root)}: holds a link leading out of it (or too many "
+                            "files); nothing was read from it")
         return res
     listed: list[str] = []
     rj = root / RESULTS_FILE

@@ -5,7 +5,11 @@ honoured only inside the folders the app was started with: `checkpoints/` and `r
 directories (plus `data/` for datasets), and any folder the local user adds with
 `python app.py --allow-root DIR` or `CMRL_ALLOWED_ROOTS=DIR1:DIR2`. Anything else, whether it
 exists or not, is a file or a folder, gets one and the same message, so the page cannot be used to
-map the server's filesystem. Paths are resolved (symlinks, `..`) before they are compared.
+map the server's filesystem. Paths are resolved (symlinks, `..`) before they are compared, and so
+is every file and folder inside the folder named (`common.leaves_roots`): a run directory whose
+config.json links to /etc/passwd is refused with that same message before anything in it is read.
+(A link made between this check and the read is not caught: whoever can make links in an allowed
+root can already put any content there.)
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import ROOT, InputError, clean_text, display_path
+from .common import MAX_FOLDER_ENTRIES, ROOT, InputError, clean_text, display_path, leaves_roots
 
 ENV_ROOTS = "CMRL_ALLOWED_ROOTS"
 CHECKPOINT_ROOTS = (ROOT / "checkpoints", ROOT / "runs")
@@ -22,6 +26,8 @@ CHECKPOINT_UNAVAILABLE = ("That checkpoint is not available on this page: pick o
                           "(run directories under {roots}).")
 DATASET_UNAVAILABLE = ("That offline dataset is not available on this page: give a folder made by "
                        "`python -m cmrl data --out data/NAME` under {roots}.")
+TOO_MANY_FILES = (f"{{what}} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: name a run "
+                  "directory or a dataset folder itself, not a folder of them.")
 
 
 def roots_from_env() -> list[Path]:
@@ -57,16 +63,25 @@ class Roots:
         """The dataset folder `text` names, if it is an existing folder under a data root."""
         return self._resolve(text, "The offline dataset", self.data, DATASET_UNAVAILABLE)
 
+    def readable(self, folder: Path) -> bool:
+        """Whether everything under `folder` (a run directory the page found itself) lies inside
+        the checkpoint roots, all links followed."""
+        return leaves_roots(folder, self.checkpoints) is None
+
     @staticmethod
     def _resolve(text, what: str, roots: list[Path], unavailable: str) -> Path:
         text = clean_text(text, what)
+        why = "link"
         try:
             p = Path(text)
             p = (p if p.is_absolute() else ROOT / p).resolve()
-            ok = any(p.is_relative_to(r.resolve()) for r in roots) and p.is_dir()
+            if any(p.is_relative_to(r.resolve()) for r in roots) and p.is_dir():
+                why = leaves_roots(p, roots)
         except (OSError, RuntimeError, ValueError):  # name too long, symlink loop
-            ok = False
-        if not ok:
+            pass
+        if why == "size":
+            raise InputError(TOO_MANY_FILES.format(what=what))
+        if why is not None:
             raise InputError(unavailable.format(roots=", ".join(f"{display_path(r)}/"
                                                                 for r in roots)))
         return p

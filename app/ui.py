@@ -4,9 +4,9 @@
 
 The work is in `adapt.py` (streamed rollouts), `jobs.py` (training processes), `results.py`
 (shipped results) and `cmrl` itself (rollouts, routing analysis). Every handler turns bad input
-into a `gr.Error` with a message that says what to do (logged as one line, no traceback); every
-input reaches its handler as sent (`inputs.py`), checkpoints and datasets are read only from the
-allowed roots (`roots.py`).
+into a `gr.Error` with a message that says what to do (logged as one line, no traceback); a request
+that fits no endpoint gets one refusal of its own (`guard.py`); every input reaches its handler as
+sent (`inputs.py`), checkpoints and datasets are read only from the allowed roots (`roots.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import gradio as gr
 from .adapt_tab import AdaptTab
 from .base import ROLLOUT_CONCURRENCY, log
 from .compare_tab import CompareTab
+from .guard import PageBlocks
 from .inspect_tab import InspectTab
 from .results_tab import ResultsTab
 from .train_tab import TrainTab
@@ -40,7 +41,7 @@ class App(AdaptTab, CompareTab, InspectTab, TrainTab, ResultsTab):
     def build(self) -> gr.Blocks:
         found = self.checkpoints()
         default = self.default_checkpoint(found)
-        with gr.Blocks(title="CMRL: compositional meta-RL", delete_cache=(1800, 3600)) as demo:
+        with PageBlocks(title="CMRL: compositional meta-RL", delete_cache=(1800, 3600)) as demo:
             gr.Markdown(
                 "# CMRL: type a goal, watch the arm adapt, see the routing\n"
                 "Compositional meta-RL on Meta-World: a PEARL context encoder, conditioned also on "

@@ -71,7 +71,7 @@ def malformed_inputs(checkpoint: str, n: int | None = None, seed: int = 0) -> li
 
 @dataclass
 class Answer:
-    kind: str  # ok | clean | uncaught
+    kind: str  # ok | clean | uncaught (| refused: an HTTP 400 with the page's own message)
     message: str | None = None
 
 
@@ -104,6 +104,59 @@ def call(url: str, api: str, data: list, timeout: float = 180.0) -> Answer:
             message = None
         return Answer("clean", message) if message else Answer("uncaught", None)
     return Answer("uncaught", f"stream ended without a result: {text[-200:]!r}")
+
+
+def join(url: str, fn_index: int, data: list, trigger_id: int | None = None,
+         session: str | None = None, timeout: float = 180.0) -> tuple[Answer, list[dict]]:
+    """Join the queue as the page's own frontend does (/gradio_api/queue/join, by the event's
+    index, with the component that triggered it) and read the session's messages to the end:
+    the answer, and every message (gr.Info notes come as {"msg": "log", ...})."""
+    import uuid
+
+    base = url.rstrip("/")
+    session = session or uuid.uuid4().hex
+    body = {"data": data, "fn_index": fn_index, "session_hash": session, "trigger_id": trigger_id}
+    try:
+        r = httpx.post(f"{base}/gradio_api/queue/join", content=json.dumps(body), timeout=timeout,
+                       headers={"content-type": "application/json"})
+        if r.status_code != 200:
+            return Answer("refused" if r.status_code == 400 else "uncaught",
+                          _detail(r)), []
+        messages = []
+        with httpx.stream("GET", f"{base}/gradio_api/queue/data",
+                          params={"session_hash": session}, timeout=timeout) as s:
+            for line in s.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                messages.append(json.loads(line[5:]))
+                if messages[-1].get("msg") == "process_completed":
+                    break
+    except (httpx.HTTPError, ValueError) as e:
+        return Answer("uncaught", f"{type(e).__name__}: {e}"), []
+    done = messages[-1] if messages and messages[-1].get("msg") == "process_completed" else None
+    if done is None:
+        return Answer("uncaught", "stream ended without a result"), messages
+    if done.get("success"):
+        return Answer("ok"), messages
+    message = (done.get("output") or {}).get("error")
+    return (Answer("clean", message) if message else Answer("uncaught", None)), messages
+
+
+def post(url: str, path: str, body) -> Answer:
+    """A raw POST under /gradio_api/: `refused` (HTTP 400 with the page's message), `ok` (200) or
+    `uncaught` (anything else: a 500 is an exception gradio did not handle)."""
+    r = httpx.post(f"{url.rstrip('/')}/gradio_api/{path}", content=json.dumps(body), timeout=60,
+                   headers={"content-type": "application/json"})
+    if r.status_code == 200:
+        return Answer("ok")
+    return Answer("refused" if r.status_code == 400 else "uncaught", _detail(r))
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail"))
+    except ValueError:
+        return f"HTTP {r.status_code}: {r.text[:200]}"
 
 
 def upload(url: str, name: str, data: bytes) -> str:

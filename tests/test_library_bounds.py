@@ -154,6 +154,29 @@ def test_safetensors_header_is_checked_before_any_tensor_is_read(tmp_path):
     _refused(run, str(path), name)
 
 
+def test_safetensors_header_keys_are_bounded_before_it_is_parsed(tmp_path, monkeypatch):
+    """A header of 200,000 keys (4 MB, within the 16 MB cap), and a short one packed with keys,
+    are refused at once, before any JSON is parsed; the real header still loads."""
+    run = _run(tmp_path)
+    path = run / MODEL_FILE
+    real = path.read_bytes()
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(ckpt.json, "loads", lambda raw, *a, **k: parsed.append(len(raw))
+                        or real_loads(raw, *a, **k))
+    many = {f"t{i}": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]} for i in range(200_000)}
+    _header_file(path, many, b"\0" * 4)
+    _refused(run, str(path), "header of")
+    packed = ",".join(f'"{i}":1' for i in range(5_000))  # ~40 KB: within the byte bound
+    raw = ("{" + packed + "}").encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    _refused(run, str(path), "keys")
+    header_sizes = [n for n in parsed if n > 10_000]
+    assert not header_sizes, header_sizes  # config.json (a few KB) was parsed, no header
+    path.write_bytes(real)
+    assert load_agent(run).kind == "cmrl"
+
+
 def test_bounds_cover_fields_added_later():
     """A new int in `net` (a width or a count) gets the net default bound; a new float must be
     finite; known fields keep their own ranges."""

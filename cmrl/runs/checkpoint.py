@@ -50,6 +50,10 @@ MAX_MODEL_BYTES = 512 << 20
 this much memory. A run directory describing bigger networks is refused before they are built."""
 MAX_HEADER_BYTES = 16 << 20
 """A safetensors header (its JSON table of tensors) larger than this is refused."""
+HEADER_BYTES_PER_TENSOR = 1024
+"""When the tensors a model file must hold are known, its header may take this much per tensor
+(plus `HEADER_SLACK`): a real entry (name, dtype, shape, offsets) takes about 100 bytes."""
+HEADER_SLACK = 4096
 
 
 class CheckpointError(RuntimeError):
@@ -274,14 +278,19 @@ def state_bytes(spec: dict[str, TensorSpec]) -> int:
     return sum(math.prod(shape) * dtype.itemsize for dtype, shape in spec.values())
 
 
-def read_tensor_header(path: Path) -> dict[str, TensorSpec]:
+def read_tensor_header(path: Path, max_tensors: int | None = None) -> dict[str, TensorSpec]:
     """The table of a safetensors file (name -> dtype, shape), read without reading any tensor, and
-    checked: every tensor's bytes lie inside the file and match its dtype and shape."""
+    checked: every tensor's bytes lie inside the file and match its dtype and shape. With
+    `max_tensors`, a header too long or holding too many keys for that many tensors is refused
+    before it is parsed (keys counted as the header's colons: every key has one)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     size = path.stat().st_size
     bad = f"{path}: not a readable safetensors file"
+    limit = MAX_HEADER_BYTES
+    if max_tensors is not None:
+        limit = min(limit, HEADER_BYTES_PER_TENSOR * (max_tensors + 1) + HEADER_SLACK)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -289,7 +298,15 @@ def read_tensor_header(path: Path) -> dict[str, TensorSpec]:
         (n,) = struct.unpack("<Q", head)
         if n > min(MAX_HEADER_BYTES, size - 8):
             raise CheckpointError(f"{bad} (header of {n:,} bytes in a file of {size:,})")
+        if n > limit:
+            raise CheckpointError(f"{bad} (header of {n:,} bytes, more than the {limit:,} its "
+                                  f"{max_tensors} tensors need)")
         raw = f.read(n)
+    if max_tensors is not None:
+        keys, most = raw.count(b":"), 4 * (max_tensors + 1) + 64  # dtype, shape, offsets + name
+        if keys > most:
+            raise CheckpointError(f"{bad} (its header holds up to {keys:,} keys, more than the "
+                                  f"{most:,} its {max_tensors} tensors need)")
     try:
         table = json.loads(raw)
     except (RecursionError, UnicodeDecodeError, ValueError):
@@ -330,7 +347,7 @@ def check_model_file(path: Path, expected: dict[str, TensorSpec],
             f"{path.parent / CONFIG_FILE}: describes networks of {params:,} parameters "
             f"({need / 2**20:,.0f} MiB), more than this loader's budget of "
             f"{max_bytes / 2**20:,.0f} MiB")
-    header = read_tensor_header(path)
+    header = read_tensor_header(path, max_tensors=len(expected))
     missing = sorted(k for k in set(expected) - set(header)
                      if not k.endswith(("obs_norm.mean", "obs_norm.std")))
     unexpected = sorted(set(header) - set(expected))
