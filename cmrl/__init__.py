@@ -14,7 +14,7 @@ from .config import (BenchmarkConfig, ConfigError, NetworkConfig, RunConfig, SAC
                      TrainConfig)
 from .envs.tasks import GOAL_TEXTS, goal_texts, resolve_benchmark  # noqa: E402
 from .nets.text_encoders import GoalTextError, TextEncoderError  # noqa: E402
-from .algo.trainer import train  # noqa: E402
+from .algo.onpolicy import train  # noqa: E402  (the SAC trainer, or rl2's and maml's)
 from .experiments import routing_analysis  # noqa: E402,F401
 
 __all__ = ["BenchmarkConfig", "CheckpointError", "ConfigError", "GOAL_TEXTS", "GoalTextError",

@@ -6,6 +6,8 @@
 | pearl | z from PEARL's encoder             | MLP             | no   | yes              | no      |
 | sm    | a one-hot task id (the oracle)     | soft-modular    | no   | no               | yes     |
 | care  | the goal-text embedding            | CARE mixture    | yes  | no               | no      |
+| rl2   | (obs, prev. action, reward, done)  | GRU (PPO)       | no   | hidden state     | no      |
+| maml  | the observation                    | MLP (PPO outer) | no   | gradient steps   | no      |
 
 `care` (Sodhani et al. 2021) encodes the state with a mixture of k encoders weighted by attention
 over the goal-text embedding (`mixture_encoder.py`); with no context encoder it cannot adapt from
@@ -37,6 +39,12 @@ class AgentKind:
     """What its actor and critics are conditioned on, in words (for pages and tables)."""
     color: str = "#7f7f7f"
     """Its colour in figures (the report's and the app's)."""
+    adapts_by: str = ""
+    """How it adapts within a task: `context` (PEARL's posterior over z), `hidden_state` (rl2's GRU
+    carried across a trial's episodes), `gradient` (maml's inner policy-gradient steps), or ``
+    (not at all: sm, care)."""
+    on_policy: bool = False
+    """Trained on-policy by `algo/onpolicy.py` (rl2, maml), not by the SAC trainer."""
 
     @property
     def goal_text_note(self) -> str | None:
@@ -58,6 +66,12 @@ class AgentKind:
 
     @property
     def no_posterior_note(self) -> str:
+        if self.adapts_by == "hidden_state":
+            return (f"no context posterior: a {self.name} agent adapts through its GRU's hidden "
+                    f"state, carried across the episodes of a trial (it reads {self.reads})")
+        if self.adapts_by == "gradient":
+            return (f"no context posterior: a {self.name} agent adapts by policy-gradient steps "
+                    "on its adaptation episodes")
         return (f"no context posterior: a {self.name} agent infers nothing from transitions "
                 f"(it reads {self.reads})")
 
@@ -65,14 +79,23 @@ class AgentKind:
 KINDS: dict[str, AgentKind] = {k.name: k for k in (
     AgentKind("cmrl", "modular", uses_text=True, uses_context=True, has_routing=True,
               uses_task_id=False, reads="z from the context encoder and the goal text",
-              color="#1f77b4"),
+              color="#1f77b4", adapts_by="context"),
     AgentKind("pearl", "mlp", uses_text=False, uses_context=True, has_routing=False,
-              uses_task_id=False, reads="z from the context encoder", color="#ff7f0e"),
+              uses_task_id=False, reads="z from the context encoder", color="#ff7f0e",
+              adapts_by="context"),
     AgentKind("sm", "modular", uses_text=False, uses_context=False, has_routing=True,
               uses_task_id=True, reads="a one-hot task id", color="#2ca02c"),
     AgentKind("care", "care", uses_text=True, uses_context=False, has_routing=False,
               uses_task_id=False, reads="the goal-text embedding", color="#9467bd"),
+    AgentKind("rl2", "gru", uses_text=False, uses_context=False, has_routing=False,
+              uses_task_id=False, adapts_by="hidden_state", on_policy=True,
+              reads="(obs, previous action, reward, done) through a GRU", color="#8c564b"),
+    AgentKind("maml", "mlp", uses_text=False, uses_context=False, has_routing=False,
+              uses_task_id=False, adapts_by="gradient", on_policy=True,
+              reads="the observation", color="#e377c2"),
 )}
+SAC_KINDS = tuple(k for k, v in KINDS.items() if not v.on_policy)
+"""The kinds the SAC trainer and its update benchmarks build (`MetaAgent`)."""
 assert tuple(KINDS) == AGENT_KINDS, "config.AGENT_KINDS and agent_kinds.KINDS disagree"
 
 

@@ -142,7 +142,8 @@ def config_from_args(args) -> RunConfig:
 
 
 def cmd_train(args) -> int:
-    from .algo.trainer import Trainer, start_or_resume
+    from .algo.onpolicy import make_trainer
+    from .algo.trainer import start_or_resume
 
     overrides = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items()
                  if getattr(args, flag, None) is not None and field in (
@@ -152,7 +153,7 @@ def cmd_train(args) -> int:
         overrides["train.mode"] = "online"
     cfg, resume = start_or_resume(args.run_dir, args.resume, lambda: config_from_args(args),
                                   overrides)
-    trainer = Trainer(cfg, args.run_dir, resume=resume, progress=not args.no_progress)
+    trainer = make_trainer(cfg, args.run_dir, resume=resume, progress=not args.no_progress)
     print(f"[cmrl] {cfg.train.agent} on {cfg.benchmark.name} ({', '.join(trainer.tasks)}; held out: "
           f"{', '.join(trainer.benchmark.test_tasks)}), {cfg.train.mode}, device {trainer.device}, "
           f"run dir {args.run_dir}", file=sys.stderr)

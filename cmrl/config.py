@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-AGENT_KINDS = ("cmrl", "pearl", "sm", "care")
+AGENT_KINDS = ("cmrl", "pearl", "sm", "care", "rl2", "maml")
 ROUTING_INPUTS = ("obs_x_cond", "cond")
 COND_EMBEDS = ("linear", "mlp")
 GOAL_ENCODINGS = ("sentence", "verb_object")
@@ -193,7 +193,9 @@ class TrainConfig:
     """`cmrl` (PEARL context + goal text -> soft-modular routing), `pearl` (MLP on [s, z]), `sm`
     (soft-modular with a one-hot task id: the multi-task oracle, no adaptation) or `care` (a
     mixture of state encoders weighted by attention over the goal text, then MLPs: CARE, no
-    adaptation). What each can do: `agent_kinds.py`."""
+    adaptation), `rl2` (a GRU policy adapting through its hidden state, PPO) or `maml` (a
+    Gaussian MLP adapting by policy-gradient steps, outer loop PPO); the last two train on-policy
+    with the `onpolicy` section. What each can do: `agent_kinds.py`."""
     mode: str = "online"
     """`online`: Algorithm 1, collecting and updating (mixing in `offline` data when it is set).
     `offline`: gradient steps on the `offline` dataset only."""
@@ -254,11 +256,65 @@ class TrainConfig:
 
 
 @dataclass
+class OnPolicyConfig:
+    """The on-policy agents `rl2` and `maml` (`algo/onpolicy.py`). Of the train section they read
+    steps, seed, device, threads, checkpoint_every, eval_every, eval_variations and eval_at_start;
+    the net and sac sections are not theirs."""
+
+    tasks_per_iteration: int = 20
+    """Meta-batch: goal variations (tasks) sampled per iteration, each with its own rollouts."""
+    trial_episodes: int = 4
+    """rl2: episodes per trial (the hidden state is carried through them, reset between trials);
+    4 = the evaluator's 3 adaptation episodes + 1 evaluation episode."""
+    rl2_hidden: int = 128
+    """rl2: GRU width."""
+    rl2_embed: int = 64
+    """rl2: width of the tanh layer that embeds (obs, previous action, reward, done) for the GRU."""
+    policy_hidden: list[int] = field(default_factory=lambda: [100, 100])
+    """maml: hidden widths of the tanh Gaussian MLP policy (garage's MAML: 100 x 100)."""
+    init_std: float = 1.0
+    """Initial action std of the Gaussian policies (a learned, state-independent log-std)."""
+    adapt_episodes: int = 3
+    """maml: episodes per task with the pre-update policy, the inner step's data (the evaluator's
+    default adaptation episodes)."""
+    post_episodes: int = 3
+    """maml: episodes per task with the adapted policy, the outer (PPO) step's data."""
+    inner_lr: float = 0.1
+    """maml: step size of the inner vanilla policy-gradient step (garage, Meta-World+: 0.1)."""
+    inner_steps: int = 1
+    """maml: inner gradient steps, each on the same adaptation episodes."""
+    first_order: bool = False
+    """maml: first-order MAML (the outer gradient ignores the inner step's second derivatives)."""
+    discount: float = 0.99
+    """Discount factor of returns and advantages (rl2: across the episodes of a trial, as RL2)."""
+    gae_lambda: float = 0.95
+    """GAE's lambda (rl2: value head; maml: the linear feature baseline)."""
+    ppo_clip: float = 0.2
+    """PPO's ratio clip."""
+    ppo_epochs: int = 10
+    """PPO epochs over each iteration's data (maml: outer steps, each through the inner step)."""
+    ppo_minibatches: int = 4
+    """rl2: minibatches (of whole trials) per PPO epoch; maml: always the whole meta-batch."""
+    ppo_lr: float = 5e-4
+    """Adam learning rate of the PPO update (rl2: Meta-World+'s 5e-4)."""
+    entropy_coef: float = 5e-3
+    """Weight of the policy-entropy bonus in the PPO loss."""
+    value_coef: float = 0.5
+    """rl2: weight of the value loss."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip of the PPO update (0 disables)."""
+    ppo_reward_scale: float = 0.1
+    """Rewards are multiplied by this for advantages, value targets and rl2's reward input
+    (Meta-World's per-step rewards reach 10)."""
+
+
+@dataclass
 class RunConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     net: NetworkConfig = field(default_factory=NetworkConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -330,13 +386,25 @@ class RunConfig:
             raise ConfigError("sac.kl_prior 'text' needs net.goal_factor (the text's own factor)")
         if self.net.num_layers < 2:
             raise ConfigError("num_layers must be >= 2 (routing sits between module layers)")
+        o = self.onpolicy
+        for name in ("tasks_per_iteration", "trial_episodes", "rl2_hidden", "rl2_embed",
+                     "adapt_episodes", "post_episodes", "ppo_epochs", "ppo_minibatches"):
+            if getattr(o, name) < 1:
+                raise ConfigError(f"onpolicy.{name} must be >= 1, got {getattr(o, name)}")
+        if o.inner_steps < 0 or not o.policy_hidden:
+            raise ConfigError("onpolicy.inner_steps must be >= 0 and policy_hidden non-empty")
+        for name in ("init_std", "inner_lr", "ppo_lr", "ppo_clip", "ppo_reward_scale"):
+            if not getattr(o, name) > 0:
+                raise ConfigError(f"onpolicy.{name} must be > 0, got {getattr(o, name)}")
+        if not (0 <= o.discount <= 1 and 0 <= o.gae_lambda <= 1):
+            raise ConfigError("onpolicy.discount and onpolicy.gae_lambda must be in [0, 1]")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
 _SECTIONS = {"benchmark": BenchmarkConfig, "net": NetworkConfig, "sac": SACConfig,
-             "train": TrainConfig}
+             "train": TrainConfig, "onpolicy": OnPolicyConfig}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.text_encoder": TEXT_ENCODERS, "train.prior_data": PRIOR_DATA, "train.mode": MODES,
@@ -464,8 +532,19 @@ LIMITS: dict[str, tuple[float, float]] = {
     "train.steps": (1, 10**12),
     "train.envs_per_task": (1, 1024),
     "train.replay_capacity": (1, 10**9),
+    "onpolicy.tasks_per_iteration": (1, 4096),
+    "onpolicy.trial_episodes": (1, 1000),
+    "onpolicy.rl2_hidden": (1, 4096),
+    "onpolicy.rl2_embed": (1, 4096),
+    "onpolicy.policy_hidden": (1, 4096),
+    "onpolicy.adapt_episodes": (1, 1000),
+    "onpolicy.post_episodes": (1, 1000),
+    "onpolicy.inner_steps": (0, 100),
+    "onpolicy.ppo_epochs": (1, 1000),
+    "onpolicy.ppo_minibatches": (1, 4096),
 }
-LIST_LIMITS: dict[str, int] = {"net.encoder_hidden": 8, "net.mlp_hidden": 8}
+LIST_LIMITS: dict[str, int] = {"net.encoder_hidden": 8, "net.mlp_hidden": 8,
+                               "onpolicy.policy_hidden": 8}
 NET_INT_DEFAULT = (0, 4096)
 INT_DEFAULT = (-(2**53), 2**53)
 FLOAT_DEFAULT = (-1e12, 1e12)

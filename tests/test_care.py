@@ -102,7 +102,7 @@ def test_capability_table():
     assert care.uses_text and not care.uses_context and not care.has_routing
     assert not care.uses_task_id and care.backbone == "care"
     with pytest.raises(ConfigError, match="unknown agent"):
-        agent_kind("maml")
+        agent_kind("dreamer")
 
 
 def test_care_agent_is_conditioned_on_the_goal_text_alone():

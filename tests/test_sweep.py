@@ -56,6 +56,6 @@ def test_aggregate_mean_and_spread(tmp_path):
 
 
 def test_sweep_bad_input(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "cmrl", "sweep", "--agents", "maml", "--out",
+    r = subprocess.run([sys.executable, "-m", "cmrl", "sweep", "--agents", "dreamer", "--out",
                         str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown agent" in r.stderr

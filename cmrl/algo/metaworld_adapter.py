@@ -131,18 +131,28 @@ def metaworld_protocol(trained, splits=("train", "test"), num_evals: int = 10,
                               "seed": seed,
                               "train_variations": "Meta-World's train split (trained on)"},
                  "agent": trained.kind, "splits": {}}
+    if bench.is_point:
+        raise ValueError("the point robot is not a Meta-World env: use the project's evaluator")
     for split in splits:
         tasks = bench.tasks(split)
         results = {}
         for task in tasks:
-            train_envs = [task] if split == "train" else list(bench.train_tasks)
-            test_envs = [task] if split == "test" else list(bench.test_tasks) or [task]
-            envs = gym.make_vec("Meta-World/custom-ml-envs", train_envs=train_envs,
-                                test_envs=test_envs, meta_batch_size=meta_batch_size, split=split,
-                                seed=seed, max_episode_steps=horizon, vector_strategy="sync")
+            if bench.holds_out_variations:  # ML1: Meta-World's own train / test goal split
+                envs = gym.make_vec(f"Meta-World/ML1-{split}", env_name=task,
+                                    meta_batch_size=meta_batch_size, seed=seed,
+                                    max_episode_steps=horizon, vector_strategy="sync")
+            else:
+                train_envs = [task] if split == "train" else list(bench.train_tasks)
+                test_envs = [task] if split == "test" else list(bench.test_tasks) or [task]
+                envs = gym.make_vec("Meta-World/custom-ml-envs", train_envs=train_envs,
+                                    test_envs=test_envs, meta_batch_size=meta_batch_size,
+                                    split=split, seed=seed, max_episode_steps=horizon,
+                                    vector_strategy="sync")
             try:
                 mw = trained.as_metaworld_agent(goal_texts=goal_texts,
                                                 env_tasks=[task] * meta_batch_size)
+                if hasattr(mw, "wrap_envs"):  # rl2 reads each evaluation step's reward
+                    envs = mw.wrap_envs(envs)
                 success, ret, _ = metalearning_evaluation(
                     mw, envs, num_evals=num_evals, adaptation_steps=1,
                     adaptation_episodes=adaptation_episodes, evaluation_episodes=evaluation_episodes)

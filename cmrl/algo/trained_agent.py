@@ -130,6 +130,10 @@ def load_agent(run_dir: str | Path, device: str = "cpu",
         check_bounds(config)
     except ConfigError as e:
         raise ckpt.CheckpointError(f"{path}: invalid run config ({e})") from e
+    if agent_kind(config.train.agent).on_policy:  # rl2, maml: their own module and protocol
+        from .onpolicy_agent import load_onpolicy_agent
+
+        return load_onpolicy_agent(run_dir, info, config, device, max_bytes)
     try:
         text_dim = (int(info["text_encoder"].get("dim", 0))
                     if agent_kind(config.train.agent).uses_text else 0)

@@ -48,14 +48,15 @@ import numpy as np
 import torch
 
 from ..algo.agent import MetaAgent
-from ..agent_kinds import KINDS
+from ..agent_kinds import KINDS, SAC_KINDS
 from ..algo.collector import Collector
-from ..config import AGENT_KINDS, NetworkConfig, RunConfig
+from ..config import NetworkConfig, RunConfig
 from ..envs.metaworld_env import ACTION_DIM, OBS_DIM, TaskPool
 from ..algo.cuda_graphs import WARMUP
 from ..algo.sac import SACLearner, has_amx_bf16, keep_freed_memory
 from ..envs.tasks import resolve_benchmark
 
+AGENT_KINDS = SAC_KINDS  # the kinds with SAC updates to time (rl2 and maml train on-policy)
 TASKS = ("drawer-open-v3", "drawer-close-v3", "window-open-v3")
 TEXT_DIM = 384  # MiniLM's width: goal vectors for the agents that read text
 

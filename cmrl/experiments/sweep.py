@@ -32,7 +32,8 @@ def _run_trial(params: dict) -> None:
     """Ray Tune's function trainable: one (agent, seed) run."""
     from ray import tune
 
-    from ..algo.trainer import Trainer, start_or_resume
+    from ..algo.onpolicy import make_trainer
+    from ..algo.trainer import start_or_resume
 
     cfg = RunConfig.from_dict(params["base"])
     cfg.train.agent, cfg.train.seed = params["agent"], int(params["seed"])
@@ -45,7 +46,7 @@ def _run_trial(params: dict) -> None:
         tune.report({k.replace("/", "."): v for k, v in record.items()
                      if isinstance(v, (int, float))})
 
-    out = Trainer(cfg, run_dir, resume=resume, progress=False, on_log=report).train()
+    out = make_trainer(cfg, run_dir, resume=resume, progress=False, on_log=report).train()
     if out.get("grad_steps", 0) == 0 and out.get("env_steps", 0) == 0:
         report({"done": 1})
 
