@@ -1,0 +1,249 @@
+"""rl2 and maml in the harness: MAML's inner-loop gradients against finite differences, RL2's hidden
+state across the episodes of a trial, checkpoints (save, load, resume), the Meta-World adapter, and
+each agent learning the point robot to adapt (its evaluation episode above its zero-shot one)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cmrl.agent_kinds import agent_kind
+from cmrl.algo.maml import adapt_params
+from cmrl.algo.onpolicy import (OnPolicyAgent, OnPolicyTrainer, evaluate_onpolicy, gae,
+                                run_episode, run_trials)
+from cmrl.algo.trained_agent import load_agent
+from cmrl.config import BenchmarkConfig, ConfigError, RunConfig
+from cmrl.envs.metaworld_env import TaskPool
+from cmrl.envs.tasks import resolve_benchmark
+from cmrl.nets.onpolicy_nets import GaussianMLPPolicy, gaussian_log_prob
+
+
+def point_config(kind: str, steps: int = 400, **onpolicy) -> RunConfig:
+    cfg = RunConfig()
+    cfg.benchmark.name = "point"
+    cfg.train.agent, cfg.train.steps, cfg.train.threads = kind, steps, 1
+    cfg.train.eval_every, cfg.train.checkpoint_every = 0, steps
+    cfg.onpolicy.tasks_per_iteration = 4
+    cfg.onpolicy.ppo_epochs = 2
+    for k, v in onpolicy.items():
+        setattr(cfg.onpolicy, k, v)
+    cfg.validate()
+    return cfg
+
+
+def point_pool() -> TaskPool:
+    return TaskPool(resolve_benchmark(BenchmarkConfig(name="point")))
+
+
+# -- capabilities and config ---------------------------------------------------------------------
+def test_capabilities_and_config_checks():
+    rl2, maml = agent_kind("rl2"), agent_kind("maml")
+    assert rl2.on_policy and maml.on_policy and not agent_kind("pearl").on_policy
+    assert (rl2.adapts_by, maml.adapts_by) == ("hidden_state", "gradient")
+    assert not rl2.uses_text and not maml.uses_text and "does not read the goal text" in \
+        maml.goal_text_note
+    assert "hidden state" in rl2.no_posterior_note and "policy-gradient" in maml.no_posterior_note
+    with pytest.raises(ConfigError, match="onpolicy.trial_episodes"):
+        RunConfig().updated({"onpolicy.trial_episodes": 0})
+    with pytest.raises(ConfigError, match="onpolicy.ppo_lr"):
+        RunConfig().updated({"onpolicy.ppo_lr": 0.0})
+
+
+def test_gae_matches_its_definition():
+    rng = np.random.default_rng(0)
+    r, v = rng.normal(size=(2, 6)), rng.normal(size=(2, 6))
+    g, lam = 0.9, 0.8
+    delta = r + g * np.concatenate([v[:, 1:], np.zeros((2, 1))], 1) - v
+    want = np.array([[sum((g * lam) ** (k - t) * delta[i, k] for k in range(t, 6))
+                      for t in range(6)] for i in range(2)])
+    np.testing.assert_allclose(gae(r, v, g, lam), want, rtol=1e-12)
+
+
+# -- MAML's inner loop against finite differences -------------------------------------------------
+def _tiny_maml_problem():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, [3], init_std=0.7).double()
+    g = torch.Generator().manual_seed(1)
+    pre = [torch.randn(12, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    pre_adv = torch.randn(12, generator=g, dtype=torch.float64)
+    post = [torch.randn(10, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    post_adv = torch.randn(10, generator=g, dtype=torch.float64)
+    names = [k for k, _ in policy.named_parameters()]
+
+    def outer(params: dict, create_graph: bool, inner_lr: float = 0.3, steps: int = 2):
+        adapted = adapt_params(policy, params, pre[0], pre[1], pre_adv, inner_lr, steps,
+                               create_graph)
+        mean, log_std = policy.forward_with(adapted, post[0])
+        return -(gaussian_log_prob(mean, log_std, post[1]) * post_adv).mean()
+
+    return policy, names, outer, pre, pre_adv
+
+
+def _finite_difference(f, params: dict, eps: float = 1e-6) -> dict:
+    out = {}
+    for k, p in params.items():
+        grad = torch.zeros_like(p)
+        for i in range(p.numel()):
+            plus = {kk: vv.detach().clone().requires_grad_() for kk, vv in params.items()}
+            minus = {kk: vv.detach().clone().requires_grad_() for kk, vv in params.items()}
+            with torch.no_grad():
+                plus[k].view(-1)[i] += eps
+                minus[k].view(-1)[i] -= eps
+            grad.view(-1)[i] = (float(f(plus)) - float(f(minus))) / (2 * eps)
+        out[k] = grad
+    return out
+
+
+def test_maml_inner_step_is_a_policy_gradient_step():
+    policy, names, _, pre, pre_adv = _tiny_maml_problem()
+    params = {k: v.detach().clone().requires_grad_() for k, v in policy.named_parameters()}
+
+    def inner_loss(p):
+        mean, log_std = policy.forward_with(p, pre[0])
+        return -(gaussian_log_prob(mean, log_std, pre[1]) * pre_adv).mean()
+
+    fd = _finite_difference(inner_loss, params)
+    adapted = adapt_params(policy, params, pre[0], pre[1], pre_adv, 0.3, 1, create_graph=False)
+    for k in names:
+        torch.testing.assert_close(adapted[k], params[k] - 0.3 * fd[k], rtol=1e-6, atol=1e-8)
+
+
+def test_maml_outer_gradient_through_two_inner_steps_matches_finite_differences():
+    policy, names, outer, *_ = _tiny_maml_problem()
+    params = {k: v.detach().clone().requires_grad_() for k, v in policy.named_parameters()}
+    auto = torch.autograd.grad(outer(params, create_graph=True), list(params.values()))
+    fd = _finite_difference(lambda p: outer(p, create_graph=False), params)
+    for k, a in zip(names, auto):
+        torch.testing.assert_close(a, fd[k], rtol=1e-5, atol=1e-7)
+    # first-order MAML drops the second-order terms: it is not the true gradient here
+    first = torch.autograd.grad(outer(params, create_graph=False), list(params.values()))
+    gap = max(float((a - b).abs().max()) for a, b in zip(first, auto))
+    assert gap > 1e-3
+
+
+# -- RL2's hidden state ---------------------------------------------------------------------------
+def test_rl2_hidden_state_carries_across_episodes_and_resets_across_trials():
+    torch.manual_seed(0)
+    agent = OnPolicyAgent(point_config("rl2"), 2, 2, ("point-robot",)).eval()
+    pool = point_pool()
+    goals = pool.variations("point-robot", "test")[:3]
+    envs = [pool.make_env("point-robot", "test") for _ in goals]
+    trial = agent.trial(3)
+    assert not trial.h.any()  # a trial starts from zeros
+    first = run_episode(envs, goals, trial, True, [0] * 3)
+    carried = trial.hidden.copy()
+    assert np.abs(carried).sum() > 0
+    second = run_episode(envs, goals, trial, True, [0] * 3)
+    # same obs, same (deterministic) policy: only the carried hidden state and the previous
+    # step's inputs can make the second episode act differently from the first
+    assert not np.allclose(first.actions, second.actions)
+    fresh = agent.trial(3)
+    again = run_episode(envs, goals, fresh, True, [0] * 3)
+    np.testing.assert_allclose(again.actions, first.actions, rtol=1e-6)  # reset across trials
+    # the rewards a trial has seen change what it does next
+    a, b = agent.trial(1), agent.trial(1)
+    obs = np.zeros((1, 2), np.float32)
+    for _ in range(5):
+        a.act(obs, True), b.act(obs, True)
+        a.observe(np.zeros((1, 2)), np.array([-1.0]), np.array([False]))
+        b.observe(np.zeros((1, 2)), np.array([-0.2]), np.array([False]))
+    assert not np.allclose(a.act(obs, True).action, b.act(obs, True).action)
+    # step-by-step acting equals the full-trial forward pass that PPO trains with
+    x = np.concatenate([first.extras["x"], second.extras["x"]], 1)
+    with torch.no_grad():
+        mean, value, _, _ = agent.policy(torch.as_tensor(x))
+    np.testing.assert_allclose(mean.numpy(), np.concatenate([first.actions, second.actions], 1),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_evaluator_runs_rl2_as_one_trial_after_a_separate_zero_shot_trial():
+    torch.manual_seed(0)
+    agent = OnPolicyAgent(point_config("rl2"), 2, 2, ("point-robot",)).eval()
+    made = []
+    original = agent.trial
+
+    def spy(n, generators=None):
+        made.append(original(n, generators))
+        return made[-1]
+
+    agent.trial = spy
+    phases = ["zero-shot", "adapt", "adapt", "eval"]
+    succ, ret = run_trials(agent, point_pool(), "point-robot", "test", 3, phases, seed=0)
+    assert succ.shape == ret.shape == (3, 4)
+    horizon = 20
+    # the protocol's trial (made first) steps through adapt, adapt, eval; the zero-shot one alone
+    assert [len(t.activity) for t in made] == [3 * horizon, horizon]
+
+
+# -- checkpoints, resume, evaluator JSON ----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["rl2", "maml"])
+def test_checkpoint_round_trip_and_exact_resume(tmp_path, kind):
+    straight = OnPolicyTrainer(point_config(kind, steps=2 * _iteration_steps(kind)),
+                               tmp_path / "a", progress=False)
+    straight.train()
+    half = point_config(kind, steps=_iteration_steps(kind))
+    half.train.checkpoint_every = _iteration_steps(kind)
+    OnPolicyTrainer(half, tmp_path / "b", progress=False).train()
+    from cmrl.algo.trainer import config_for_resume
+
+    cfg = config_for_resume(tmp_path / "b", {"train.steps": 2 * _iteration_steps(kind)})
+    OnPolicyTrainer(cfg, tmp_path / "b", resume=True, progress=False).train()
+    a, b = load_agent(tmp_path / "a"), load_agent(tmp_path / "b")
+    assert a.kind == kind and a.adapts_by == agent_kind(kind).adapts_by
+    for (k, va), (_, vb) in zip(a.agent.state_dict().items(), b.agent.state_dict().items()):
+        torch.testing.assert_close(va, vb, msg=k)  # resumed == uninterrupted
+    for k, v in straight.agent.state_dict().items():
+        torch.testing.assert_close(a.agent.state_dict()[k], v)
+    res = a.evaluate(("test",), num_variations=2, adaptation_episodes=2)
+    t = res["splits"]["test"]["tasks"]["point-robot"]
+    assert t["episode_phases"] == ["zero-shot", "adapt", "adapt", "eval"]
+    assert len(t["success_by_episode"]) == len(t["return_by_episode"]) == 4
+    assert res["agent"] == kind and res["checkpoint"]["env_steps"] == 2 * _iteration_steps(kind)
+    json.dumps(res)
+    steps = list(a.rollout("point-robot", variation=1, adaptation_episodes=1, eval_episodes=1))
+    assert [s.phase for s in steps] == ["adapt"] * 20 + ["eval"] * 20
+    assert steps[-1].routing is None and len(steps[-1].z_mean) == 0
+
+
+def _iteration_steps(kind: str) -> int:
+    cfg = point_config(kind).onpolicy
+    per_task = cfg.trial_episodes if kind == "rl2" else cfg.adapt_episodes + cfg.post_episodes
+    return cfg.tasks_per_iteration * per_task * 20
+
+
+def test_model_file_of_another_architecture_is_refused(tmp_path):
+    from cmrl.runs.checkpoint import CheckpointError
+
+    OnPolicyTrainer(point_config("maml", steps=_iteration_steps("maml")), tmp_path / "r",
+                    progress=False).train()
+    info = json.loads((tmp_path / "r" / "config.json").read_text())
+    info["config"]["onpolicy"]["policy_hidden"] = [7]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="do not match|shape"):
+        load_agent(tmp_path / "r")
+
+
+# -- Meta-World's own evaluator -------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["rl2", "maml"])
+def test_metaworld_evaluator_runs_them(kind):
+    from cmrl.algo.metaworld_adapter import metaworld_protocol
+    from cmrl.algo.onpolicy_agent import TrainedOnPolicyAgent
+
+    cfg = RunConfig()
+    cfg.benchmark.name, cfg.benchmark.horizon, cfg.train.agent = "ml1:reach-v3", 15, kind
+    agent = OnPolicyAgent(cfg, 39, 4, ("reach-v3",)).eval()
+    trained = TrainedOnPolicyAgent(agent, {}, None)
+    seen = []
+    mw_agent = trained.as_metaworld_agent()
+    original = mw_agent.after_eval_step
+    mw_agent.after_eval_step = lambda r, e: (seen.append(np.asarray(r).copy()), original(r, e))
+    trained.as_metaworld_agent = lambda **_: mw_agent
+    res = metaworld_protocol(trained, ("test",), num_evals=1, adaptation_episodes=1)
+    assert 0.0 <= res["splits"]["test"]["mean_success"] <= 1.0
+    assert len(seen) >= 15 and any(np.any(r != 0) for r in seen)  # rewards reach the agent
+    assert mw_agent.trial is not None
+    if kind == "maml":
+        assert mw_agent.trial.adapted is not None and mw_agent.trial.action_change > 0
