@@ -2,11 +2,16 @@
 
 `python -m cmrl sweep --agents cmrl,pearl,sm --seeds 0,1,2 --out DIR [train flags]` runs the grid
 locally (trials in parallel up to the cores: `--cpus-per-trial` each) or on a Ray cluster
-(`--address`). Each trial trains with the project's own trainer into `DIR/<agent>-s<seed>/` and
-reports its metrics to Tune as it logs them; a trial whose directory already holds a run resumes it,
-so re-running a killed sweep continues where it stopped. At the end `DIR/sweep.json` holds the
-aggregate table: for every agent and task, the mean and spread (sample std) over seeds of the last
-evaluation's success and return.
+(`--address head:6379`, or `auto` on a node of it). Each trial trains with the project's own trainer
+into `DIR/<agent>-s<seed>/` and reports its metrics to Tune as it logs them; a trial whose directory
+already holds a run resumes it, so re-running a killed sweep continues where it stopped. At the end
+`DIR/sweep.json` holds the aggregate table (for every agent and task, the mean and spread, sample
+std, over seeds of the last evaluation's success and return) and the node each trial ran on;
+`python -m cmrl report --root DIR` reads the run directories like any others.
+
+On a cluster, DIR (the trials' run directories and Tune's storage_path, DIR/ray) must be storage
+every node sees at the same path, such as an NFS mount; the trials run the driver's own `cmrl`
+package (shipped with runtime_env py_modules), so the nodes need only its dependencies.
 
 Ray is an optional install (`pip install -r requirements-ray.txt`); nothing else in cmrl imports it.
 """
@@ -14,6 +19,7 @@ Ray is an optional install (`pip install -r requirements-ray.txt`); nothing else
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,7 @@ def trial_dir(out: str | Path, agent: str, seed: int) -> Path:
 
 def _run_trial(params: dict) -> None:
     """Ray Tune's function trainable: one (agent, seed) run."""
+    import ray
     from ray import tune
 
     from ..algo.onpolicy import make_trainer
@@ -42,9 +49,11 @@ def _run_trial(params: dict) -> None:
     cfg, resume = start_or_resume(run_dir, None, lambda: cfg, {"train.steps": cfg.train.steps,
                                                                "train.threads": cfg.train.threads})
 
+    node = ray.get_runtime_context().get_node_id()  # where it ran, for sweep.json
+
     def report(record: dict) -> None:
-        tune.report({k.replace("/", "."): v for k, v in record.items()
-                     if isinstance(v, (int, float))})
+        tune.report({"node_id": node, **{k.replace("/", "."): v for k, v in record.items()
+                                         if isinstance(v, (int, float))}})
 
     out = make_trainer(cfg, run_dir, resume=resume, progress=False, on_log=report).train()
     if out.get("grad_steps", 0) == 0 and out.get("env_steps", 0) == 0:
@@ -107,7 +116,12 @@ def sweep(base: RunConfig, agents: list[str], seeds: list[int], out: str | Path,
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if address:
-        ray.init(address=address, include_dashboard=False)
+        env = {k: os.environ[k] for k in ("MUJOCO_GL", "HF_HUB_OFFLINE") if k in os.environ}
+        try:  # the trials run this cmrl package wherever they land
+            ray.init(address=address, log_to_driver=False, runtime_env={
+                "py_modules": [str(Path(__file__).resolve().parents[1])], "env_vars": env})
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"cannot reach the Ray cluster at {address}: {e}") from e
     elif not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     try:
@@ -121,11 +135,14 @@ def sweep(base: RunConfig, agents: list[str], seeds: list[int], out: str | Path,
             run_config=tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=1))
         grid = tuner.fit()
         errors = [str(r.error) for r in grid if r.error is not None]
+        trials = [{"agent": r.config["agent"], "seed": r.config["seed"],
+                   "node_id": (r.metrics or {}).get("node_id")} for r in grid]
     finally:
         if not address:
             ray.shutdown()
     runs = {a: [trial_dir(out, a, s) for s in seeds] for a in agents}
     result = {"command": command, "agents": list(agents), "seeds": [int(s) for s in seeds],
-              "config": base.to_dict(), "table": aggregate(runs), "errors": errors}
+              "config": base.to_dict(), "table": aggregate(runs), "trials": trials,
+              "errors": errors}
     (out / SWEEP_FILE).write_text(json.dumps(result, indent=2))
     return result
