@@ -313,7 +313,9 @@ def _add_data(sub) -> None:
     p.add_argument("--noise", default="0.1,0.3,0.5", help="comma-separated action-noise stds")
     p.add_argument("--random-episodes", type=int, default=10, help="random-policy episodes per task")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int,
+                   help="worker processes sharing the (task, noise level, chunk) jobs (default: the "
+                        "cores); the data is the same for any count")
     p.add_argument("--out", help="dataset folder (required unless --check-experts)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--min-expert-success", type=float, default=0.5,
@@ -417,7 +419,7 @@ def _add_bench(sub) -> None:
                                   "cut short keeps what it measured)")
     p.add_argument("--sections", default="all",
                    help="comma-separated parts to run: updates, modular_net, sb3, precision, "
-                        "collection, gpu (default: all)")
+                        "collection, eval, data, gpu (default: all)")
 
 
 def cmd_bench(args) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ GOAL_ENCODINGS = ("sentence", "verb_object")
 BC_FORMS = ("sum", "td3bc")
 KL_PRIORS = ("standard", "text")
 CONTEXT_FROM = ("variation", "task")
-UPDATE_IMPLS = ("auto", "eager", "fast", "compiled", "graphed")
+UPDATE_IMPLS = ("auto", "eager", "graphed")
+RETIRED_UPDATE_IMPLS = {"fast": "eager", "compiled": "eager"}
+"""Retired `sac.update_impl` values (docs/speed_history.md) -> the path that runs them now (the same
+losses): a config or checkpoint naming one loads as that path, with a warning."""
 TEXT_ENCODERS = ("auto", "clip", "minilm")
 PRIOR_DATA = ("none", "expert")
 MODES = ("online", "offline")
@@ -146,14 +150,10 @@ class SACConfig:
     12-35x slower, and asking for it there warns with the cost measured on the machine. `auto`: bf16
     on AMX CPUs, fp32 elsewhere (on an H100 bf16 ran the cmrl update at 0.80x of fp32)."""
     update_impl: str = "auto"
-    """How the update runs; the same losses every time (`sac.py`). `eager`: the reference (op by op,
-    metrics read every update). `fast`: fused Adam and clip, copy-free soft-modular kernels, task-level
-    routing once per task, metrics read once per log line. `compiled`: `fast` through torch.compile,
-    falling back to `fast` with a warning if the compile fails. `graphed` (CUDA only): `fast` with
-    the whole update captured once as a CUDA graph and replayed (`cuda_graphs.py`); on a CPU it
-    warns and runs `fast`. `auto`: fast on CPU (where inductor measured slower than `fast`), graphed
-    on CUDA (4.8-11.5x eager on an H100, learning like eager; compiled is not picked anywhere: its
-    one whole H100 run learned worse than eager; README, Speed)."""
+    """How the update runs; the same losses every time (`sac.py`). `eager`: op by op, the one path
+    on CPU. `graphed` (CUDA only): the whole update captured once as a CUDA graph and replayed
+    (`cuda_graphs.py`; on a CPU it warns and runs eager). `auto`: graphed on CUDA, eager elsewhere.
+    `fast` and `compiled` are retired and load as eager (`speed_tuning.py` says why)."""
     bc_form: str = "sum"
     """How the offline behaviour term is weighted. `sum`: (alpha log pi - Q) / |Q| + bc_weight *
     sum over action dims of (mu - a)^2 (this project's first recipe; about 25x more behaviour
@@ -327,6 +327,11 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown config sections: {sorted(unknown)}")
         parts = {}
+        impl = data.get("sac", {}).get("update_impl") if isinstance(data.get("sac"), dict) else None
+        if isinstance(impl, str) and impl in RETIRED_UPDATE_IMPLS:
+            warnings.warn(f"sac.update_impl={impl!r} is retired (docs/speed_history.md); it runs "
+                          f"as {RETIRED_UPDATE_IMPLS[impl]!r}", UserWarning, stacklevel=2)
+            data = {**data, "sac": {**data["sac"], "update_impl": RETIRED_UPDATE_IMPLS[impl]}}
         for f in dataclasses.fields(cls):
             parts[f.name] = _build(_SECTIONS[f.name], data.get(f.name, {}), f.name)
         cfg = cls(**parts)

@@ -5,7 +5,7 @@ If matmuls take a share m of the update and run at a fraction f of the peak, the
 keeps the same FLOPs can make the update more than 1 / (m * f) times faster (every other op gone,
 every matmul at the peak); the script prints that bound.
 
-    python scripts/matmul_share.py --agents pearl cmrl sm --impl fast --batch 256 [--threads 2]
+    python scripts/matmul_share.py --agents pearl cmrl sm --impl eager --batch 256 [--threads 2]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def measure(kind: str, impl: str, batch: int, seconds: float, peak: float) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agents", nargs="+", default=["pearl", "cmrl", "sm"])
-    ap.add_argument("--impl", default="fast")
+    ap.add_argument("--impl", default="eager")
     ap.add_argument("--batch", type=int, default=256, help="transitions per task (3 tasks)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=None)

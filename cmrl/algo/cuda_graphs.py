@@ -10,17 +10,17 @@ What capture asks of the update, and how `sac.py` meets it:
 
 - fixed shapes: one graph per input signature (each input's shape and dtype, which inputs are
   present, whether the actor steps), captured the first time that signature is seen;
-- no waiting for the host inside: the metrics stay device tensors (the `fast` path's contract), and
+- no waiting for the host inside: the metrics stay device tensors (`read_metrics=False`), and
   nothing branches on tensor values (sm's one-hot ids are built by comparison, `agent.py`);
 - optimiser state on the device: Adam runs with `capturable=True`;
 - state created lazily must exist before capture, or capture would record its creation and replay
-  it every step: each signature first runs `WARMUP` ordinary `fast` updates, on a side stream as
+  it every step: each signature first runs `WARMUP` ordinary updates, on a side stream as
   PyTorch asks, which create the optimisers' moments. They are real updates of the run;
 - random draws (z, the actions' noise): PyTorch gives every replay its own philox offset from the
   CUDA generator, so each replay draws fresh numbers, as an uncaptured update would;
 - anything that swaps out a tensor a graph reads (loading optimiser state) must call `reset`.
 
-A capture that fails warns and leaves the learner on `fast` (the update of that batch runs there).
+A capture that fails warns and leaves the learner on `eager` (the update of that batch runs there).
 `capture=False` runs the same static-input plumbing without capturing: the CPU tests use it.
 """
 
@@ -139,7 +139,7 @@ class GraphedUpdate:
             torch.cuda.synchronize(self.device)
             warnings.warn(f"CUDA graph capture of the SAC update failed ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); running the uncaptured "
-                          "fast update instead", RuntimeWarning, stacklevel=4)
+                          "eager update instead", RuntimeWarning, stacklevel=4)
             if self.on_failure:
                 self.on_failure(e)
             return None

@@ -14,35 +14,14 @@ Losses, as in Algorithm 1 of the seed report and PEARL:
 
 Shapes: T tasks x B transitions, flattened to T*B rows with each task's z repeated B times.
 
-How the step runs (`sac.update_impl`; the losses are the same functions in every case):
-
-- `eager`: the reference. Reference network kernels (`modular_net.reference_kernels`), PyTorch's
-  for-loop Adam and `clip_grad_norm_`, metrics read (`.item()`) every update.
-- `fast`: fused Adam, one foreach gradient clip, the fast soft-modular kernels, task-level routing
-  once per task (`modular_net.grouped_rows`), freed memory kept by the allocator (CPU), and the
-  metrics left as tensors (`update(..., read_metrics=False)`) so that the step never waits for
-  the device; the trainer reads them once per logging period.
-- `compiled`: `fast` with the two loss functions through `torch.compile`. The compile happens on a
-  dry run before the first update (random state restored, no weights changed), is timed
-  (`compile_seconds`), and falls back to `fast` with a warning if it fails.
-- `graphed` (CUDA): `fast` with the whole update captured once as a CUDA graph and replayed
-  (`cuda_graphs.py`); Adam keeps its step counts on the device (`capturable`). On a CPU it warns and
-  runs `fast`.
-- `auto`: `fast` on CPU (where the bench measured inductor slower than `fast`); `graphed` on CUDA.
-  On an H100 (README, Speed) `graphed` ran 4.8-11.5x eager's updates/s, matched `fast` update by
-  update (tests), and its whole runs learned like eager's (the rule in docs/gpu_graphed_plan.md,
-  fixed before the runs). `compiled` ran 1.25-1.66x eager there, but its one whole run learned
-  worse than eager, fast and three eager seeds (bc_mse 0.58 vs 0.45-0.48 after 2,000 steps;
-  meta-train success 0.07 vs 0.60-0.83) while inductor on CPU matched eager; `auto` never picks it.
+How the step runs (`sac.update_impl`; the losses are the same functions either way): `eager`, op
+by op, on every device; `graphed` (CUDA), the whole update captured once as a CUDA graph and
+replayed (`cuda_graphs.py`). `auto` picks graphed on CUDA. Why only these: `speed_tuning.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import sys
-import time
 import warnings
 
 import torch
@@ -50,12 +29,9 @@ from torch import nn
 
 from .agent import MetaAgent
 from .cuda_graphs import GraphedUpdate
-from ..config import UPDATE_IMPLS
+from .speed_tuning import adam_options, resolve_precision, resolve_update_impl, set_adam_options
 from ..nets.context_encoder import (kl_gaussians, kl_to_standard_normal, product_of_gaussians,
                                     task_contrastive_loss)
-from ..nets.modular_net import grouped_rows, reference_kernels
-
-
 
 
 class SACLearner:
@@ -72,16 +48,14 @@ class SACLearner:
         capture = agent.device.type == "cuda" if graph_capture is None else graph_capture
         if self.impl == "graphed" and graph_capture is not False and agent.device.type != "cuda":
             warnings.warn("sac.update_impl=graphed needs a CUDA device (CUDA graphs); running the "
-                          "fast update on this CPU", RuntimeWarning, stacklevel=2)
-            self.impl = "fast"
+                          "eager update on this CPU", RuntimeWarning, stacklevel=2)
+            self.impl = "eager"
+        self.capture = capture and self.impl == "graphed"
         self.precision = resolve_precision(cfg.precision, agent.device)
-        fast = self.impl != "eager"
         critic_params = list(agent.critic.parameters())
         if agent.encoder is not None:
             critic_params += list(agent.encoder.parameters())
-        adam = {"lr": cfg.lr, "fused": True} if fast else {"lr": cfg.lr}
-        if self.impl == "graphed" and capture:
-            adam["capturable"] = True  # step counts on the device: replays must advance them
+        adam = {"lr": cfg.lr, **adam_options(self.impl, self.capture)}
         self.critic_opt = torch.optim.Adam(critic_params, **adam)
         self.actor_opt = torch.optim.Adam(agent.actor.parameters(), **adam)
         self.alpha_opt = torch.optim.Adam([agent.log_alpha], **adam)
@@ -90,14 +64,6 @@ class SACLearner:
         self._critic_params = list(agent.critic.parameters())
         self._target_params = list(agent.critic_target.parameters())
         self.updates = 0
-        reference_kernels(agent, not fast)
-        if fast and agent.device.type == "cpu":
-            keep_freed_memory()
-        self.compile_seconds: float | None = None
-        """Seconds the compile took (the dry run before the first update); None: not compiled."""
-        self._critic_fn, self._actor_fn = self._critic_losses, self._actor_losses
-        self._compiled_ready = self.impl != "compiled"
-        self._compile_backend = "inductor"
         self._graphed = (GraphedUpdate(self._step_inputs, agent.device, capture=capture,
                                        on_failure=self._graph_failed)
                          if self.impl == "graphed" else None)
@@ -108,19 +74,13 @@ class SACLearner:
         return self._graphed.capture_seconds if self._graphed is not None else None
 
     def _graph_failed(self, exc: Exception) -> None:
-        self.impl = "fast"
+        self.impl = "eager"
 
     def _autocast(self):
         if self.precision == "bf16":  # a graph must not keep autocast's cache of casts
             return torch.autocast(self.agent.device.type, dtype=torch.bfloat16,
                                   cache_enabled=self._graphed is None)
         return contextlib.nullcontext()
-
-    def _grouped(self, T: int):
-        """Task-level routing once per task (fast paths only; the eager reference routes every row)."""
-        if self.impl == "eager":
-            return contextlib.nullcontext()
-        return grouped_rows(self.agent, T)
 
     def update(self, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
                goal: torch.Tensor | None, task_ids: torch.Tensor,
@@ -134,8 +94,8 @@ class SACLearner:
         `update_actor=False`: critics, encoder and targets only (the critic warm-up of fine-tuning).
         `context_mask` [T, N]: which context transitions each task's posterior may use (context
         dropout); None: all.
-        Returns the metrics as floats; with `read_metrics=False` the fast paths leave them as 0-dim
-        tensors (no wait for the device; `float()` them later). The eager path always reads them."""
+        Returns the metrics as floats; with `read_metrics=False` as 0-dim tensors (no wait for the
+        device; `float()` them later)."""
         if self._graphed is not None and self.impl == "graphed":
             inputs = {"context": context, "goal": goal, "task_ids": task_ids, "cond_ids": cond_ids,
                       "context_mask": context_mask, **{f"batch.{k}": v for k, v in batch.items()}}
@@ -144,7 +104,7 @@ class SACLearner:
             metrics = self._step(batch, context, goal, task_ids, cond_ids, update_actor,
                                  context_mask)
         self.updates += 1
-        if read_metrics or self.impl == "eager":
+        if read_metrics:
             return {k: float(v) for k, v in metrics.items()}
         return metrics
 
@@ -166,21 +126,17 @@ class SACLearner:
         log_alpha = agent.log_alpha if agent.log_alpha.numel() == 1 else agent.log_alpha[task_ids]
         alpha = log_alpha.detach().exp()  # [T] or [1]
         alpha_rows = alpha.repeat_interleave(B) if alpha.numel() == T and T > 1 else alpha.expand(T * B)
-        if not self._compiled_ready:
-            self._compile(flat, context, goal, row_task, context_mask, alpha_rows, T, B)
-
-        with self._grouped(T):
-            with self._autocast():
-                loss, cond_detached, metrics = self._critic_fn(flat, context, goal, row_task,
+        with self._autocast():
+            loss, cond_detached, metrics = self._critic_losses(flat, context, goal, row_task,
                                                                context_mask, alpha_rows, T, B)
-            self.critic_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._clip(self.critic_opt)
-            self.critic_opt.step()
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip(self.critic_opt)
+        self.critic_opt.step()
 
-            if update_actor:
-                metrics.update(self._actor_step_tensors(flat, cond_detached, alpha_rows, log_alpha,
-                                                        T, B))
+        if update_actor:
+            metrics.update(self._actor_step_tensors(flat, cond_detached, alpha_rows, log_alpha,
+                                                    T, B))
 
         # ---- targets ----------------------------------------------------------------------------
         with torch.no_grad():
@@ -188,7 +144,7 @@ class SACLearner:
         metrics["alpha"] = agent.log_alpha.detach().exp().mean()
         return metrics
 
-    # -- the losses (shared by every update path) ------------------------------------------------
+    # -- the losses ------------------------------------------------------------------------------
     def _critic_losses(self, flat: dict[str, torch.Tensor], context: torch.Tensor | None,
                        goal: torch.Tensor | None, row_task: torch.Tensor,
                        context_mask: torch.Tensor | None, alpha_rows: torch.Tensor, T: int,
@@ -294,7 +250,8 @@ class SACLearner:
             p.requires_grad_(False)
         try:
             with self._autocast():
-                actor_loss, log_prob, metrics = self._actor_fn(flat, cond_detached, alpha_rows, T, B)
+                actor_loss, log_prob, metrics = self._actor_losses(flat, cond_detached, alpha_rows,
+                                                                   T, B)
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
             self._clip(self.actor_opt)
@@ -317,57 +274,7 @@ class SACLearner:
     def _clip(self, opt: torch.optim.Optimizer) -> None:
         if self.cfg.grad_clip > 0:
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            if self.impl == "eager":
-                nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-            else:
-                clip_grad_norm_foreach([p.grad for p in params], self.cfg.grad_clip)
-
-    # -- torch.compile -------------------------------------------------------------------------
-    def _compile(self, flat, context, goal, row_task, context_mask, alpha_rows, T, B) -> None:
-        """Compile both loss functions on a dry run of this batch (forward and backward, no
-        optimiser step; random state restored, gradients cleared), so the first real update is
-        already compiled and a failure is caught here. On failure: warn, stay on `fast`."""
-        self._compiled_ready = True
-        options = {"fallback_random": True} if self._compile_backend == "inductor" else None
-        critic_fn = torch.compile(self._critic_losses, dynamic=False,
-                                  backend=self._compile_backend, options=options)
-        actor_fn = torch.compile(self._actor_losses, dynamic=False,
-                                 backend=self._compile_backend, options=options)
-        dev = self.agent.device
-        rng = torch.random.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
-        start = time.perf_counter()
-        try:
-            with self._grouped(T):
-                with self._autocast():
-                    loss, cond_detached, _ = critic_fn(flat, context, goal, row_task, context_mask,
-                                                       alpha_rows, T, B)
-                loss.backward()
-                for p in self._critic_params:
-                    p.requires_grad_(False)
-                try:
-                    with self._autocast():
-                        actor_loss, _, _ = actor_fn(flat, cond_detached, alpha_rows, T, B)
-                    actor_loss.backward()
-                finally:
-                    for p in self._critic_params:
-                        p.requires_grad_(True)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-        except Exception as e:  # noqa: BLE001 - any compiler failure means: run uncompiled
-            warnings.warn(f"torch.compile of the SAC update failed ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); running the uncompiled "
-                          "fast update instead", RuntimeWarning, stacklevel=3)
-            self.impl = "fast"
-        else:
-            self._critic_fn, self._actor_fn = critic_fn, actor_fn
-            self.compile_seconds = time.perf_counter() - start
-        finally:
-            torch.random.set_rng_state(rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, dev)
-            for opt in (self.critic_opt, self.actor_opt, self.alpha_opt):
-                opt.zero_grad(set_to_none=True)
+            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)  # no host sync: capturable
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -375,140 +282,11 @@ class SACLearner:
                 "alpha_opt": self.alpha_opt.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        """Optimiser states saved by either path load into either (fused or not is ours to pick)."""
-        fused = self.impl != "eager"
+        """Optimiser states saved by either path load into either (the flags are ours to pick)."""
         for opt, key in ((self.critic_opt, "critic_opt"), (self.actor_opt, "actor_opt"),
                          (self.alpha_opt, "alpha_opt")):
             opt.load_state_dict(state[key])
-            _set_fused(opt, fused, capturable=bool(opt.defaults.get("capturable")))
+            set_adam_options(opt, self.impl, self.capture)
         self.updates = int(state["updates"])
         if self._graphed is not None:  # the graphs read the replaced optimiser state
             self._graphed.reset()
-
-
-# -- helpers --------------------------------------------------------------------------------------
-def resolve_update_impl(name: str, device: torch.device) -> str:
-    """`auto` -> `graphed` on CUDA (see the module docstring), `fast` elsewhere; the others as they
-    are."""
-    if name not in UPDATE_IMPLS:
-        raise ValueError(f"update_impl must be one of {', '.join(UPDATE_IMPLS)}, not {name!r}")
-    if name == "auto":
-        return "graphed" if device.type == "cuda" else "fast"
-    return name
-
-
-def has_amx_bf16() -> bool:
-    """Whether this CPU has AMX bf16 tiles (Linux /proc/cpuinfo; False where it cannot tell)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
-    except OSError:
-        return False
-
-
-def bf16_matmul_cost(device: torch.device, size: tuple[int, int, int] = (768, 256, 256),
-                     seconds: float = 0.05) -> float:
-    """Time of a bf16 batched matmul over the same fp32 one, measured here (a few ms each): >1 means
-    bf16 is slower. The shape is one hidden layer of the default update."""
-    M, K, N = size
-    a, b = torch.randn(1, M, K, device=device), torch.randn(1, K, N, device=device)
-
-    def per_call(x, y):
-        torch.bmm(x, y)
-        n, start = 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - start < seconds:
-            torch.bmm(x, y)
-            n += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) / n
-
-    return per_call(a.bfloat16(), b.bfloat16()) / per_call(a, b)
-
-
-def bf16_pays(device: torch.device) -> bool:
-    """Where bf16 autocast measured faster than fp32 for the cmrl update: CPUs with AMX (1.3-2.3x).
-    On an AVX-512-bf16 CPU without AMX it measured 1.0x for cmrl (1.7x for pearl), on CPUs with
-    neither 12-35x slower; GPUs are not measured yet. So `auto` picks bf16 on AMX CPUs only."""
-    return device.type == "cpu" and has_amx_bf16()
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """`fp32`, `bf16` or `auto` -> `fp32` or `bf16`. Asked for bf16 on a CPU, a quick probe times a
-    bf16 matmul against fp32 here and warns with that cost when bf16 is the slower (CPUs without
-    AMX or AVX-512 bf16 instructions); it then runs as asked."""
-    if name == "auto":
-        return "bf16" if bf16_pays(device) else "fp32"
-    if name == "bf16":
-        if device.type == "cpu":
-            cost = bf16_matmul_cost(device)
-            if cost > 1.0:
-                warnings.warn(f"--precision bf16 on this CPU: a bf16 matmul measured {cost:.1f}x "
-                              "the time of the fp32 one here (no AMX or AVX-512 bf16; whole updates "
-                              "measured 12-35x slower on such a CPU); fp32 or `auto` is faster",
-                              RuntimeWarning, stacklevel=3)
-        elif device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            warnings.warn("--precision bf16 on a GPU without native bf16: expect it slower than "
-                          "fp32", RuntimeWarning, stacklevel=3)
-    return name
-
-
-def clip_grad_norm_foreach(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """`nn.utils.clip_grad_norm_` (2-norm over all gradients, scaled by min(1, max / (norm +
-    1e-6))) in two foreach calls instead of two ops per tensor; torch's own refuses foreach on CPU.
-    Returns the total norm."""
-    if not grads:
-        return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    total = torch.linalg.vector_norm(torch.stack(norms))
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    torch._foreach_mul_(grads, coef)
-    return total
-
-
-def _set_fused(opt: torch.optim.Optimizer, fused: bool, capturable: bool = False) -> None:
-    """After `load_state_dict` (which restores the saved `fused`/`foreach`/`capturable` flags too):
-    run the implementation this learner chose, with the step counters where that one keeps them."""
-    for group in opt.param_groups:
-        group["fused"] = fused or None
-        group["foreach"] = False if fused else group.get("foreach")
-        group["capturable"] = capturable
-        if fused:
-            for p in group["params"]:
-                st = opt.state.get(p)
-                if st and "step" in st:
-                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
-
-    Every update allocates and frees the same few MB of activations; with glibc's defaults many of
-    them come back from the kernel as fresh zeroed pages: 1,400-2,500 page faults per cmrl update
-    at 3 x 256 in a process of its own on the 2-core EPYC VM, where the fast path, with this
-    setting, has almost none. With the mmap threshold raised to 32 MB and the heap not trimmed
-    below 512 MB of free space, they are reused. Process-wide, and not undone: setting glibc's
-    initial thresholds back by hand would also switch off its adaptive ones (~10k faults per
-    update, slower than a process that never called this; see `bench_worker.py`). A no-op without
-    glibc."""
-    global _FREED_MEMORY_KEPT
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 512 << 20)
-    _FREED_MEMORY_KEPT = True
-
-
-_FREED_MEMORY_KEPT: bool | None = None
-
-
-def freed_memory_kept() -> bool | None:
-    """True once `keep_freed_memory` ran in this process; None before (glibc's own adaptive
-    thresholds)."""
-    return _FREED_MEMORY_KEPT

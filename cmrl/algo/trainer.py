@@ -293,12 +293,11 @@ class Trainer:
         self.agent.set_obs_stats(*observation_stats(obs))
 
     def _updates(self, n: int) -> dict[str, float]:
-        """n gradient steps; their metrics averaged. The fast update paths hand the metrics back as
-        device tensors, summed here and read once at the end (no wait for the device per step)."""
+        """n gradient steps; their metrics averaged. The learner hands the metrics back as device
+        tensors, summed here and read once at the end (no wait for the device per step)."""
         if n:
             self._fix_obs_stats()
         sums: dict = {}
-        compiled_before = self.learner.compile_seconds
         captured_before = self.learner.capture_seconds
         for _ in range(n):
             batch, context = self._batch()
@@ -311,9 +310,6 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
             self.grad_steps += 1
         out = {k: float(v) / n for k, v in sums.items()} if n else {}
-        if self.learner.compile_seconds is not None and compiled_before is None:
-            # torch.compile ran in this chunk (once per run): its time, apart from the steps'
-            out["compile_s"] = round(self.learner.compile_seconds, 2)
         if (self.learner.capture_seconds or 0.0) > (captured_before or 0.0):
             # CUDA graphs captured in this chunk (`graphed`): their time, apart from the steps'
             out["capture_s"] = round(self.learner.capture_seconds - (captured_before or 0.0), 2)

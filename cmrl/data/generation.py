@@ -48,6 +48,7 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -300,7 +301,7 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: int,
                      noise_levels: Sequence[float] = (0.1, 0.3, 0.5), random_episodes: int = 0,
-                     seed: int = 0, workers: int = 2, progress: bool = True,
+                     seed: int = 0, workers: int | None = None, progress: bool = True,
                      command: str | None = None, overwrite: bool = False,
                      min_expert_success: float = MIN_EXPERT_SUCCESS,
                      allow_weak_experts: bool = True) -> Path:
@@ -310,8 +311,8 @@ def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: 
     plus `random_episodes` uniform-random-policy episodes, over the benchmark's training goal
     variations with its horizon. Held-out tasks are never generated (`HeldOutTaskError`).
 
-    `workers` processes share the (task, noise level, chunk) jobs; the data is the same for any
-    number of workers. `command` (the CLI line that produced the data) goes into the manifest.
+    `workers` processes share the (task, noise level, chunk) jobs (None: the cores); the data is
+    the same for any number of workers. `command` (the CLI line that produced the data) goes into the manifest.
     An existing non-empty `out_dir` is only replaced if it is a CMRL dataset and `overwrite` is set
     (else `FileExistsError`). Data is written into a staging folder inside `out_dir` and moved into
     place at the end; the manifest is written last. MINARI_DATASETS_PATH is set while writing and
@@ -342,6 +343,7 @@ def generate_dataset(benchmark: BenchmarkConfig, out_dir: str | Path, episodes: 
         raise ValueError("nothing to generate: episodes and random_episodes are both 0")
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not 0.0 <= min_expert_success <= 1.0:
@@ -427,6 +429,36 @@ def _check_expert(writer: _TaskWriter, job: _Job, episodes: int, horizon: int, f
           "manifest", file=sys.stderr)
 
 
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _in_workers(bench: Benchmark, fn, items: list, workers: int):
+    """`fn` over `items` in `workers` processes (this one when 1): an iterator of the results in
+    the items' order. The benchmark's task pool is built here first and inherited by the forked
+    workers (fork where there is one: rebuilding Meta-World's variations in each worker would
+    cost more than the jobs)."""
+    _task_pool(bench)
+    workers = min(workers, len(items))
+    if workers <= 1:
+        yield map(fn, items)
+        return
+    # ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies raises BrokenProcessPool
+    # here instead of being silently replaced while we wait forever.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method),
+                               initializer=_init_worker, initargs=(bench,))
+    try:
+        yield pool.map(fn, items)  # in item order
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _collect(bench: Benchmark, jobs: list[_Job], episodes: int, noise_levels: Sequence[float],
              random_episodes: int, workers: int, progress: bool,
              min_expert_success: float = 0.0,
@@ -438,28 +470,50 @@ def _collect(bench: Benchmark, jobs: list[_Job], episodes: int, noise_levels: Se
     writers = {task: _TaskWriter(bench, task, episodes, noise_levels, random_episodes)
                for task in bench.train_tasks}
     total = sum(job.episodes for job in jobs)
-    _task_pool(bench)  # built once here; forked workers inherit it
-    workers = min(workers, len(jobs))
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            # ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies raises
-            # BrokenProcessPool here instead of being silently replaced while we wait forever.
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            pool = stack.enter_context(ProcessPoolExecutor(
-                workers, mp_context=mp.get_context(method), initializer=_init_worker,
-                initargs=(bench,)))
-            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-            results = pool.map(_run_job, [(bench, job) for job in jobs])  # in job order
-        else:
-            results = map(_run_job, [(bench, job) for job in jobs])
-        bar = stack.enter_context(tqdm(total=total, unit="ep", disable=not progress,
-                                       desc=f"{bench.name} dataset"))
+    with _in_workers(bench, _run_job, [(bench, job) for job in jobs], workers) as results, \
+            tqdm(total=total, unit="ep", disable=not progress, desc=f"{bench.name} dataset") as bar:
         for job, eps in results:
             writers[job.task].add(job, eps)
             bar.update(len(eps))
             _check_expert(writers[job.task], job, episodes, bench.horizon, min_expert_success,
                           allow_weak_experts)
     return writers
+
+
+def _run_bare_job(args: tuple[Benchmark, _Job]) -> int:
+    """A job's episodes with uniform random actions, nothing recorded: env steps taken."""
+    bench, job = args
+    pool = _task_pool(bench)
+    rng = np.random.default_rng(job.seed)
+    variations = pool.variations(job.task, "train")
+    env = pool.make_env(job.task, "train")
+    steps = 0
+    try:
+        for _ in range(job.episodes):
+            env.reset(variations[int(rng.integers(len(variations)))])
+            done = False
+            while not done:
+                done = env.step(rng.uniform(-1.0, 1.0, bench.act_dim))[3]
+                steps += 1
+    finally:
+        env.close()
+    return steps
+
+
+def bare_loop(benchmark: BenchmarkConfig, episodes: int, noise_levels: Sequence[float],
+              random_episodes: int, seed: int = 0, workers: int | None = None) -> dict:
+    """What `generate_dataset` with these arguments would step, in as many processes (the same
+    jobs), with random actions, no policy and nothing recorded: {"env_steps", "seconds"}.
+    The task pool is built before the clock starts (as `generate_dataset` reuses a built one)."""
+    bench = resolve_benchmark(benchmark)
+    jobs = _plan_jobs(bench, episodes, tuple(noise_levels) if episodes else (), random_episodes,
+                      seed)
+    _task_pool(bench)
+    start = time.perf_counter()
+    with _in_workers(bench, _run_bare_job, [(bench, job) for job in jobs],
+                     workers or default_workers()) as results:
+        steps = sum(results)
+    return {"env_steps": int(steps), "seconds": time.perf_counter() - start}
 
 
 def _install(out_dir: Path, staging: Path, manifest: dict) -> None:

@@ -2,31 +2,28 @@
 
 Every comparison alternates short timing windows of the two (or more) contenders (A, B, A, B, ...)
 and reports the median of the per-round ratios, so that load from other processes hits both alike;
-the absolute rates are printed too but only the ratios travel between machines. The contenders
-share this process, except the CPU update paths: each of those runs in a process of its own, as
-training runs it (`bench_worker.py` says why).
+the absolute rates are printed too but only the ratios travel between machines.
 
-1. Update paths: one full SAC + KL update (twin Q, actor, temperatures, Polyak, context encoder and
-   KL) of every agent kind through the `fast` path against the `eager` reference (`sac.py`), at the
-   default networks and 3 tasks x 128 and 3 x 256. On CPU also `eager_kept_memory` (eager with
-   fast's allocator setting): fast / eager_kept_memory is what fast gains apart from the
-   allocator. Also the achieved GFLOP/s of each update (FLOPs
-   from `torch.utils.flop_counter`) against the dense-matmul peak measured first in the same run.
-   `CMRL_BENCH_COMPILE=1` adds the `compiled` path on CPU (compile time reported apart). On CPU,
-   at the largest batch: the share of the fast update that does not shrink with the batch (the
-   cost of issuing its ops, `fixed_cost_share`) and what fast/eager would be without it.
+1. The SAC update: one full SAC + KL update (twin Q, actor, temperatures, Polyak, context encoder
+   and KL) of every agent kind at the default networks and 3 tasks x 128 and 3 x 256, updates/s and
+   achieved GFLOP/s (FLOPs from `torch.utils.flop_counter`) against the dense-matmul peak measured
+   first in the same run. On CUDA the `graphed` path beside `eager` (`speed_tuning.py`).
 2. The soft-modular network alone (forward + backward) against facebookresearch mtrl's
    `SoftModularizedMLP` with the same layers, modules, width and batch (`pip install --no-deps
    mtrl==1.0.0`, benchmark-only, requirements-dev.txt).
 3. Our pearl update against Stable-Baselines3 SAC with the same parameter count and batch.
 4. bf16 autocast against fp32 for the cmrl update (what `--precision auto` decides from).
 5. Collection: env steps/s of the trainer's collector against a bare Meta-World loop.
-6. On CUDA, when present: matmul peak, the network vs mtrl, eager, fast, graphed (the whole
-   update as one CUDA graph) and compiled (skip it with `CMRL_BENCH_GPU_COMPILE=0`) for every
-   agent, the cmrl and sm updates at Soft-Module's "deep" width (4 x 4 x 128) with 10 tasks (ML10's
-   meta-batch), and bf16 vs fp32; each configuration saved as it lands (compiles take minutes).
+6. Evaluation (`eval`) and data generation (`data`) on every core: whole runs over worker processes
+   against the bare loop (the same tasks' envs stepped with random actions, no policy, no
+   rendering) in as many processes, env steps/s (`ratios.eval_vs_bare`, `ratios.data_vs_bare`:
+   the worst setup; one key per setup beside them).
+7. On CUDA, when present: matmul peak, the network vs mtrl, eager and graphed (the whole update
+   as one CUDA graph) for every agent, the cmrl and sm updates at Soft-Module's "deep" width
+   (4 x 4 x 128) with 10 tasks (ML10's meta-batch), and bf16 vs fp32; each part saved as it lands.
 `--sections` runs some of these only; `--json` is rewritten after each section.
-Targets (issue 13): update >= 2x eager; network >= 3x mtrl; pearl >= 1.0x SB3; collection >= 0.7x.
+Targets (issues 13, 26): network >= 3x mtrl; pearl >= 1.0x SB3; collection, evaluation and data
+>= 0.7x the bare loop.
 The figures' `ratios` section is one flat object (`--json FILE`).
 """
 
@@ -37,7 +34,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -53,7 +49,8 @@ from ..algo.collector import Collector
 from ..config import NetworkConfig, RunConfig
 from ..envs.metaworld_env import ACTION_DIM, OBS_DIM, TaskPool
 from ..algo.cuda_graphs import WARMUP
-from ..algo.sac import SACLearner, has_amx_bf16, keep_freed_memory
+from ..algo.sac import SACLearner
+from ..algo.speed_tuning import has_amx_bf16
 from ..envs.tasks import resolve_benchmark
 
 AGENT_KINDS = SAC_KINDS  # the kinds with SAC updates to time (rl2 and maml train on-policy)
@@ -62,77 +59,6 @@ TEXT_DIM = 384  # MiniLM's width: goal vectors for the agents that read text
 
 
 # -- timing ---------------------------------------------------------------------------------------
-REPLY = "@@bench-worker "
-
-
-class PathProcess:
-    """A worker process (`bench_worker.py`) holding one update path's learner, driven from here.
-
-    `keep_memory`: call `sac.keep_freed_memory()` at start-up; the `eager_kept_memory` contender,
-    eager with the fast path's allocator setting, so the bench can tell the allocator's share of
-    the gain from the kernels' share. False leaves the allocator as the path itself sets it."""
-
-    def __init__(self, threads: int, keep_memory: bool = False):
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cmrl.experiments.bench_worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=env, cwd=root)
-        self.info = self.ask("start", threads=threads, keep_memory=keep_memory)
-
-    def ask(self, cmd: str, **args) -> dict:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"bench worker exited with code {self.proc.returncode}")
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
-        self.proc.stdin.flush()
-        for line in self.proc.stdout:
-            if line.startswith(REPLY):
-                reply = json.loads(line[len(REPLY):])
-                if "error" in reply:
-                    raise RuntimeError(f"bench worker, {cmd}: {reply['error']}")
-                return reply
-            sys.stderr.write(line)  # anything a library printed
-        raise RuntimeError(f"bench worker exited during {cmd!r} (code {self.proc.wait()})")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.ask("exit")
-            except (RuntimeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def __enter__(self) -> "PathProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def interleaved_processes(workers: dict[str, PathProcess], seconds: float,
-                          rounds: int = 6) -> dict:
-    """`interleaved` across worker processes (`bench_worker.py`) that each hold a learner (`setup`
-    done): one window per worker per round, alternating. Returns {"per_s": {name: median},
-    "ratio": {name: median over rounds of name / first}, "faults_per_update": {name: median},
-    "rounds": {name: [rate per round]}}."""
-    names = list(workers)
-    window = max(seconds / rounds, 0.05)
-    rates: dict[str, list[float]] = {k: [] for k in names}
-    faults: dict[str, list[float]] = {k: [] for k in names}
-    for _ in range(rounds):
-        for name in names:
-            r = workers[name].ask("window", seconds=window)
-            rates[name].append(r["per_s"])
-            faults[name].append(r["faults_per_call"])
-    return {**_summary(rates),
-            "faults_per_update": {k: round(statistics.median(v)) for k, v in faults.items()},
-            "rounds": rates}
-
-
 def _summary(rates: dict[str, list[float]]) -> dict:
     """Medians of per-round rates, and of each contender's per-round ratio to the first one."""
     first = next(iter(rates.values()))
@@ -152,7 +78,7 @@ def interleaved(contenders: dict[str, Callable[[], object]], seconds: float, rou
     """Calls per second of each contender, measured in `rounds` rounds of one window each (about
     seconds / rounds long; at least one call), the contenders alternating within every round.
     `sync` waits for the device at the end of a window. All contenders share this process (and
-    its allocator setting); the CPU update paths use `interleaved_processes` instead.
+    its allocator).
     Returns {"per_s": {name: median}, "ratio": {name: median over rounds of name / first}}."""
     names = list(contenders)
     window = max(seconds / rounds, 0.05)
@@ -230,73 +156,30 @@ def update_flops(kind: str, batch_per_task: int, num_tasks: int = 3,
     """FLOPs of one update (matmuls; torch.utils.flop_counter), counted on CPU."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    _, step = _update_fixture(kind, batch_per_task, torch.device("cpu"), "fast", num_tasks, fields)
+    _, step = _update_fixture(kind, batch_per_task, torch.device("cpu"), "eager", num_tasks, fields)
     with FlopCounterMode(display=False) as counter:
         step()
     return int(counter.get_total_flops())
 
 
-FLOOR_BATCH = 8
-"""Transitions per task of the fixed-cost probe: small enough that the arithmetic is negligible."""
-
-
-def fixed_cost_share(kind: str, num_tasks: int, fields: dict | None, full_step: Callable[[], None],
-                     seconds: float, impl: str = "fast", full_rows: int | None = None) -> float:
-    """The share of an update's time (`impl`'s, `full_step` doing one, on `full_rows` rows) that
-    does not shrink with the batch: the same update (same kernels, so the same ops: the soft-modular
-    kernels the full update runs, forced on; the fast ones when `full_rows` is None) at FLOOR_BATCH
-    transitions per task, timed interleaved with the full one. That is the cost
-    of issuing the ops (Python, dispatch, autograd bookkeeping, optimiser loops); an implementation
-    with none of it and the same kernels would reach at most (its ratio to eager) / (1 - share).
-    A compiled probe compiles on its first call, untimed."""
-    from ..nets import modular_net
-
-    rule = modular_net.fast_kernels_pay
-    full_fast = full_rows is None or rule(full_rows, torch.device("cpu"))
-    modular_net.fast_kernels_pay = lambda rows, device: full_fast
-    try:
-        _, floor_step = _update_fixture(kind, FLOOR_BATCH, torch.device("cpu"), impl, num_tasks,
-                                        fields)
-        r = interleaved({"full": full_step, "floor": floor_step}, seconds)
-    finally:
-        modular_net.fast_kernels_pay = rule
-    return round(r["per_s"]["full"] / r["per_s"]["floor"], 3)
-
-
-CPU_PATHS = ("eager", "eager_kept_memory", "fast")
-"""The update paths the CPU bench times, each in a process of its own (`bench_worker.py`):
-eager as training runs it, eager with the fast path's allocator setting (`keep_freed_memory`,
-which tells the allocator's share of fast's gain from the rest), and fast."""
-
-
 def bench_update_paths(seconds: float, device: torch.device, kinds=AGENT_KINDS,
-                       batches=(128, 256), compiled: bool = False, num_tasks: int = 3,
-                       fields: dict | None = None, label: str = "", graphed: bool = False) -> dict:
-    """eager vs fast (vs compiled, vs graphed on CUDA) update rates, ratios and GFLOP/s per
-    configuration (plus page faults and the fixed cost on CPU). Compile and capture happen before
-    the timing, reported apart. On CPU every path runs in its own process (`bench_worker.py`)."""
-    if device.type == "cpu":
-        return _bench_update_paths_cpu(seconds, kinds, batches, compiled, num_tasks, fields, label)
+                       batches=(128, 256), num_tasks: int = 3, fields: dict | None = None,
+                       label: str = "", graphed: bool = False) -> dict:
+    """Update rates and GFLOP/s per configuration: `eager`, and beside it `graphed` (CUDA; the
+    capture happens before the timing and is reported apart)."""
     out: dict = {}
-    sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     for kind in kinds:
         for B in batches:
             key = f"{kind}_{num_tasks}x{B}{label}"
-            impls = (["eager", "fast"] + (["compiled"] if compiled else [])
-                     + (["graphed"] if graphed else []))
             steps, learners = {}, {}
-            for impl in impls:
+            for impl in ["eager"] + (["graphed"] if graphed else []):
                 learners[impl], steps[impl] = _update_fixture(kind, B, device, impl, num_tasks, fields)
-            if "compiled" in steps:  # compile outside the timing (dry run), reported apart
-                steps["compiled"]()
             if "graphed" in steps:  # warm-up updates and the capture, outside the timing
                 for _ in range(WARMUP + 1):
                     steps["graphed"]()
             r = interleaved(steps, seconds, sync=sync)
             fig = _update_figure(kind, B, num_tasks, fields, r)
-            if compiled:
-                fig["compile_s"] = learners["compiled"].compile_seconds
-                fig["compiled_fell_back"] = learners["compiled"].impl != "compiled"
             if graphed:
                 fig["capture_s"] = round(learners["graphed"].capture_seconds or 0.0, 3)
                 fig["graphed_fell_back"] = learners["graphed"].impl != "graphed"
@@ -317,52 +200,6 @@ def _print_update_line(key: str, r: dict) -> None:
     print(f"[bench]   {key}: " + ", ".join(f"{k} {v:.2f} upd/s" for k, v in r["per_s"].items())
           + "; " + ", ".join(f"{k}/eager {v:.2f}x" for k, v in r["ratio"].items() if k != "eager"),
           flush=True)
-
-
-def _bench_update_paths_cpu(seconds: float, kinds, batches, compiled: bool, num_tasks: int,
-                            fields: dict | None, label: str) -> dict:
-    """The CPU part of `bench_update_paths`: one worker process per path, kept for every
-    configuration (a new learner each), windows alternating between the processes."""
-    names = list(CPU_PATHS) + (["compiled"] if compiled else [])
-    threads = torch.get_num_threads()
-    out: dict = {}
-    workers: dict[str, PathProcess] = {}
-    try:
-        for name in names:
-            workers[name] = PathProcess(threads, keep_memory=name == "eager_kept_memory")
-        for kind in kinds:
-            for B in batches:
-                key = f"{kind}_{num_tasks}x{B}{label}"
-                setups = {name: w.ask("setup", kind=kind, batch=B, num_tasks=num_tasks,
-                                      fields=fields, impl="eager" if name.startswith("eager")
-                                      else name)
-                          for name, w in workers.items()}
-                r = interleaved_processes(workers, seconds)
-                fig = _update_figure(kind, B, num_tasks, fields, r)
-                rounds = r["rounds"]
-                fig["fast_vs_eager_same_allocator"] = round(statistics.median(
-                    [f / e for f, e in zip(rounds["fast"], rounds["eager_kept_memory"])]), 3)
-                fig["page_faults_per_update"] = r["faults_per_update"]
-                fig["allocator_kept"] = {n: s["allocator_kept"] for n, s in setups.items()}
-                fig["processes"] = {n: w.info["pid"] for n, w in workers.items()}
-                if compiled:
-                    fig["compile_s"] = setups["compiled"]["compile_s"]
-                    fig["compiled_fell_back"] = setups["compiled"]["impl"] != "compiled"
-                if B == max(batches):
-                    share = workers["fast"].ask("fixed_cost", seconds=seconds / 2,
-                                                full_rows=num_tasks * B)["share"]
-                    fig["fixed_cost_share"] = share
-                    fig["fast_vs_eager_without_fixed_cost"] = round(
-                        r["ratio"]["fast"] / max(1.0 - share, 1e-3), 2)
-                    if compiled and not fig["compiled_fell_back"]:  # what the compiler removes
-                        fig["compiled_fixed_cost_share"] = workers["compiled"].ask(
-                            "fixed_cost", seconds=seconds / 2, full_rows=num_tasks * B)["share"]
-                out[key] = fig
-                _print_update_line(key, r)
-    finally:
-        for w in workers.values():
-            w.close()
-    return out
 
 
 # -- 2. the network vs mtrl -----------------------------------------------------------------------
@@ -389,33 +226,27 @@ def _import_mtrl():
 
 
 def bench_modular_net(seconds: float, device: torch.device, batch: int = 384) -> dict:
-    """Forward + backward of our soft-modular network (reference and fast kernels) against mtrl's,
-    same layers (4), modules (4), width (64) and batch; input: observation + z (46), output 8.
-    In this process, both under `keep_freed_memory` (what the fast update runs with)."""
-    from ..nets.modular_net import SoftModularNet, reference_kernels
+    """Forward + backward of our soft-modular network against mtrl's, same layers (4), modules (4),
+    width (64) and batch; input: observation + z (46), output 8."""
+    from ..nets.modular_net import SoftModularNet
 
     in_dim, cond_dim, out_dim = OBS_DIM + 7, 7, 2 * ACTION_DIM
-    if device.type == "cpu":  # both networks under the allocator setting our training runs with
-        keep_freed_memory()
     cfg = NetworkConfig()
     torch.manual_seed(0)
     ours = SoftModularNet(in_dim, cond_dim, out_dim, cfg, ensemble=1).to(device)
     x = torch.randn(1, batch, in_dim, device=device)
     cond = torch.randn(1, batch, cond_dim, device=device)
 
-    def ours_step(reference: bool):
-        def step():
-            reference_kernels(ours, reference)
-            out, _ = ours(x, cond)
-            out.sum().backward()
-            ours.zero_grad(set_to_none=True)
-        return step
+    def ours_step():
+        out, _ = ours(x, cond)
+        out.sum().backward()
+        ours.zero_grad(set_to_none=True)
 
-    contenders = {"ours_fast": ours_step(False), "ours_reference": ours_step(True)}
+    contenders = {"ours": ours_step}
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        contenders["ours_fast"]()
+        ours_step()
     fig: dict = {"config": f"{cfg.num_layers} layers x {cfg.num_modules} modules x "
                            f"{cfg.module_width}, batch {batch}, in {in_dim}, out {out_dim}",
                  "ours_params": sum(p.numel() for p in ours.parameters()),
@@ -445,12 +276,11 @@ def bench_modular_net(seconds: float, device: torch.device, batch: int = 384) ->
     r = interleaved(contenders, seconds, sync=sync)
     fig["fwd_bwd_per_s"] = r["per_s"]
     if "mtrl" in contenders:
-        fig["ours_vs_mtrl"] = r["ratio"]["ours_fast"]
-        fig["ours_reference_vs_mtrl"] = r["ratio"]["ours_reference"]
+        fig["ours_vs_mtrl"] = r["ratio"]["ours"]
         # mtrl's net is smaller (three module layers and a per-module output layer, a one-layer
         # routing projection): per FLOP, ours does this many times the arithmetic per second
         fig["ours_vs_mtrl_per_flop"] = round(
-            r["ratio"]["ours_fast"] * fig["ours_gflop_per_step"] / fig["mtrl_gflop_per_step"], 3)
+            r["ratio"]["ours"] * fig["ours_gflop_per_step"] / fig["mtrl_gflop_per_step"], 3)
     print(f"[bench]   modular net: " + ", ".join(f"{k} {v:.1f}/s" for k, v in r["per_s"].items()),
           flush=True)
     return fig
@@ -467,7 +297,7 @@ def _sb3_params(width: int, layers: int = 3) -> int:
 
 
 def bench_pearl_vs_sb3(seconds: float, batch_per_task: int = 256) -> dict:
-    """Our pearl update (fast) against SB3 SAC with the same trainable parameter count (actor,
+    """Our pearl update against SB3 SAC with the same trainable parameter count (actor,
     critics and, ours, the context encoder; SB3's hidden width chosen to match) and the same batch
     (3 x batch_per_task)."""
     try:
@@ -475,7 +305,7 @@ def bench_pearl_vs_sb3(seconds: float, batch_per_task: int = 256) -> dict:
         from stable_baselines3.common.logger import configure
     except ImportError:
         return {"sb3": "stable-baselines3 not installed (pip install -r requirements-dev.txt)"}
-    learner, ours = _update_fixture("pearl", batch_per_task, torch.device("cpu"), "fast")
+    learner, ours = _update_fixture("pearl", batch_per_task, torch.device("cpu"), "eager")
     a = learner.agent
     our_params = sum(p.numel() for m in (a.actor, a.critic, a.encoder) for p in m.parameters())
     layers = len(a.config.net.mlp_hidden)
@@ -495,32 +325,32 @@ def bench_pearl_vs_sb3(seconds: float, batch_per_task: int = 256) -> dict:
     sb3_params = sum(p.numel() for m in (model.policy.actor, model.policy.critic)
                      for p in m.parameters())
     r = interleaved({"sb3": lambda: model.train(gradient_steps=1, batch_size=batch),
-                     "pearl_fast": ours}, seconds)
+                     "pearl": ours}, seconds)
     fig = {"sb3_config": f"SAC MlpPolicy net_arch {[width] * layers}, batch {batch}",
            "sb3_params": sb3_params, "pearl_params": our_params,
            "updates_per_s": r["per_s"],
            "transitions_per_s": {k: round(v * batch) for k, v in r["per_s"].items()},
-           "pearl_vs_sb3": r["ratio"]["pearl_fast"]}
+           "pearl_vs_sb3": r["ratio"]["pearl"]}
     print(f"[bench]   pearl vs SB3 (equal params {our_params} / {sb3_params}): "
-          f"{r['ratio']['pearl_fast']:.2f}x", flush=True)
+          f"{r['ratio']['pearl']:.2f}x", flush=True)
     return fig
 
 
 # -- 4. precision -----------------------------------------------------------------------------------
 def bench_precision(seconds: float, device: torch.device, kind: str = "cmrl",
                     batch_per_task: int = 256) -> dict:
-    """bf16 autocast against fp32, the fast update of `kind`: the evidence `--precision auto` uses."""
+    """bf16 autocast against fp32, the eager update of `kind`: the evidence `--precision auto` uses."""
     import warnings
 
     steps = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the bf16 warning: this is the measurement
         for precision in ("fp32", "bf16"):
-            _, steps[precision] = _update_fixture(kind, batch_per_task, device, "fast",
+            _, steps[precision] = _update_fixture(kind, batch_per_task, device, "eager",
                                                   precision=precision)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     r = interleaved(steps, seconds, rounds=3, sync=sync)
-    fig = {"config": f"{kind} fast update, 3 x {batch_per_task}", "updates_per_s": r["per_s"],
+    fig = {"config": f"{kind} update, 3 x {batch_per_task}", "updates_per_s": r["per_s"],
            "bf16_vs_fp32": r["ratio"]["bf16"],
            "auto_picks": "bf16" if device.type == "cpu" and has_amx_bf16() else "fp32"}
     print(f"[bench]   bf16 vs fp32 ({kind}): {r['ratio']['bf16']:.2f}x; auto picks "
@@ -561,6 +391,123 @@ def bench_collection(seconds: float, agent_kind: str = "cmrl") -> dict:
             "collection_ratio": r["ratio"]["collector"]}
 
 
+# -- 6. evaluation and data against the bare loop -----------------------------------------------------
+class _FixedText:
+    """A stand-in goal-text encoder for timing: a fixed vector per string (no model to load)."""
+
+    dim = TEXT_DIM
+
+    def encode(self, texts):
+        items = [texts] if isinstance(texts, str) else list(texts)
+        out = np.stack([np.random.default_rng(len(t)).normal(size=self.dim).astype(np.float32)
+                        for t in items])
+        return out[0] if isinstance(texts, str) else out
+
+
+def whole_runs(contenders: dict[str, Callable[[], tuple[int, float]]], rounds: int = 3) -> dict:
+    """Env steps/s of whole runs (each contender returns (env steps, seconds) of one run),
+    alternating within every round after one untimed run each (starts worker processes, builds
+    task pools); `_summary` of the rates: ratios to the first contender."""
+    for fn in contenders.values():
+        fn()
+    rates: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            steps, secs = fn()
+            rates[name].append(steps / secs)
+    return _summary(rates)
+
+
+EVAL_SETUPS = (("ml1:reach-v3", "cmrl"), ("ml1:reach-v3", "pearl"))
+"""(benchmark, agent) pairs the eval section times: ML1's one task per split must split over the
+workers; cmrl has the costliest forward pass (soft-modular nets, encoder, goal text)."""
+
+
+def bench_eval(seconds: float, workers: int | None = None, variations: int = 10) -> dict:
+    """`evaluation.evaluate` (default protocol: zero-shot, 3 adaptation and 1 evaluation episode
+    per variation, both splits, default networks with random weights) against `parallel_eval.
+    bare_loop` (the same units, envs, resets and episodes with random actions, no policy) in the
+    same number of worker processes, env steps/s of whole runs, alternating."""
+    from ..algo import parallel_eval
+    from ..algo.evaluation import evaluate
+
+    workers = workers or parallel_eval.default_workers()
+    out: dict = {"workers": workers, "variations_per_task": variations}
+    pools: dict = {}
+    for name, kind in EVAL_SETUPS:
+        cfg = RunConfig()
+        cfg.benchmark.name, cfg.train.agent = name, kind
+        if name not in pools:
+            pools[name] = TaskPool(resolve_benchmark(cfg.benchmark))
+        pool = pools[name]
+        text_dim = TEXT_DIM if KINDS[kind].uses_text else 0
+        torch.manual_seed(0)
+        agent = MetaAgent(cfg, pool.obs_dim, pool.act_dim, text_dim,
+                          pool.benchmark.train_tasks).eval()
+        splits = ("train", "test")
+
+        def run_eval():
+            start = time.perf_counter()
+            res = evaluate(agent, pool, splits, _FixedText(), variations, 3, 1, seed=0,
+                           workers=workers)
+            steps = sum(r["variations"] * len(r["episode_phases"])
+                        for part in res["splits"].values() for r in part["tasks"].values())
+            return steps * pool.benchmark.horizon, time.perf_counter() - start
+
+        def run_bare():
+            r = parallel_eval.bare_loop(pool, splits, variations, 5, seed=0, workers=workers)
+            return r["env_steps"], r["seconds"]
+
+        r = whole_runs({"bare": run_bare, "eval": run_eval})
+        key = f"{name.replace(':', '_')}_{kind}"
+        out[key] = {"env_steps_per_s": r["per_s"], "eval_vs_bare": r["ratio"]["eval"]}
+        print(f"[bench]   eval {key}: bare {r['per_s']['bare']:.0f} steps/s, eval "
+              f"{r['per_s']['eval']:.0f} steps/s, {r['ratio']['eval']:.2f}x", flush=True)
+    return out
+
+
+DATA_SETUPS = (("ml1:reach-v3", 10, 10), ("ml10", 3, 2))
+"""(benchmark, expert episodes per noise level, random episodes per task) the data section times
+(noise levels 0.1, 0.3, 0.5: `cmrl data`'s default)."""
+
+
+def bench_data(seconds: float, workers: int | None = None) -> dict:
+    """`cmrl data` (`generate_dataset`: scripted experts, Minari files written) against
+    `generation.bare_loop` (the same jobs in as many processes, random actions, nothing recorded),
+    env steps/s of whole runs, alternating; the task pool built before either is timed."""
+    import tempfile
+
+    from ..data.generation import bare_loop, default_workers, generate_dataset
+
+    workers = workers or default_workers()
+    out: dict = {"workers": workers}
+    noise = (0.1, 0.3, 0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, episodes, random_episodes in DATA_SETUPS:
+            bc = RunConfig().benchmark
+            bc.name = name
+
+            def run_data():
+                start = time.perf_counter()
+                path = generate_dataset(bc, Path(tmp) / "data", episodes, noise, random_episodes,
+                                        workers=workers, progress=False, overwrite=True)
+                manifest = json.loads((path / "cmrl_dataset.json").read_text())
+                steps = sum(t["transitions"] for t in manifest["tasks"].values())
+                return steps, time.perf_counter() - start
+
+            def run_bare():
+                r = bare_loop(bc, episodes, noise, random_episodes, workers=workers)
+                return r["env_steps"], r["seconds"]
+
+            r = whole_runs({"bare": run_bare, "data": run_data}, rounds=2)
+            key = name.replace(":", "_")
+            out[key] = {"env_steps_per_s": r["per_s"], "data_vs_bare": r["ratio"]["data"],
+                        "episodes_per_task": episodes * len(noise) + random_episodes}
+            print(f"[bench]   data {key}: bare {r['per_s']['bare']:.0f} steps/s, data "
+                  f"{r['per_s']['data']:.0f} steps/s, {r['ratio']['data']:.2f}x", flush=True)
+    return out
+
+
 # -- the whole bench --------------------------------------------------------------------------------
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
@@ -581,7 +528,7 @@ def machine_info() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-SECTIONS = ("updates", "modular_net", "sb3", "precision", "collection", "gpu")
+SECTIONS = ("updates", "modular_net", "sb3", "precision", "collection", "eval", "data", "gpu")
 """The bench's parts, in the order they run (`--sections` picks some; `gpu` runs where CUDA is)."""
 
 
@@ -608,13 +555,14 @@ def run_bench(seconds: float = 8.0, sections: tuple[str, ...] = SECTIONS,
             on_section(figures)
 
     cpu_parts = {  # section: (what it says it measures, the measurement)
-        "updates": ("SAC update: fast vs eager (compiled with CMRL_BENCH_COMPILE=1)",
-                    lambda: bench_update_paths(seconds, cpu,
-                                               compiled=bool(os.environ.get("CMRL_BENCH_COMPILE")))),
+        "updates": ("SAC update", lambda: bench_update_paths(seconds, cpu)),
         "modular_net": ("soft-modular network vs mtrl", lambda: bench_modular_net(seconds, cpu)),
         "sb3": ("pearl vs Stable-Baselines3 SAC", lambda: bench_pearl_vs_sb3(seconds)),
         "precision": ("precision", lambda: bench_precision(seconds, cpu)),
-        "collection": ("collection vs bare Meta-World loop", lambda: bench_collection(seconds))}
+        "collection": ("collection vs bare Meta-World loop", lambda: bench_collection(seconds)),
+        "eval": ("evaluation vs bare Meta-World loop, worker processes", lambda: bench_eval(seconds)),
+        "data": ("data generation vs bare Meta-World loop, worker processes",
+                 lambda: bench_data(seconds))}
     if set(sections) & set(cpu_parts):
         figures["matmul_peak"] = matmul_peak(cpu, seconds)
     for name, (what, measure) in cpu_parts.items():
@@ -633,30 +581,26 @@ def run_bench(seconds: float = 8.0, sections: tuple[str, ...] = SECTIONS,
 
 
 def bench_gpu(seconds: float, save: Callable[[], None], figures: dict,
-              device: torch.device | None = None, compiled: bool | None = None) -> dict:
-    """The CUDA figures: matmul peak, the network vs mtrl, eager / fast / graphed (/ compiled) for
-    every agent at 3 x 256, cmrl and sm at Soft-Module's deep width (4 x 4 x 128) with ML10's 10
-    tasks, and bf16 vs fp32. Each part lands in `figures["gpu"]` as soon as it is measured.
-    `compiled` None: unless `CMRL_BENCH_GPU_COMPILE=0` (the compiles take minutes)."""
-    if compiled is None:
-        compiled = os.environ.get("CMRL_BENCH_GPU_COMPILE", "1") != "0"
+              device: torch.device | None = None) -> dict:
+    """The CUDA figures: matmul peak, the network vs mtrl, eager and graphed for every agent at
+    3 x 256, cmrl and sm at Soft-Module's deep width (4 x 4 x 128) with ML10's 10 tasks, and bf16
+    vs fp32. Each part lands in `figures["gpu"]` as soon as it is measured."""
     gpu = device or torch.device("cuda")
     out: dict = {"device": torch.cuda.get_device_name(0) if gpu.type == "cuda" else str(gpu)}
     figures["gpu"] = out
-    print("[bench] CUDA: matmul peak, modular net, eager / fast / graphed"
-          + (" / compiled" if compiled else "") + " updates ...", flush=True)
+    print("[bench] CUDA: matmul peak, modular net, eager / graphed updates ...", flush=True)
     out["matmul_peak"] = matmul_peak(gpu, seconds)
     out["modular_net"] = bench_modular_net(seconds, gpu)
     save()
     out["updates"], out["deep_ml10"] = {}, {}
-    # one configuration at a time, saved as it lands (each compile takes a while): cmrl first
+    # one configuration at a time, saved as it lands: cmrl first
     jobs = [("updates", "cmrl", 3, {}, ""), ("deep_ml10", "cmrl", 10, {"net.module_width": 128},
                                              "_deep128")]
     jobs += [("updates", k, 3, {}, "") for k in AGENT_KINDS if k != "cmrl"]
     jobs += [("deep_ml10", "sm", 10, {"net.module_width": 128}, "_deep128")]
     for part, kind, num_tasks, fields, label in jobs:
         out[part].update(bench_update_paths(seconds, gpu, kinds=(kind,), batches=(256,),
-                                            compiled=compiled, num_tasks=num_tasks,
+                                            num_tasks=num_tasks,
                                             fields=fields or None, label=label, graphed=True))
         save()
     out["precision"] = bench_precision(seconds, gpu)
@@ -664,21 +608,17 @@ def bench_gpu(seconds: float, save: Callable[[], None], figures: dict,
 
 
 def _ratios(fig: dict) -> dict:
-    """The flat summary the issue names (`--json`): fast/eager per agent (3 x 256; 3 x 128 as
-    `_3x128`; on CPU also fast / eager with fast's allocator setting, `_same_allocator`), network vs mtrl, pearl vs SB3 at equal parameters, collection vs bare loop; on
-    CUDA the same update ratios with a `gpu_` prefix, compiled/eager beside fast/eager. Sections
-    not run leave their keys out."""
+    """The flat summary (`--json`): every update path's ratio to eager per configuration (CUDA:
+    `gpu_` prefix; files from before 2026-12 also hold the retired `fast` and `compiled`), network
+    vs mtrl, pearl vs SB3 at equal parameters, collection, evaluation and data vs the bare loop.
+    Sections not run leave their keys out."""
     out: dict = {}
-    u = fig.get("updates", {})
-    for kind in AGENT_KINDS:
-        if f"{kind}_3x256" in u:
-            out[f"{kind}_update_vs_eager"] = u[f"{kind}_3x256"]["vs_eager"]["fast"]
-        if f"{kind}_3x128" in u:
-            out[f"{kind}_update_vs_eager_3x128"] = u[f"{kind}_3x128"]["vs_eager"]["fast"]
-        for B in ("256", "128"):
-            same = u.get(f"{kind}_3x{B}", {}).get("fast_vs_eager_same_allocator")
-            if same is not None:
-                out[f"{kind}_update_vs_eager_same_allocator" + ("" if B == "256" else "_3x128")] = same
+    g = fig.get("gpu", {})
+    for prefix, part in (("", fig), ("gpu_", g)):
+        for key, f in {**part.get("updates", {}), **part.get("deep_ml10", {})}.items():
+            for impl, v in f["vs_eager"].items():
+                if impl != "eager":
+                    out[f"{prefix}{key}_{impl}_vs_eager"] = v
     if "modular_net" in fig:
         out["modular_net_vs_mtrl"] = fig["modular_net"].get("ours_vs_mtrl")
         if "ours_vs_mtrl_per_flop" in fig["modular_net"]:
@@ -689,13 +629,13 @@ def _ratios(fig: dict) -> dict:
         out["collection_vs_bare"] = fig["collection"]["collection_ratio"]
     if "precision" in fig:
         out["bf16_vs_fp32"] = fig["precision"]["bf16_vs_fp32"]
-    g = fig.get("gpu", {})
+    for section, key in (("eval", "eval_vs_bare"), ("data", "data_vs_bare")):
+        runs = {k: v[key] for k, v in fig.get(section, {}).items() if isinstance(v, dict)}
+        if runs:
+            out[key] = min(runs.values())  # the worst setup
+            out.update({f"{key}_{k}": v for k, v in runs.items()})
     if "modular_net" in g:
         out["gpu_modular_net_vs_mtrl"] = g["modular_net"].get("ours_vs_mtrl")
-    for key, f in {**g.get("updates", {}), **g.get("deep_ml10", {})}.items():
-        for impl in ("fast", "compiled", "graphed"):
-            if impl in f["vs_eager"]:
-                out[f"gpu_{key}_{impl}_vs_eager"] = f["vs_eager"][impl]
     if "precision" in g:
         out["gpu_bf16_vs_fp32"] = g["precision"]["bf16_vs_fp32"]
     return out
@@ -706,9 +646,7 @@ def ceilings(fig: dict) -> dict:
     would reach if every FLOP it counts ran at the dense fp32 matmul peak measured in the same run
     (the larger of the two shapes). A target above its ceiling cannot be met by a faster
     implementation of the same FLOPs on this machine, only by doing fewer.
-    `<kind>_<T>x<B>_vs_eager`: peak / the eager update's achieved GFLOP/s;
-    `<kind>_<T>x<B>_vs_eager_same_kernels`: fast/eager if the fast path's fixed cost per update (the
-    cost of issuing its ops, `fixed_cost_share`) were gone and its kernels stayed; `modular_net_vs_mtrl`:
+    `<kind>_<T>x<B>_vs_eager`: peak / the eager update's achieved GFLOP/s; `modular_net_vs_mtrl`:
     (peak / our network's FLOPs per forward + backward) / mtrl's measured rate. `gpu_` prefix: the
     same on CUDA."""
     out: dict = {}
@@ -721,8 +659,6 @@ def ceilings(fig: dict) -> dict:
             eager = f["achieved_gflops"].get("eager")
             if eager:
                 out[f"{prefix}{key}_vs_eager"] = round(top / eager, 2)
-            if f.get("fast_vs_eager_without_fixed_cost"):  # same kernels, no cost of issuing ops
-                out[f"{prefix}{key}_vs_eager_same_kernels"] = f["fast_vs_eager_without_fixed_cost"]
         net = part.get("modular_net", {})
         mtrl_rate = net.get("fwd_bwd_per_s", {}).get("mtrl")
         if mtrl_rate and net.get("ours_gflop_per_step"):
@@ -739,7 +675,7 @@ def _print(fig: dict) -> None:
         print(f"dense fp32 matmul peak: {p['square_1024_gflops']} GFLOP/s (1024^3), "
               f"{p['layer_768x256x256_gflops']} GFLOP/s (768x256x256)")
     if "updates" in fig:
-        print("SAC update, fast vs eager (target >= 2x; on CPU each path in its own process):")
+        print("SAC update:")
         _print_updates(fig["updates"])
     if "modular_net" in fig:
         _print_modular_net(fig["modular_net"])
@@ -757,6 +693,13 @@ def _print(fig: dict) -> None:
         print(f"collection ({c['envs']} envs in lockstep): bare loop {c['bare_env_steps_per_s']} "
               f"steps/s, collector {c['cmrl_collection_env_steps_per_s']} steps/s, ratio "
               f"{c['collection_ratio']:.2f} (target >= 0.7)")
+    for section, key in (("eval", "eval_vs_bare"), ("data", "data_vs_bare")):
+        if section in fig:
+            runs = {k: v for k, v in fig[section].items() if isinstance(v, dict)}
+            print(f"{section} vs the bare loop, {fig[section]['workers']} worker processes each "
+                  "(target >= 0.7): " + ", ".join(
+                      f"{k} {v[key]:.2f}x ({v['env_steps_per_s'][section]:.0f} vs "
+                      f"{v['env_steps_per_s']['bare']:.0f} steps/s)" for k, v in runs.items()))
     g = fig.get("gpu", {})
     if "skipped" in g:
         print(f"GPU: skipped ({g['skipped']})")
@@ -765,7 +708,7 @@ def _print(fig: dict) -> None:
         print(f"GPU {g['device']}: dense fp32 matmul {p['square_1024_gflops']} GFLOP/s (1024^3), "
               f"{p['layer_768x256x256_gflops']} GFLOP/s (768x256x256)")
         _print_modular_net(g["modular_net"], "GPU ")
-        print("GPU SAC update, eager / fast / compiled / graphed (compile and capture time apart):")
+        print("GPU SAC update, eager and graphed (capture time apart):")
         _print_updates({**g.get("updates", {}), **g.get("deep_ml10", {})})
         if "precision" in g:
             _print_precision(g["precision"], "GPU ")
@@ -781,24 +724,13 @@ def _print_updates(updates: dict) -> None:
         rates = ", ".join(f"{k} {v:.2f}" for k, v in f["updates_per_s"].items())
         gf = ", ".join(f"{k} {v}" for k, v in f["achieved_gflops"].items())
         ratios = "; ".join(f"{k}/eager {v:.2f}x" for k, v in f["vs_eager"].items() if k != "eager")
-        compile_s = (f"; compile {f['compile_s']:.1f} s" if f.get("compile_s") is not None else "")
-        if f.get("fast_vs_eager_same_allocator") is not None:
-            compile_s += (f"; fast/eager with the same allocator setting "
-                          f"{f['fast_vs_eager_same_allocator']:.2f}x")
-        if f.get("page_faults_per_update"):
-            compile_s += "; page faults/update: " + ", ".join(
-                f"{k} {v}" for k, v in f["page_faults_per_update"].items())
-        if f.get("fixed_cost_share") is not None:
-            compile_s += (f"; fixed cost {f['fixed_cost_share']:.0%} of fast, so fast/eager without "
-                          f"it <= {f['fast_vs_eager_without_fixed_cost']:.2f}x")
-        if f.get("compiled_fixed_cost_share") is not None:
-            compile_s += f"; compiled's fixed cost {f['compiled_fixed_cost_share']:.0%} of compiled"
+        extra = f"; compile {f['compile_s']:.1f} s" if f.get("compile_s") is not None else ""
         if f.get("capture_s") is not None:
-            compile_s += f"; capture {f['capture_s']:.2f} s"
+            extra += f"; capture {f['capture_s']:.2f} s"
             if f.get("graphed_fell_back"):
-                compile_s += " (capture FAILED: graphed ran the fast update)"
+                extra += " (capture FAILED: graphed ran the eager update)"
         print(f"  {key:18s} upd/s: {rates}; {ratios}; {f['gflop_per_update']} GFLOP/update, "
-              f"achieved GFLOP/s: {gf}{compile_s}")
+              f"achieved GFLOP/s: {gf}{extra}")
 
 
 def _print_modular_net(n: dict, prefix: str = "") -> None:

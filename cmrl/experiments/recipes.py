@@ -76,7 +76,7 @@ def ensure_dataset(spec: DataSpec, root: str | Path = DATA_CACHE, progress: bool
         if not (path / MANIFEST_NAME).is_file():
             generate_dataset(BenchmarkConfig(name=spec.benchmark, horizon=spec.horizon),
                              path, spec.episodes, spec.noise, spec.random_episodes, spec.seed,
-                             workers=2, progress=progress, overwrite=True,
+                             progress=progress, overwrite=True,
                              command=f"cmrl.experiments.recipes.ensure_dataset({spec})")
     return path
 
