@@ -40,7 +40,7 @@ from ..envs.tasks import goal_texts, resolve_benchmark
 from ..nets.onpolicy_nets import GaussianMLPPolicy, RL2Policy
 from ..runs import checkpoint as ckpt
 from ..runs.logger import (CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter,
-                           TensorBoardWriter, eval_key)
+                           TensorBoardWriter, eval_record)
 from ..runs.run_status import RunStatus, StatusWriter
 from .evaluation import (ZERO_SHOT_RESET, chosen_variations, episode_phases, task_result,
                          variation_generators)
@@ -346,38 +346,12 @@ class OnPolicyTrainer:
     def train(self) -> dict:
         t = self.config.train
         try:
-            if t.eval_at_start and self.env_steps == 0 and t.eval_every:
-                self.logger.log({"step": 0, "env_steps": 0, "grad_steps": 0, "iteration": 0,
-                                 "wall_time": 0.0, **self._eval_metrics()})
-            while self.env_steps < t.steps:
-                start = time.time()
-                before = self.env_steps
-                envs, variations, names = self._slots()
-                steps, stats = self.learner.iterate(envs, variations, names, self)
-                self.env_steps += steps
-                self.grad_steps += stats.pop("grad_steps")
-                self.iteration += 1
-                self.wall_time += time.time() - start
-                record = {"step": self.env_steps, "env_steps": self.env_steps,
-                          "grad_steps": self.grad_steps, "iteration": self.iteration,
-                          "wall_time": round(self.wall_time, 2), **stats}
-                if t.eval_every and (self.env_steps // t.eval_every > before // t.eval_every
-                                     or self.env_steps >= t.steps):
-                    record.update(self._eval_metrics())
-                self.logger.log(record)
-                if (self.env_steps // t.checkpoint_every > before // t.checkpoint_every
-                        or self.env_steps >= t.steps):
-                    self.save()
-            if self._own_status:
-                self.status.end("finished")
-        except KeyboardInterrupt:
-            if self._own_status:
-                self.status.end("stopped", "interrupted; the last checkpoint is intact")
-            raise
-        except BaseException as e:
-            if self._own_status:
-                self.status.end("failed", f"{type(e).__name__}: {e}")
-            raise
+            with self.status.ending(self._own_status):
+                if t.eval_at_start and self.env_steps == 0 and t.eval_every:
+                    self.logger.log({"step": 0, "env_steps": 0, "grad_steps": 0, "iteration": 0,
+                                     "wall_time": 0.0, **self._eval_metrics()})
+                while self.env_steps < t.steps:
+                    self._iteration()
         finally:
             self.logger.close()
             for envs in self._envs.values():
@@ -385,6 +359,27 @@ class OnPolicyTrainer:
                     env.close()
         return {"env_steps": self.env_steps, "grad_steps": self.grad_steps,
                 "wall_time_s": round(self.wall_time, 1)}
+
+    def _iteration(self) -> None:
+        t = self.config.train
+        start = time.time()
+        before = self.env_steps
+        envs, variations, names = self._slots()
+        steps, stats = self.learner.iterate(envs, variations, names, self)
+        self.env_steps += steps
+        self.grad_steps += stats.pop("grad_steps")
+        self.iteration += 1
+        self.wall_time += time.time() - start
+        record = {"step": self.env_steps, "env_steps": self.env_steps,
+                  "grad_steps": self.grad_steps, "iteration": self.iteration,
+                  "wall_time": round(self.wall_time, 2), **stats}
+        if t.eval_every and (self.env_steps // t.eval_every > before // t.eval_every
+                             or self.env_steps >= t.steps):
+            record.update(self._eval_metrics())
+        self.logger.log(record)
+        if (self.env_steps // t.checkpoint_every > before // t.checkpoint_every
+                or self.env_steps >= t.steps):
+            self.save()
 
     def _eval_metrics(self) -> dict:
         t = self.config.train
@@ -394,13 +389,7 @@ class OnPolicyTrainer:
                                 else self.config.onpolicy.adapt_episodes,
                                 eval_episodes=1, seed=t.seed + 12345)
         self.agent.train()
-        out = {}
-        for split, part in res["splits"].items():
-            for task, r in part["tasks"].items():
-                out[eval_key(split, "success", task)] = r["success_rate"]
-                out[eval_key(split, "return", task)] = r["mean_return"]
-                out[eval_key(split, "zeroshot", task)] = r["zero_shot_success"]
-        return out
+        return eval_record(res)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def run_info(self) -> dict:

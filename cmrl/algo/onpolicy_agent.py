@@ -80,10 +80,7 @@ class TrainedOnPolicyAgent(TrainedAgent):
         `progress` and goal texts have nothing to change for these agents."""
         res = evaluate_onpolicy(self.agent, self.task_pool(), tuple(splits), num_variations,
                                 adaptation_episodes, eval_episodes, seed)
-        res["checkpoint"] = {"run_dir": str(self.run_dir), "env_steps": self.info.get("env_steps"),
-                             "grad_steps": self.info.get("grad_steps"), "mode": self.info.get("mode"),
-                             "prior_data": self.info.get("prior_data"),
-                             "text_encoder": self.info.get("text_encoder")}
+        res["checkpoint"] = self.checkpoint_summary()
         return res
 
     def as_metaworld_agent(self, goal_texts: dict[str, str] | None = None,

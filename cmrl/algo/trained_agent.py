@@ -103,11 +103,15 @@ class TrainedAgent:
         res = evaluate(self.agent, self.task_pool(), tuple(splits), self.text_encoder,
                        num_variations, adaptation_episodes, eval_episodes, seed, goal_texts,
                        workers=workers, progress=progress)
-        res["checkpoint"] = {"run_dir": str(self.run_dir), "env_steps": self.info.get("env_steps"),
-                             "grad_steps": self.info.get("grad_steps"), "mode": self.info.get("mode"),
-                             "prior_data": self.info.get("prior_data"),
-                             "text_encoder": self.info.get("text_encoder")}
+        res["checkpoint"] = self.checkpoint_summary()
         return res
+
+    def checkpoint_summary(self) -> dict:
+        """Which checkpoint an evaluation ran: what its results JSON records."""
+        return {"run_dir": str(self.run_dir), "env_steps": self.info.get("env_steps"),
+                "grad_steps": self.info.get("grad_steps"), "mode": self.info.get("mode"),
+                "prior_data": self.info.get("prior_data"),
+                "text_encoder": self.info.get("text_encoder")}
 
     def as_metaworld_agent(self, goal_texts: dict[str, str] | None = None,
                            env_tasks: list[str] | None = None):

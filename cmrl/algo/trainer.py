@@ -35,7 +35,7 @@ from ..envs.metaworld_env import TaskPool
 from ..envs.relabel import reward_relabeller
 from .evaluation import evaluate
 from ..runs.logger import (CallbackWriter, JsonlWriter, MetricsLogger, ProgressWriter,
-                           TensorBoardWriter, eval_key)
+                           TensorBoardWriter, eval_record)
 from ..nets.goal_text import embed_goals
 from ..nets.normalizer import observation_stats
 from .replay import MultiTaskReplay
@@ -322,23 +322,15 @@ class Trainer:
 
     def train(self) -> dict:
         try:
-            if self.config.train.eval_at_start and self._step() == 0 and self.config.train.eval_every:
-                self.logger.log({"step": 0, "env_steps": 0, "grad_steps": 0, "iteration": 0,
-                                 "wall_time": 0.0, **self._eval_metrics()})
-            if self.config.train.mode == "offline":
-                self._train_offline()
-            else:
-                self._train_online()
-            if self._own_status:
-                self.status.end("finished")
-        except KeyboardInterrupt:
-            if self._own_status:
-                self.status.end("stopped", "interrupted; the last checkpoint is intact")
-            raise
-        except BaseException as e:
-            if self._own_status:
-                self.status.end("failed", f"{type(e).__name__}: {e}")
-            raise
+            with self.status.ending(self._own_status):
+                if (self.config.train.eval_at_start and self._step() == 0
+                        and self.config.train.eval_every):
+                    self.logger.log({"step": 0, "env_steps": 0, "grad_steps": 0, "iteration": 0,
+                                     "wall_time": 0.0, **self._eval_metrics()})
+                if self.config.train.mode == "offline":
+                    self._train_offline()
+                else:
+                    self._train_online()
         finally:
             self.logger.close()
             if self.collector is not None:
@@ -419,13 +411,7 @@ class Trainer:
         res = evaluate(self.agent, self.pool, ("train", "test"), self.text_encoder,
                        num_variations=t.eval_variations, adaptation_episodes=1, eval_episodes=1,
                        seed=t.seed + 12345)
-        out = {}
-        for split, part in res["splits"].items():
-            for task, r in part["tasks"].items():
-                out[eval_key(split, "success", task)] = r["success_rate"]
-                out[eval_key(split, "return", task)] = r["mean_return"]
-                out[eval_key(split, "zeroshot", task)] = r["zero_shot_success"]
-        return out
+        return eval_record(res)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def run_info(self) -> dict:

@@ -35,6 +35,18 @@ def parse_eval_key(key: str) -> tuple[str, str, str] | None:
     return split, metric, task
 
 
+def eval_record(result: dict) -> dict:
+    """The metrics keys of an evaluation's result (`evaluation.evaluate`'s JSON): success, return
+    and zero-shot success per split and task."""
+    out = {}
+    for split, part in result["splits"].items():
+        for task, r in part["tasks"].items():
+            out[eval_key(split, "success", task)] = r["success_rate"]
+            out[eval_key(split, "return", task)] = r["mean_return"]
+            out[eval_key(split, "zeroshot", task)] = r["zero_shot_success"]
+    return out
+
+
 def eval_values(record: dict, split: str | None = None, metric: str | None = None) -> dict:
     """{task: value} of a metrics record's evaluation figures of one split and metric (either
     None: any), keyed by (split, metric, task) when either is None."""

@@ -15,6 +15,7 @@ the app and scripts read it (`read_status`) instead of parsing logs. Fields:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -78,6 +79,23 @@ class RunStatus:
         self.data.update(state=state, message=message[:2000], eta_s=0 if state == "finished"
                          else self.data["eta_s"])
         self._write()
+
+    @contextlib.contextmanager
+    def ending(self, own: bool = True):
+        """Around a trainer's loop: when it ends, mark the run finished, stopped (interrupted) or
+        failed (with the error), if `own` (a caller running several phases ends it itself)."""
+        try:
+            yield
+            if own:
+                self.end("finished")
+        except KeyboardInterrupt:
+            if own:
+                self.end("stopped", "interrupted; the last checkpoint is intact")
+            raise
+        except BaseException as e:
+            if own:
+                self.end("failed", f"{type(e).__name__}: {e}")
+            raise
 
 
 class StatusWriter:
