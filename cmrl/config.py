@@ -69,8 +69,8 @@ class NetworkConfig:
     num_modules: int = 4
     """Soft-modular networks: modules per layer n."""
     module_width: int = 64
-    """Soft-modular networks: width of each module. 64 is our CPU default (18 SAC updates/s on 2
-    cores at 3 tasks x 256); Soft-Module's "deep" configuration is 4 x 4 x 128."""
+    """Soft-modular networks: width of each module. 64 is our CPU default (its speed:
+    docs/speed.md); Soft-Module's "deep" configuration is 4 x 4 x 128."""
     embed_dim: int = 64
     """Soft-modular networks: width D of the observation and condition embeddings."""
     gating_hidden: int = 64
@@ -145,10 +145,9 @@ class SACConfig:
     """Behaviour-regularisation weight on the actor (see `bc_form`). None: OFFLINE_BC_WEIGHT (2.5)
     when the run trains offline, 0 online (`RunConfig.resolved`, so every entry point agrees)."""
     precision: str = "fp32"
-    """`fp32`, `bf16` (autocast for the matmuls) or `auto`. bf16 paid for the cmrl update only on CPUs
-    with AMX (1.3-2.3x); with AVX-512 bf16 but no AMX it measured 1.0x (pearl 1.7x); with neither,
-    12-35x slower, and asking for it there warns with the cost measured on the machine. `auto`: bf16
-    on AMX CPUs, fp32 elsewhere (on an H100 bf16 ran the cmrl update at 0.80x of fp32)."""
+    """`fp32`, `bf16` (autocast for the matmuls) or `auto`: bf16 on CPUs with AMX, the only place it
+    paid, fp32 elsewhere (measured: docs/speed.md). Asking for bf16 on a CPU without AMX or AVX-512
+    bf16 warns with the cost measured on the machine."""
     update_impl: str = "auto"
     """How the update runs; the same losses every time (`sac.py`). `eager`: op by op, the one path
     on CPU. `graphed` (CUDA only): the whole update captured once as a CUDA graph and replayed
