@@ -4,7 +4,7 @@
 # fresh goal variations per task, all 15 tasks). JOBS at a time, one thread each. Rerunning it
 # resumes killed trainings and skips finished ones, so it survives a lost session.
 #
-#   bash scripts/ml10_screen.sh            # the README's ML10 screen (defaults below)
+#   bash scripts/ml10_screen.sh            # the ML10 screen of docs/results.md (defaults below)
 #
 # Knobs (environment): RUNS ("AGENT[:VARIANT] ..."; default: cmrl:baseline cmrl:text-prior pearl),
 # SEEDS (0 1 2), STEPS (4000), BATCH (128), JOBS (2), VARIATIONS (10), OUT (runs/ml10-steps$STEPS),

@@ -4,7 +4,7 @@
 # to STAGE (runs/ml10-ship/<agent>/s<seed>); `cmrl report` there writes the multi-seed
 # results.json, ml10_groups.py the task-group table; SHIP (checkpoints/ml10) gets seed 0 of each
 # agent (weights, config, metrics, evaluations: ~2.5 MB each) and those two tables, which the app's
-# Results tab and checkpoint list read; FIGURES (assets/ml10) gets the README's success figures.
+# Results tab and checkpoint list read; FIGURES (assets/ml10) gets the success figures (docs/results.md).
 # ALSO (default cmrl-baseline: today's default cmrl) are more run groups of SRC, staged and shipped
 # under their own names. Agents or seeds not finished or not
 # evaluated are left out and listed. Tables label runs by their config (`cmrl` is the baseline

@@ -23,7 +23,7 @@
 # 128), EVAL_EVERY (2000), CONCURRENT (trials at once, one thread each, 2), VARIATIONS (goal
 # variations per task per evaluation, 10), UNSEEN (0), OUT (runs/ml10-repro), DATA
 # (data/ml10-expert-v1), SHIP (checkpoints/ml10), FIGURES (assets/ml10).
-# Budget on a 2-core CPU: see the README (per-update speeds at 10 tasks x 128).
+# Budget on a 2-core CPU: see docs/speed.md (per-update speeds at 10 tasks x 128).
 # Needs the dev install (`bash scripts/setup.sh --dev`, which includes Ray).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce the README's ML4 results end to end: data -> Ray sweep -> evaluations -> shipped
+# Reproduce the ML4 results (docs/results.md) end to end: data -> Ray sweep -> evaluations -> shipped
 # checkpoints -> fine-tuning -> results.json, tables and figures.
 #
 #   bash scripts/reproduce_ml4.sh [STAGE...]      stages: data sweep eval ship finetune report
 #                                                 variants (default: all but variants, in order)
-# `variants` is the method ablation (README "Method variants"): every cmrl variant screened at 1 seed
+# `variants` is the method ablation (docs/results.md, "Method variants"): every cmrl variant screened at 1 seed
 # and 4,000 steps on ML4 and the leave-one-task-out split, the finalists and baseline at 3 seeds and
 # 10,000 steps, then the table and the pre-registered choice (`python -m cmrl ablation`).
 # Every stage resumes or skips finished work, so a killed run is continued by running it again.

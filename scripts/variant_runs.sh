@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Method variants of cmrl (cmrl/variants.py) on ML4 and on the leave-one-task-out validation split,
-# trained offline and evaluated; the runs behind docs/method_selection.md and the README's ablation.
+# trained offline and evaluated; the runs behind docs/method_selection.md and docs/results.md's ablation.
 #
 #   bash scripts/variant_runs.sh                    # screening: every variant, seed 0, 4,000 steps
 #   STEPS=10000 SEEDS=0,1,2 VARIANTS="baseline task-routing" bash scripts/variant_runs.sh

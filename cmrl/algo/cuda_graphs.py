@@ -1,7 +1,7 @@
 """The `graphed` update path: one whole SAC + KL update captured as a CUDA graph, then replayed.
 
 On a GPU the update is bound by launching a few thousand small kernels from Python, not by
-arithmetic (README, Speed: an H100 ran the cmrl update only 1.4-2.4x faster than a 2-core CPU). A
+arithmetic (docs/speed.md: an H100 ran the cmrl update only 1.4-2.4x faster than a 2-core CPU). A
 CUDA graph records the kernels of one update (critic and encoder step, actor step, temperatures,
 Polyak averaging) with the memory they read and write; every later update copies its inputs into
 the graph's own input tensors and launches the whole record at once.

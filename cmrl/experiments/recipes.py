@@ -39,7 +39,7 @@ so this is the variant with the highest and steadiest meta-train success on fres
 the method ablation's stage 2 (text-prior 0.97 +- 0.00 over 3 seeds at 10,000 offline steps, worst
 task 0.90; context-dropout 0.93 +- 0.09; baseline 0.83 +- 0.26): meta-train numbers only. It is
 not `variants.DEFAULT_VARIANT`, the method's default for claims about held-out tasks, which the
-pre-registered rule kept at baseline (README, "Method variants")."""
+pre-registered rule kept at baseline (docs/results.md, "Method variants")."""
 
 
 # -- data made on demand ------------------------------------------------------------------------

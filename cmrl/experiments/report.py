@@ -1,4 +1,4 @@
-"""Results: aggregate shipped run directories into `results.json`, tables and README figures.
+"""Results: aggregate shipped run directories into `results.json`, tables and the results figures.
 
 `python -m cmrl report --root checkpoints/ml4 [--finetune DIR] [--figures assets]` reads every run
 directory under `root` (config.json + metrics.jsonl, and the evaluation files that `python -m cmrl eval`
@@ -264,7 +264,7 @@ def runs_benchmark(agents: dict) -> str:
 
 
 def figures(results: dict, out_dir: str | Path) -> list[Path]:
-    """README figures: success per task per agent (both protocols), training curves, fine-tuning."""
+    """The results figures (docs/results.md): success per task per agent (both protocols), training curves, fine-tuning."""
     try:
         import matplotlib
 
