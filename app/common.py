@@ -20,13 +20,14 @@ import cmrl
 from cmrl.agent_kinds import agent_kind
 from cmrl.errors import user_errors, user_message
 from cmrl.envs.metaworld_env import CAMERAS
+from cmrl.envs.point_robot import TASK as POINT_TASK
 from cmrl.envs.tasks import ML4_TEST, ML4_TRAIN, GOAL_TEXTS, all_env_names
 from cmrl.nets.text_encoders import GoalTextError, validate_goal_text
 from cmrl.runs.checkpoint import find_run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 ML4_TASKS = list(ML4_TRAIN + ML4_TEST)
-SCENES = ML4_TASKS + [e for e in all_env_names() if e not in ML4_TASKS]
+SCENES = ML4_TASKS + [e for e in all_env_names() if e not in ML4_TASKS] + [POINT_TASK]
 GOAL_EXAMPLES = [GOAL_TEXTS[t][0] for t in ML4_TASKS] + [
     GOAL_TEXTS["window-close-v3"][1], GOAL_TEXTS["drawer-open-v3"][1], "slide the window shut",
     "pull the handle towards you"]

@@ -539,8 +539,13 @@ def _add_diagnose(sub) -> None:
     p.add_argument("--task", action="append", default=[], help="only these tasks (repeatable)")
     p.add_argument("--variations", type=int, default=10, help="goal variations per task")
     p.add_argument("--adaptation-episodes", type=int, default=3)
+    p.add_argument("--split", choices=("train", "test", "all"), default="all",
+                   help="train: meta-train tasks on fresh variations; test: held-out ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--save-probe", action="store_true",
+                   help="keep the goal probe (z -> goal position) beside the checkpoint, where the "
+                        "app's Adapt tab draws the agent's belief from it")
 
 
 def cmd_diagnose(args) -> int:
@@ -552,10 +557,15 @@ def cmd_diagnose(args) -> int:
     agent = load_agent(args.checkpoint)
     if not agent.uses_context:
         raise ConfigError(f"a {agent.kind} agent infers no context: nothing to diagnose")
+    splits = ("train", "test") if args.split == "all" else (args.split,)
     report = diagnose(agent, args.task or None, args.variations, args.adaptation_episodes,
-                      args.seed)
+                      args.seed, splits)
     report["command"] = "python -m cmrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(markdown(report))
+    if args.save_probe:
+        from .experiments.context_diagnosis import save_goal_probe
+
+        print(f"goal probe saved to {save_goal_probe(args.checkpoint, report)}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

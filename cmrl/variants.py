@@ -23,6 +23,7 @@ class Variant:
 
 _TASK_ROUTING = {"net.routing_input": "cond", "net.obs_takes_context": False}
 _TASK_ROUTING_MLP = {**_TASK_ROUTING, "net.cond_embed": "mlp"}
+_RELABEL_CONTEXT = {"sac.context_relabel": 1.0, "sac.meta_batch": 8, "sac.kl_weight": 1.0}
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("baseline", "the first cmrl: routing from observation x z, z also fed to the modules",
@@ -48,6 +49,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "posterior (weight 1)", {**_TASK_ROUTING_MLP, "sac.z_contrastive": 1.0}),
     Variant("td3bc", "task-routing-mlp with TD3+BC's own weighting of the behaviour term",
             {**_TASK_ROUTING_MLP, "sac.bc_form": "td3bc"}),
+    Variant("relabel-context", "contexts of other variations with rewards recomputed for this "
+            "one's goal (all of them), 8 variations per task and update, KL weight 1 (so prior "
+            "samples stay near the goals the posteriors cover); any context agent",
+            _RELABEL_CONTEXT),
 )}
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,10 +69,13 @@ def _routing_numpy(routing, index: int = 0) -> list[np.ndarray] | None:
 def rollout(agent: MetaAgent, env: TaskEnv, variation, goal_embedding: np.ndarray | None = None,
             task_id: int = -1, adaptation_episodes: int = 3, eval_episodes: int = 1,
             render: bool = False, seed: int = 0,
-            stop: threading.Event | None = None) -> Iterator[StepRecord]:
+            stop: threading.Event | None = None,
+            goal_probe: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[StepRecord]:
     """Adapt to one goal variation step by step, yielding every step. `stop` ends it early.
     z and the actions are drawn from the rollout's own generator seeded with `seed`, so the same seed
-    gives the same rollout whatever runs beside it, and torch's global RNG is left alone."""
+    gives the same rollout whatever runs beside it, and torch's global RNG is left alone.
+    `goal_probe` maps the posterior mean to where the agent believes the goal is; envs that can
+    draw it (the point robot) show it in the rendered frame."""
     gen = torch.Generator(device=agent.device).manual_seed(seed)
     belief = TaskBelief(agent, 1, goal=goal_embedding, task_ids=[task_id], generator=gen)
     for episode in range(adaptation_episodes + eval_episodes):
@@ -95,8 +98,14 @@ def rollout(agent: MetaAgent, env: TaskEnv, variation, goal_embedding: np.ndarra
             yield StepRecord(episode, phase, env.t, obs, action, reward, success, ep_success,
                              ep_return, done, mu[0], std[0], _routing_numpy(out.routing),
                              int(belief.num_transitions[0]),
-                             env.render() if render else None)
+                             _frame(env, goal_probe, mu[0]) if render else None)
             obs = next_obs
+
+
+def _frame(env, goal_probe, z_mean: np.ndarray) -> np.ndarray:
+    if goal_probe is None or z_mean.size == 0:
+        return env.render()
+    return env.render(belief=goal_probe(z_mean))
 
 
 @dataclass

@@ -87,12 +87,27 @@ class TrainedAgent:
         if not 0 <= variation < len(variations):
             env.close()
             raise ValueError(f"goal variation must be in 0..{len(variations) - 1}, got {variation}")
+        if (env.obs_dim, env.act_dim) != (self.agent.obs_dim, self.agent.act_dim):
+            env.close()
+            raise ValueError(f"{task} has {env.obs_dim}-d observations and {env.act_dim}-d actions; "
+                             f"this agent was trained on {self.agent.obs_dim} and "
+                             f"{self.agent.act_dim} ({', '.join(self.agent.train_tasks)})")
         task_id = self.agent.task_id(task)
         try:
             yield from rollout(self.agent, env, variations[variation], self.encode_goal(goal_text),
-                               task_id, adaptation_episodes, eval_episodes, render, seed, stop)
+                               task_id, adaptation_episodes, eval_episodes, render, seed, stop,
+                               goal_probe=self.goal_probe() if render else None)
         finally:
             env.close()
+
+    def goal_probe(self):
+        """z -> where the agent believes the goal is, when a probe was saved with the checkpoint
+        (`cmrl diagnose --save-probe`); None otherwise."""
+        if not self.agent.uses_context:
+            return None
+        from ..experiments.context_diagnosis import load_goal_probe
+
+        return load_goal_probe(self.run_dir, self.agent.config.net.latent_dim)
 
     def evaluate(self, splits=("train", "test"), num_variations: int = 5,
                  adaptation_episodes: int = 3, eval_episodes: int = 1, seed: int = 0,

@@ -175,7 +175,9 @@ class TaskEnv:
         """The hidden goal position of the current variation (what the agent must infer)."""
         return np.asarray(self.env._get_pos_goal(), np.float64)
 
-    def render(self) -> np.ndarray:
+    def render(self, belief: np.ndarray | None = None) -> np.ndarray:
+        """An upright RGB frame. `belief` (where an agent thinks the goal is) is not drawn in
+        Meta-World scenes: placing a marker needs the camera's projection."""
         if not self._render:
             raise RuntimeError("this env was built without rendering (render=True)")
         viewer = self.env.mujoco_renderer._get_viewer("rgb_array")

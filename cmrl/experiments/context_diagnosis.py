@@ -17,6 +17,10 @@ of meta-train variations, reports how well each context's z locates the goal on 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -138,8 +142,9 @@ def probe_error(weights: np.ndarray, z: np.ndarray, goals: np.ndarray) -> float:
 
 
 def diagnose(agent: TrainedAgent, tasks: list[str] | None = None, num_variations: int = 10,
-             adaptation_episodes: int = 3, seed: int = 0) -> dict:
-    """Every (task, split) of the agent's benchmark (or `tasks`), plus the goal probe: fitted on
+             adaptation_episodes: int = 3, seed: int = 0,
+             splits: tuple[str, ...] = ("train", "test")) -> dict:
+    """Every (task, split) of the agent's benchmark (or `tasks`, `splits`), plus the goal probe: fitted on
     the expert-context posteriors of the meta-train tasks' training variations, scored on each
     context of the evaluated (fresh or held-out) variations."""
     pool = agent.task_pool()
@@ -147,7 +152,7 @@ def diagnose(agent: TrainedAgent, tasks: list[str] | None = None, num_variations
     report: dict = {"agent": agent.kind, "run_dir": str(agent.run_dir), "seed": seed,
                     "adaptation_episodes": adaptation_episodes, "contexts": list(CONTEXTS),
                     "tasks": []}
-    for split in ("train", "test"):
+    for split in splits:
         for task in bench.tasks(split):
             if tasks and task not in tasks:
                 continue
@@ -197,6 +202,38 @@ def _training_variation_posteriors(agent: TrainedAgent, task: str, n: int,
     finally:
         env.close()
     return np.stack(zs), np.stack(goals)
+
+
+GOAL_PROBE_FILE = "goal_probe.json"
+_MAX_PROBE_BYTES = 1 << 16
+
+
+def save_goal_probe(run_dir: str | Path, report: dict) -> Path:
+    """Keep a diagnosis' goal probe beside the checkpoint (the app draws the agent's belief)."""
+    if "goal_probe" not in report:
+        raise ValueError("this report has no goal probe (no meta-train task was diagnosed)")
+    path = Path(run_dir) / GOAL_PROBE_FILE
+    path.write_text(json.dumps({"weights": report["goal_probe"]["weights"],
+                                "fitted_on": report["goal_probe"]["fitted_on"]}))
+    return path
+
+
+def load_goal_probe(run_dir: str | Path, latent_dim: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The probe z -> goal position saved with a checkpoint, or None (absent or unusable). The file
+    must be a plain file inside the run folder (links are not followed out of it)."""
+    run_dir = Path(run_dir)
+    path = run_dir / GOAL_PROBE_FILE
+    try:
+        real = path.resolve(strict=True)
+        if real.parent != run_dir.resolve() or not real.is_file() \
+                or real.stat().st_size > _MAX_PROBE_BYTES:
+            return None
+        w = np.asarray(json.loads(real.read_text())["weights"], np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if w.ndim != 2 or w.shape[0] != latent_dim + 1 or not np.isfinite(w).all():
+        return None
+    return lambda z: apply_goal_probe(w, np.asarray(z, np.float64).reshape(1, -1))[0]
 
 
 def markdown(report: dict) -> str:
