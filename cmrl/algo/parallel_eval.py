@@ -1,19 +1,22 @@
 """Evaluation on every core: (task, group of variations) units spread over worker processes.
 
-`evaluation.evaluate` hands its tasks here. Each task's chosen goal variations are split into
-groups so that there are at least as many units as workers (ML1, one task per split, splits too);
-a worker runs a unit with `evaluation.run_variations`, the group's envs in lockstep with one
-batched forward pass, and the parent puts each task's rows back together in variation order.
-The numbers do not depend on the number of workers or the grouping: every variation draws from a
-generator of its own (`evaluation.variation_generators`), every forward pass spans all of a task's
-chosen variations whichever of them a unit steps, and every unit runs on CPU with one torch thread
-(one worker or several, in this process or another).
+`evaluation.evaluate` hands its tasks here, one split after the other, held-out tasks first. Each
+task's chosen goal variations are split into groups so that a split has at least as many units as
+workers (ML1, one task per split, splits too); a worker runs a unit with
+`evaluation.run_variations`, the group's envs in lockstep with one batched forward pass, and the
+parent puts each task's rows back together in variation order. The numbers do not depend on the
+number of workers or the grouping: every variation draws from a generator of its own
+(`evaluation.variation_generators`), every forward pass spans all of a task's chosen variations
+whichever of them a unit steps, and every unit runs on CPU with one torch thread (one worker or
+several, in this process or another).
 
 Workers are started once per process (forkserver where the platform has it, else spawn; nothing
-relies on fork) and kept for later evaluations (a trainer evaluates many times). Each call ships
-the agent as its config and state dict (numpy arrays) and the task pool as it is, its goal
-variations already drawn (rebuilding Meta-World's ML10 variations takes 15-60 s), and a worker
-rebuilds the agent once per call. A progress bar per task (episodes of all its variations).
+relies on fork) and kept for later evaluations (a trainer evaluates many times). Each split's
+batch ships the agent as its config and state dict (numpy arrays) and the task pool pickled with
+the goal variations drawn so far (drawing Meta-World's ML10 variations costs ~10 s of CPU per split
+and seed: workers never redraw them), and a worker rebuilds both once per batch. While the workers
+run the held-out tasks, this process draws the meta-train tasks' fresh variations. A progress bar
+per task (episodes of all its variations).
 
 `bare_loop` runs the same units with random actions and no policy: what the bench compares with.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import pickle
 import queue as queue_module
 import time
 import uuid
@@ -96,14 +100,26 @@ class AgentSpec:
 
 @dataclass
 class _Call:
-    """One evaluation's shared part (the same for all its units)."""
+    """One batch of units' shared part: pickled once here (the pool may gain variations while
+    earlier batches are still being sent), unpickled once per worker."""
 
     token: str
-    agent: AgentSpec | None  # None: bare loop
-    pool: object
+    agent: bytes | None  # a pickled AgentSpec; None: bare loop (or run in this process)
+    pool: bytes | None  # the pickled pool; None: run in this process
     phases: list[str]
     num_variations: int
     seed: int
+
+
+@dataclass
+class _Batch:
+    """The units of one split, ready to run (their variations drawn)."""
+
+    call: _Call
+    pool: object
+    units: list[Unit]
+    goals: list
+    bars: list
 
 
 # -- worker side -----------------------------------------------------------------------------------
@@ -120,8 +136,9 @@ def _init_worker(progress) -> None:
 def _call_state(call: _Call):
     if _CACHE.get("token") != call.token:
         _CACHE.clear()
-        _CACHE.update(token=call.token, pool=call.pool,
-                      agent=call.agent.build() if call.agent is not None else None)
+        spec = pickle.loads(call.agent) if call.agent is not None else None
+        _CACHE.update(token=call.token, pool=pickle.loads(call.pool),
+                      agent=spec.build() if spec is not None else None)
     return _CACHE["agent"], _CACHE["pool"]
 
 
@@ -204,28 +221,38 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-def _run(call: _Call, local_agent: MetaAgent | None, units: list[Unit], goals: list,
-         workers: int, bars: list) -> list:
-    """Every unit's result, in order: in this process with `local_agent` (one worker) or in the
-    kept workers, which rebuild the agent from `call.agent`."""
-    if workers <= 1 or len(units) <= 1 or mp.current_process().daemon:
+def _run(batches, local_agent: MetaAgent | None, workers: int,
+         parallel: bool) -> list[tuple[_Batch, list]]:
+    """(batch, its units' results in order) for every batch. One worker: in this process with `local_agent`, one
+    batch after the other. Several: each batch's units go to the kept workers (which rebuild the
+    agent from the batch's call) as soon as the batch is ready, so this process draws the next
+    split's variations while the workers run the first."""
+    if not parallel:
+        out = []
         with _one_thread():
-            return [_execute(local_agent, call.pool, call, unit, goal,
-                             lambda b=bar, n=len(unit.rows): b.update(n))
-                    for unit, goal, bar in zip(units, goals, bars)]
-    pool, progress = _executor(workers)
-    futures = {pool.submit(_run_unit, call, i, u, g): i
-               for i, (u, g) in enumerate(zip(units, goals))}
-    out: list = [None] * len(units)
+            for b in batches:
+                out.append((b, [_execute(local_agent, b.pool, b.call, unit, goal,
+                                         lambda bar=bar, n=len(unit.rows): bar.update(n))
+                                for unit, goal, bar in zip(b.units, b.goals, b.bars)]))
+        return out
+    executor, progress = _executor(workers)
+    futures: dict = {}
+    done_batches: list[_Batch] = []
+    out: list[tuple[_Batch, list]] = []
     try:
+        for b in batches:
+            out.append((b, [None] * len(b.units)))
+            done_batches.append(b)
+            for i, (u, g) in enumerate(zip(b.units, b.goals)):
+                futures[executor.submit(_run_unit, b.call, i, u, g)] = (len(out) - 1, i)
+            _drain(progress, done_batches)
         while futures:
-            done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(progress, call.token, bars)
-            for f in done:
-                index, res = f.result()
-                out[index] = res
-                del futures[f]
-        _drain(progress, call.token, bars)
+            finished, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(progress, done_batches)
+            for f in finished:
+                k, i = futures.pop(f)
+                out[k][1][i] = f.result()[1]
+        _drain(progress, done_batches)
     except BrokenProcessPool as e:
         shutdown()
         raise RuntimeError(f"an evaluation worker process died ({e}); run with workers=1 "
@@ -237,31 +264,54 @@ def _run(call: _Call, local_agent: MetaAgent | None, units: list[Unit], goals: l
     return out
 
 
-def _drain(progress, token: str, bars: list) -> None:
+def _drain(progress, batches: list[_Batch]) -> None:
+    """Move the workers' episode counts onto the bars."""
+    bars = {b.call.token: b.bars for b in batches}
     while True:
         try:
-            tok, index, n = progress.get_nowait()
+            token, index, n = progress.get_nowait()
         except queue_module.Empty:
             return
-        if tok == token:
-            bars[index].update(n)
+        if token in bars:
+            bars[token][index].update(n)
 
 
-def _bars(units: list[Unit], sizes: dict, episodes: int, progress: bool) -> list:
-    """One tqdm bar per (split, task), shared by its units; one entry per unit."""
-    from tqdm import tqdm
+class _Bars:
+    """One tqdm bar per (split, task), shared by its units; stacked in the order tasks come."""
 
-    keys = list(sizes)
-    by_key = {k: tqdm(total=sizes[k] * episodes, desc=f"{k[0]:5s} {k[1]}", unit="ep",
-                      position=i, leave=True, disable=not progress, dynamic_ncols=True)
-              for i, k in enumerate(keys)}
-    return [by_key[(u.split, u.task)] for u in units]
+    def __init__(self, episodes: int, progress: bool):
+        self.episodes, self.progress, self.bars = episodes, progress, {}
+
+    def for_units(self, units: list[Unit], sizes: dict) -> list:
+        from tqdm import tqdm
+
+        for key in sizes:
+            if key not in self.bars:
+                self.bars[key] = tqdm(total=sizes[key] * self.episodes, unit="ep",
+                                      desc=f"{key[0]:5s} {key[1]}", position=len(self.bars),
+                                      leave=True, disable=not self.progress, dynamic_ncols=True)
+        return [self.bars[(u.split, u.task)] for u in units]
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _parallel(workers: int) -> bool:
+    """Whether to use worker processes (a daemonic process may not start any)."""
+    return workers > 1 and not mp.current_process().daemon
 
 
 def _cpu_agent(agent: MetaAgent) -> MetaAgent:
     if agent.device.type == "cpu":
         return agent
     return AgentSpec.of(agent).build()
+
+
+def _split_order(splits) -> list[str]:
+    """Held-out tasks first: their variations come with the pool, while the meta-train tasks'
+    fresh ones are drawn (in this process) as the workers run the first batch."""
+    return sorted(splits, key=lambda split: split != "test")
 
 
 def evaluate_tasks(agent: MetaAgent, pool, splits, encoder, goal_texts: dict[str, str],
@@ -272,36 +322,44 @@ def evaluate_tasks(agent: MetaAgent, pool, splits, encoder, goal_texts: dict[str
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    keys = [(split, task) for split in splits for task in pool.benchmark.tasks(split)]
-    goals = {}
-    sizes = {}
-    for split, task in keys:
-        goals[(split, task)] = task_goal(agent, task, encoder, goal_texts.get(task))
-        # draws the variations here (fresh ones included), so the pool ships with them
-        sizes[(split, task)] = len(chosen_variations(pool, task, split, num_variations, seed))
-    units = plan_units(sizes, workers)
-    workers = min(workers, len(units))
-    local = _cpu_agent(agent) if workers <= 1 else None
-    call = _Call(uuid.uuid4().hex, None if local else AgentSpec.of(agent), pool, list(phases),
-                 num_variations, seed)
-    bars = _bars(units, sizes, len(phases), progress)
+    parallel = _parallel(workers)
+    local = None if parallel else _cpu_agent(agent)
+    spec = pickle.dumps(AgentSpec.of(agent)) if parallel else None
+    goals: dict = {}
+    sizes: dict = {}
+    bars = _Bars(len(phases), progress)
+
+    def batches():
+        for split in _split_order(splits):
+            part = {}
+            for task in pool.benchmark.tasks(split):
+                goals[(split, task)] = task_goal(agent, task, encoder, goal_texts.get(task))
+                part[(split, task)] = len(chosen_variations(pool, task, split, num_variations,
+                                                            seed))
+            sizes.update(part)
+            units = plan_units(part, workers)
+            call = _Call(uuid.uuid4().hex, spec, pickle.dumps(pool) if parallel else None,
+                         list(phases), num_variations, seed)
+            yield _Batch(call, pool, units, [goals[(u.split, u.task)][1] for u in units],
+                         bars.for_units(units, part))
+
     try:
-        results = _run(call, local, units, [goals[(u.split, u.task)][1] for u in units], workers,
-                       bars)
+        done = _run(batches(), local, workers, parallel)
     finally:
-        for bar in dict.fromkeys(bars):
-            bar.close()
-    rows: dict = {k: {} for k in keys}
-    for unit, (succ, ret) in zip(units, results):
-        for j, i in enumerate(unit.rows):
-            rows[(unit.split, unit.task)][i] = (succ[j], ret[j])
+        bars.close()
+    rows: dict = {key: {} for key in sizes}
+    for batch, results in done:
+        for unit, (succ, ret) in zip(batch.units, results):
+            for j, i in enumerate(unit.rows):
+                rows[(unit.split, unit.task)][i] = (succ[j], ret[j])
     out: dict[str, list[TaskResult]] = {split: [] for split in splits}
-    for (split, task), by_row in rows.items():
-        ordered = [by_row[i] for i in range(sizes[(split, task)])]
-        out[split].append(task_result(task, split, goals[(split, task)][0], list(phases),
-                                      np.stack([s for s, _ in ordered]),
-                                      np.stack([r for _, r in ordered])))
-    return out, workers
+    for split in splits:
+        for task in pool.benchmark.tasks(split):
+            ordered = [rows[(split, task)][i] for i in range(sizes[(split, task)])]
+            out[split].append(task_result(task, split, goals[(split, task)][0], list(phases),
+                                          np.stack([s for s, _ in ordered]),
+                                          np.stack([r for _, r in ordered])))
+    return out, workers if parallel else 1
 
 
 def bare_loop(pool, splits, num_variations: int, episodes: int, seed: int,
@@ -309,14 +367,19 @@ def bare_loop(pool, splits, num_variations: int, episodes: int, seed: int,
     """The evaluation's units stepped with random actions, no policy, in as many processes as
     `evaluate_tasks` would use: {"env_steps", "seconds", "workers"}."""
     workers = default_workers() if workers is None else int(workers)
-    keys = [(split, task) for split in splits for task in pool.benchmark.tasks(split)]
-    sizes = {(s, t): len(chosen_variations(pool, t, s, num_variations, seed)) for s, t in keys}
-    units = plan_units(sizes, workers)
-    workers = min(workers, len(units))
-    call = _Call(uuid.uuid4().hex, None, pool, ["bare"] * episodes, num_variations, seed)
-    bars = _bars(units, sizes, episodes, False)
-    start = time.perf_counter()
-    steps = _run(call, None, units, [None] * len(units), workers, bars)
-    return {"env_steps": int(sum(steps)), "seconds": time.perf_counter() - start,
-            "workers": workers}
+    parallel = _parallel(workers)
+    bars = _Bars(episodes, False)
 
+    def batches():
+        for split in _split_order(splits):
+            part = {(split, t): len(chosen_variations(pool, t, split, num_variations, seed))
+                    for t in pool.benchmark.tasks(split)}
+            units = plan_units(part, workers)
+            call = _Call(uuid.uuid4().hex, None, pickle.dumps(pool) if parallel else None,
+                         ["bare"] * episodes, num_variations, seed)
+            yield _Batch(call, pool, units, [None] * len(units), bars.for_units(units, part))
+
+    start = time.perf_counter()
+    done = _run(batches(), None, workers, parallel)
+    return {"env_steps": int(sum(sum(r) for _, r in done)),
+            "seconds": time.perf_counter() - start, "workers": workers}

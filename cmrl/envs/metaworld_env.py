@@ -42,11 +42,49 @@ def _metaworld_benchmark(benchmark: Benchmark, seed: int):
         from .point_robot import PointSource
 
         return PointSource(seed)
-    import metaworld
+    return _MetaWorldSplits(benchmark, seed)
 
-    if benchmark.name.startswith("ml1:"):
-        return metaworld.ML1(benchmark.train_tasks[0], seed=seed)
-    return metaworld.CustomML(list(benchmark.train_tasks), list(benchmark.test_tasks), seed=seed)
+
+class _MetaWorldSplits:
+    """What `metaworld.ML1(env, seed)` / `metaworld.CustomML(train, test, seed)` hold (classes and
+    goal variations per split), each split's variations drawn only when first asked for. Meta-World
+    seeds the two splits apart (ML1: seed and seed + 1; CustomML: seed for each), so drawing one
+    never changes the other. A split costs a constructor and 50 resets per env (ML10's: ~10 s of
+    CPU), and the evaluator needs only the test split of one seed and the train split of another,
+    training only the train split."""
+
+    def __init__(self, benchmark: Benchmark, seed: int):
+        from metaworld import env_dict
+
+        self._ml1 = benchmark.name.startswith("ml1:")
+        self._seed = seed
+        self.train_classes = env_dict._get_env_dict(list(benchmark.train_tasks))
+        self.test_classes = env_dict._get_env_dict(list(benchmark.test_tasks))
+        self._tasks: dict[str, list] = {}
+
+    def _split(self, split: str) -> list:
+        if split not in self._tasks:
+            import metaworld
+            from metaworld import env_dict
+
+            classes = self.train_classes if split == "train" else self.test_classes
+            if self._ml1:
+                kwargs = {name: env_dict.ML1_ARGS_KWARGS[name] for name in classes}
+                seed = self._seed + (split == "test")
+            else:
+                kwargs = env_dict._get_args_kwargs(env_dict.ALL_V3_ENVIRONMENTS, classes)
+                seed = self._seed
+            self._tasks[split] = (metaworld._make_tasks(classes, kwargs, metaworld._ML_OVERRIDE,
+                                                        seed=seed) if classes else [])
+        return self._tasks[split]
+
+    @property
+    def train_tasks(self) -> list:
+        return self._split("train")
+
+    @property
+    def test_tasks(self) -> list:
+        return self._split("test")
 
 
 class TaskPool:
