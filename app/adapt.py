@@ -28,7 +28,8 @@ import numpy as np
 
 from cmrl.experiments.routing_analysis import RoutingMean, cosine_similarity, js_similarity
 
-from .figures import (PosteriorFigure, RoutingFigure, posterior_unavailable, routing_unavailable)
+from .figures import (PosteriorFigure, RoutingFigure, adaptation_figure, posterior_unavailable,
+                      routing_unavailable)
 
 FIGURE_EVERY = 5
 """Env steps between routing / posterior figure updates (the issue asks for at most 10)."""
@@ -243,6 +244,8 @@ class View:
     started: float = field(default_factory=time.time)
     frames_shown: int = 0
     frames_dir: Path = field(default_factory=lambda: VIDEO_ROOT / f"frames-{uuid.uuid4().hex}")
+    adaptation: dict[int, list[float]] = field(default_factory=dict)
+    """rl2 / maml: each episode's per-step adaptation signal (their records' `adaptation`)."""
 
     frame_step: int = -1
 
@@ -278,6 +281,8 @@ class View:
             self.last = rec
             if rec.routing is not None:
                 self.routing_mean.add(rec.routing)
+            if hasattr(rec, "adaptation"):
+                self.adaptation.setdefault(rec.episode, []).append(float(rec.adaptation))
             if rec.done:
                 self.episodes.append(EpisodeRow(rec.episode, rec.phase, bool(rec.episode_success),
                                                 float(rec.episode_return), rec.t))
@@ -304,6 +309,12 @@ class View:
 
     def posterior(self):
         rec = self.last
+        if len(rec.z_mean) == 0 and self.adaptation:  # rl2, maml: what their adaptation moved
+            eps = sorted(self.adaptation)
+            phases = {r.episode: r.phase for r in self.episodes} | {rec.episode: rec.phase}
+            return adaptation_figure(self.agent.kind,
+                                     [f"{e + 1} ({phases.get(e, '')})" for e in eps],
+                                     [float(np.mean(self.adaptation[e])) for e in eps])
         if len(rec.z_mean) == 0:
             return posterior_unavailable(self.agent.kind)
         if self.posterior_fig is None:

@@ -129,6 +129,20 @@ class PosteriorFigure:
         return plot_data(d)
 
 
+def adaptation_figure(kind: str, episodes: list[str], values: list[float]) -> PlotData:
+    """For an agent that adapts without a posterior (rl2, maml): per episode, the mean of its
+    rollout's `adaptation` signal (rl2: hidden-state change per step; maml: |adapted - meta-learned
+    mean action|, 0 before the inner steps)."""
+    k = agent_kind(kind)
+    title = ("hidden-state activity per episode (mean |Δh| per step)"
+             if k.adapts_by == "hidden_state" else
+             "action change of the inner steps per episode (mean |post − pre-update action|)")
+    fig = go.Figure(go.Bar(x=episodes, y=_r(values, 4), marker_color=agent_color(kind),
+                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    fig.update_layout(height=260, margin=_MARGIN, title=title)
+    return plot_data(fig)
+
+
 def posterior_unavailable(kind: str) -> PlotData:
     k = agent_kind(kind)
     return plot_data(message_figure(k.no_posterior_note if not k.uses_context

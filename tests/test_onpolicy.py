@@ -247,3 +247,27 @@ def test_metaworld_evaluator_runs_them(kind):
     assert mw_agent.trial is not None
     if kind == "maml":
         assert mw_agent.trial.adapted is not None and mw_agent.trial.action_change > 0
+
+
+# -- the app's Adapt tab: what they show instead of a posterior -----------------------------------
+@pytest.mark.parametrize("kind", ["rl2", "maml"])
+def test_adapt_view_shows_the_adaptation_signal(kind):
+    from app.adapt import Event, Rollout, View
+    from cmrl.algo.onpolicy_agent import TrainedOnPolicyAgent
+
+    torch.manual_seed(0)
+    trained = TrainedOnPolicyAgent(OnPolicyAgent(point_config(kind), 2, 2, ("point-robot",)).eval(),
+                                   {}, None)
+    view = View(trained, Rollout("point-robot", "reach the hidden goal", 0, episodes=1))
+    records = list(trained.rollout("point-robot", variation=2, adaptation_episodes=1,
+                                   eval_episodes=1))
+    for rec in records:
+        view.add(Event("", "step", record=rec))
+    signal = {e: np.mean(v) for e, v in view.adaptation.items()}
+    if kind == "rl2":
+        assert signal[0] > 0 and signal[1] > 0  # the memory moves in every episode
+    else:
+        assert signal[0] == 0 and signal[1] > 0  # nothing before the inner step, then a change
+    fig = json.loads(view.posterior().plot)
+    assert fig["data"][0]["type"] == "bar" and len(fig["data"][0]["x"]) == 2
+    assert ("hidden-state" if kind == "rl2" else "action change") in fig["layout"]["title"]["text"]

@@ -90,11 +90,13 @@ class MAMLTrial:
     def act(self, obs: np.ndarray, deterministic: bool = False) -> ActOut:
         policy, dev = self.agent.policy, self.agent.device
         o = torch.as_tensor(np.asarray(obs, np.float32), device=dev)
+        meta_mean, log_std = policy(o)
         if self.adapted is None:
-            mean, log_std = policy(o)
-            std_rows = log_std.expand_as(mean)
+            mean, std_rows = meta_mean, log_std.expand_as(meta_mean)
         else:
             mean, std_rows = _stacked_forward(policy, self.adapted, o)
+        # per env: how far the inner steps moved the mean action at this state
+        self.step_signal = (mean - meta_mean).abs().mean(-1).cpu().numpy()
         action = sample_actions(mean, std_rows, deterministic, self.generators)
         logp = gaussian_log_prob(mean, std_rows, action)
         self._last_obs = np.asarray(obs, np.float32)

@@ -7,6 +7,7 @@ then not read (`agent_kinds.AgentKind.goal_text_note`).
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +24,16 @@ from .onpolicy import OnPolicyAgent, evaluate_onpolicy
 from .trained_agent import TrainedAgent
 
 NO_Z = np.zeros(0, np.float32)
+
+
+@dataclass
+class AdaptationStep(StepRecord):
+    """A rollout step of rl2 or maml, with what its adaptation moved at this step (the app shows
+    it where a context agent's posterior goes)."""
+
+    adaptation: float = 0.0
+    """rl2: mean |change| of the GRU's hidden state at this step; maml: mean |adapted - meta-learned
+    mean action| at this state (0 before the inner steps)."""
 
 
 class TrainedOnPolicyAgent(TrainedAgent):
@@ -65,9 +76,10 @@ class TrainedOnPolicyAgent(TrainedAgent):
                     seen += phase == "adapt"
                     ep_success |= success
                     ep_return += reward
-                    yield StepRecord(episode, phase, env.t, obs, out.env_action[0], reward, success,
-                                     ep_success, ep_return, done, NO_Z, NO_Z, None, seen,
-                                     env.render() if render else None)
+                    yield AdaptationStep(episode, phase, env.t, obs, out.env_action[0], reward,
+                                         success, ep_success, ep_return, done, NO_Z, NO_Z, None,
+                                         seen, env.render() if render else None,
+                                         adaptation=trial.step_signal[0])
                     obs = next_obs
         finally:
             env.close()

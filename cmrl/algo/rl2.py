@@ -42,13 +42,16 @@ class RL2Trial:
         x = self.inputs(obs)
         mean, value, log_std, h = self.policy(torch.as_tensor(x, device=self.device)[:, None],
                                               self.h)
-        self.activity.append(float((h - self.h).abs().mean()))
+        change = (h - self.h).abs().mean(-1)[0]
+        self.activity.append(float(change.mean()))
+        self.step_signal = change.cpu().numpy()  # per env: what this step moved the memory
         self.h = h
         mean = mean[:, 0]
         action = sample_actions(mean, log_std, deterministic, self.generators)
         logp = gaussian_log_prob(mean, log_std, action)
+        value = self.policy.value_in_reward_units(value[:, 0])
         return ActOut(action.cpu().numpy(), env_actions(action),
-                      {"x": x, "logp": logp.cpu().numpy(), "value": value[:, 0].cpu().numpy()})
+                      {"x": x, "logp": logp.cpu().numpy(), "value": value.cpu().numpy()})
 
     def observe(self, env_action: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
         self.prev_action = np.asarray(env_action, np.float32)
@@ -97,6 +100,9 @@ class RL2Learner:
         old_logp = torch.as_tensor(data["logp"], device=dev)
         adv_t = torch.as_tensor(adv, dtype=torch.float32, device=dev)
         tgt_t = torch.as_tensor(targets, dtype=torch.float32, device=dev)
+        with torch.no_grad():
+            policy.update_return_stats(tgt_t)
+            tgt_t = policy.normalize_returns(tgt_t)
         n = x.shape[0]
         sums = {"policy_loss": 0.0, "value_loss": 0.0, "approx_kl": 0.0, "clip_frac": 0.0}
         steps = 0

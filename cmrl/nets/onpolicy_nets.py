@@ -68,6 +68,25 @@ class RL2Policy(nn.Module):
         self.mean = _small_init(nn.Linear(hidden, act_dim))
         self.value = nn.Linear(hidden, 1)
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+        # The value head predicts standardised returns: running mean and variance of the value
+        # targets (ValueNorm), so the value loss stays near 1 whatever the reward scale and does
+        # not drown the policy gradient in the shared GRU under the gradient-norm clip.
+        self.register_buffer("ret_mean", torch.zeros(()))
+        self.register_buffer("ret_var", torch.ones(()))
+        self.register_buffer("ret_count", torch.full((), 1e-4))
+
+    def update_return_stats(self, targets: torch.Tensor) -> None:
+        """Fold a batch of value targets into the running mean and variance (parallel formula)."""
+        n, mean, var = targets.numel(), targets.mean(), targets.var(unbiased=False)
+        total = self.ret_count + n
+        delta = mean - self.ret_mean
+        self.ret_var.copy_((self.ret_var * self.ret_count + var * n
+                            + delta ** 2 * self.ret_count * n / total) / total)
+        self.ret_mean.add_(delta * n / total)
+        self.ret_count.copy_(total)
+
+    def normalize_returns(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.ret_mean) / self.ret_var.clamp_min(1e-8).sqrt()
 
     def initial_state(self, n: int, device=None) -> torch.Tensor:
         """The hidden state at the start of a trial: zeros [1, n, H]."""
@@ -75,7 +94,11 @@ class RL2Policy(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, in_dim], h [1, B, H] (None: a trial's start) -> mean [B, T, A], value [B, T],
-        log_std [A], the hidden state after the last step [1, B, H]."""
+        """x [B, T, in_dim], h [1, B, H] (None: a trial's start) -> mean [B, T, A], value [B, T]
+        (standardised: `normalize_returns`' units), log_std [A], the hidden state after the last
+        step [1, B, H]."""
         out, h = self.gru(torch.tanh(self.embed(x)), h)
         return self.mean(out), self.value(out).squeeze(-1), self.log_std, h
+
+    def value_in_reward_units(self, value: torch.Tensor) -> torch.Tensor:
+        return value * self.ret_var.clamp_min(1e-8).sqrt() + self.ret_mean
