@@ -1,11 +1,8 @@
 """Where the Train tab's runs execute: processes on this machine (`LocalProcesses`, the default) or
-jobs on a Ray cluster (`RayJobs`, with CMRL_RAY_ADDRESS / `python app.py --ray-address`).
-
-`jobs.JobManager` keeps every launch's record in its run directory and asks a backend only to start
-one launch, poll it, stop it and show its log; a launch's record names the backend that ran it.
-`poll` answers (state, exit code, message) with state one of pending (waiting for the cluster's
-resources), running, ended (with its exit code), stopped (on the cluster, not by this page) or lost
-(gone without an exit code: the page was restarted meanwhile, or the cluster forgot the job).
+jobs on a Ray cluster (`RayJobs`, with CMRL_RAY_ADDRESS). `jobs.JobManager` keeps the records; a
+backend only starts, polls, stops and shows the log of one launch. `poll` answers (state, exit code,
+message), state one of pending (on the cluster's queue), running, ended, stopped (on the cluster,
+not from this page) or lost (gone without an exit code, or the cluster forgot it).
 """
 
 from __future__ import annotations
@@ -27,35 +24,27 @@ class JobError(RuntimeError):
 
 
 def pid_alive(pid: int | None, run_dir: Path | None = None) -> bool:
-    """True if `pid` runs (not a zombie) and, when `run_dir` is given, its command line names it."""
-    if not pid:
-        return False
+    """True if `pid` runs (not a zombie) and, when `run_dir` is given, its command line names it
+    (else the pid was reused by something else). Without /proc: whether the pid exists."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+        os.kill(pid, 0) if pid else None
+        proc = Path(f"/proc/{pid}")
+        if not proc.is_dir():
+            return bool(pid)
+        cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X") and (
+            run_dir is None or ("cmrl" in cmd and Path(run_dir).name in cmd))
     except PermissionError:
-        pass
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-            if run_dir is not None:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if "cmrl" not in cmd or Path(run_dir).name not in cmd:
-                    return False  # the pid was reused by something else
-        except OSError:
-            return False
-    return True
+        return True
+    except (OSError, IndexError):
+        return False
 
 
 def log_tail(run_dir: Path, lines: int = 30, max_bytes: int = 64_000) -> str:
     """The last non-empty lines of a run's train.log."""
     try:
         with open(Path(run_dir) / LOG_FILE, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
@@ -95,7 +84,14 @@ class LocalProcesses:
         self._procs[proc.pid] = proc
         return {"pid": proc.pid, "pgid": proc.pid}
 
+    @staticmethod
+    def waiting(launch: dict) -> bool:
+        """A launch that waits in this page's queue: recorded, not started, not cancelled."""
+        return "queued_since" in launch and not any(k in launch for k in ("pid", "ray_job", "ended"))
+
     def poll(self, run: Path, launch: dict) -> tuple[str, int | None, str]:
+        if self.waiting(launch):
+            return "pending", None, ""
         proc = self._procs.get(launch.get("pid"))
         if proc is not None and proc.poll() is not None:
             del self._procs[proc.pid]
@@ -134,31 +130,33 @@ class RayJobs:
         except ImportError:
             raise JobError("Launching on a Ray cluster needs Ray's job client on this page: "
                            "pip install -r requirements-ray.txt") from None
-        try:
-            self.client = JobSubmissionClient(address)
-        except Exception as e:  # noqa: BLE001 (Ray raises ConnectionError, ValueError, ...)
-            raise JobError(f"Could not reach the Ray cluster at {address}: {str(e)[:300]}") from None
         self.address, self.python = address, python
+        self.client = self._ask("could not be reached", JobSubmissionClient, address)
+
+    def _ask(self, failed: str, call, *args, **kwargs):
+        """call(*args, **kwargs); any error of Ray's becomes one JobError line."""
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ...)
+            raise JobError(f"The Ray cluster at {self.address} {failed}: {str(e)[:300]}") from None
 
     def start(self, run: Path, argv: list[str], command: str, device: str, cpus: int) -> dict:
         job_id = f"cmrl-{run.name}-{uuid.uuid4().hex[:8]}"
         env = dict(job_env(), OMP_NUM_THREADS=str(cpus), RAY_JOB_STOP_SIGNAL="SIGINT",
                    RAY_JOB_STOP_WAIT_TIME_S=str(self.STOP_WAIT_S))
-        try:
-            self.client.submit_job(
-                entrypoint=shlex.join([self.python, *argv[1:]]), submission_id=job_id,
-                entrypoint_num_cpus=cpus, entrypoint_num_gpus=1 if device == "cuda" else None,
-                runtime_env={"py_modules": [str(ROOT / "cmrl")], "env_vars": env},
-                metadata={"run_dir": str(run)})
-        except Exception as e:  # noqa: BLE001
-            raise JobError(f"The Ray cluster at {self.address} refused the job: {str(e)[:300]}") from None
+        self._ask("refused the job", self.client.submit_job,
+                  entrypoint=shlex.join([self.python, *argv[1:]]), submission_id=job_id,
+                  entrypoint_num_cpus=cpus, entrypoint_num_gpus=1 if device == "cuda" else None,
+                  runtime_env={"py_modules": [str(ROOT / "cmrl")], "env_vars": env},
+                  metadata={"run_dir": str(run)})
         return {"ray_job": job_id, "address": self.address}
 
     def poll(self, run: Path, launch: dict) -> tuple[str, int | None, str]:
-        try:
-            info = self.client.get_job_info(launch["ray_job"])
-        except Exception as e:  # noqa: BLE001 (unreachable, or a restarted cluster forgot it)
-            return "lost", None, f"the Ray cluster gives no news of job {launch['ray_job']}: {str(e)[:200]}"
+        try:  # unreachable, or a restarted cluster forgot the job
+            info = self._ask(f"gives no news of {launch['ray_job']}", self.client.get_job_info,
+                             launch["ray_job"])
+        except JobError as e:
+            return "lost", None, str(e)
         state = info.status.value
         message = info.message or ""
         if len(message) > 900:  # Ray appends up to 20,000 characters of log: its head and tail
@@ -172,14 +170,8 @@ class RayJobs:
 
     def stop(self, launch: dict, force: bool = False) -> None:
         if not force:  # Ray itself kills a job that lingers (RAY_JOB_STOP_WAIT_TIME_S)
-            try:
-                self.client.stop_job(launch["ray_job"])
-            except Exception as e:  # noqa: BLE001
-                raise JobError(f"The Ray cluster could not stop {launch['ray_job']}: {str(e)[:300]}") from None
+            self._ask("could not stop it", self.client.stop_job, launch["ray_job"])
 
     def log(self, run: Path, launch: dict, lines: int) -> str:
-        try:
-            text = self.client.get_job_logs(launch["ray_job"])
-        except Exception as e:  # noqa: BLE001
-            return f"(no log from the Ray cluster: {str(e)[:200]})"
+        text = self._ask("sends no log", self.client.get_job_logs, launch["ray_job"])
         return "\n".join([x for x in text.splitlines() if x.strip()][-lines:])

@@ -1,26 +1,21 @@
-"""Training runs launched from the app: a recipe (`python -m cmrl recipe --name quick ...`,
-`cmrl/experiments/recipes.py`) or a custom run (`python -m cmrl train --config FILE`, the RunConfig
-checked here), run by a backend (`job_backends.py`): a process on this machine, or, with
-CMRL_RAY_ADDRESS (`python app.py --ray-address http://head:8265`), a job on a Ray cluster.
+"""Training runs launched from the app, a recipe (`python -m cmrl recipe ...`) or a custom run
+(`python -m cmrl train --config FILE`: the RunConfig checked here), each run by a backend
+(`job_backends.py`): a process here, or with CMRL_RAY_ADDRESS a job on a Ray cluster.
 
-Every job lives in its run directory `RUNS/<name>/` beside what the run writes there (metrics.jsonl,
-checkpoints, a recipe's status.json): `app_job.json` holds the spec and one record per launch or
-resume (command, pid or Ray job id, start, stop request, time limit, exit code and message), and
-`queued` while it waits here. The job list is rebuilt from these files on every refresh, so it
-survives page reloads and app restarts. On a cluster, RUNS must be storage that the page and every
-node see at the same path (CMRL_RAY_STORAGE: runs in STORAGE/runs, recipe data in STORAGE/data).
+A job's record is `RUNS/<name>/app_job.json`, beside what the run writes: its spec and one entry
+per launch or resume (command, pid or Ray job id, when it was queued, began and ended, a stop
+request, exit code and message). The job list is rebuilt from these files on every refresh (it
+survives reloads and app restarts). On a cluster RUNS must be storage every node sees at the same
+path. Here one run at a time (`MAX_RUNNING`): a launch made while one runs waits, unstarted, in this
+page's queue; a cluster queues by itself. A watcher thread, awake while anything runs or waits,
+records ends, stops a run at the wall-time cap, kills a stopped run that lingers and starts the
+next queued one.
 
-Locally one run at a time (`MAX_RUNNING`): further launches wait in this page's queue; a cluster
-queues by itself. At most `MAX_QUEUED` wait either way. A watcher thread, awake while anything runs
-or waits, records ends, stops a run at the wall-time cap, kills a stopped run that lingers and
-starts the next queued one (after an app restart the first refresh wakes it).
-
-Caps hold on every launch: at most DEFAULT_MAX_STEPS steps per phase (CMRL_MAX_TRAIN_STEPS), at most
-DEFAULT_MAX_SECONDS of running time (CMRL_MAX_TRAIN_SECONDS; then it is stopped like Stop does),
-whole-number fields within `LIMITS`, offline datasets only from the allowed roots (`roots.py`). A
-hosted page (CMRL_HOSTED=1) launches nothing. Recipes at smoke size: `recipe_smoke=(steps,
-data_episodes)` or CMRL_RECIPE_SMOKE="steps,data_episodes"; `data_root=` or CMRL_RECIPE_DATA_ROOT:
-where recipes cache the data they make.
+Caps on every launch: DEFAULT_MAX_STEPS steps per phase (CMRL_MAX_TRAIN_STEPS), DEFAULT_MAX_SECONDS
+of running time (CMRL_MAX_TRAIN_SECONDS), fields within `LIMITS`, `MAX_QUEUED` waiting, datasets
+only from the allowed roots (`roots.py`); a hosted page (CMRL_HOSTED=1) launches nothing. Recipes
+at smoke size: `recipe_smoke=` or CMRL_RECIPE_SMOKE="steps,data_episodes"; their data cache:
+`data_root=` or CMRL_RECIPE_DATA_ROOT.
 """
 
 from __future__ import annotations
@@ -159,8 +154,8 @@ class JobStatus:
 
     @property
     def stoppable(self) -> bool:
-        """Running, or pending on the cluster (which a stop takes out of its queue)."""
-        return self.alive or (self.state == "queued" and self.queue_position is None)
+        """Running, or queued (a stop takes it out of the queue, this page's or the cluster's)."""
+        return self.alive or self.state == "queued"
 
     @property
     def what(self) -> str:
@@ -261,9 +256,10 @@ class JobManager:
         return sorted(first, key=first.get, reverse=True)
 
     def queued(self) -> list[str]:
-        """The jobs waiting in this page's queue, first in line first."""
-        return [n for _, n in sorted((j["queued"].get("since") or 0, n) for n, j, _ in self._jobs()
-                                     if isinstance(j.get("queued"), dict))]
+        """The jobs waiting in this page's queue (a last launch not started), first in line first."""
+        lasts = {n: (j.get("launches") or [{}])[-1] for n, j, _ in self._jobs()}
+        return sorted((n for n, last in lasts.items() if LocalProcesses.waiting(last)),
+                      key=lambda n: lasts[n]["queued_since"])
 
     @contextlib.contextmanager
     def _edit(self, name: str):
@@ -276,22 +272,21 @@ class JobManager:
                 atomic_write_json(path, job)
 
     def _poll(self, name: str, run: Path, last: dict) -> tuple[str, int | None, str]:
-        """Where the last launch stands (see `job_backends`); its end is recorded once."""
+        """Where the last launch stands (see `job_backends`); when it began running (the wall-time
+        cap counts from then) and how it ended are recorded once."""
         if last.get("ended"):
             return "ended", last.get("exit_code"), last.get("message", "")
         try:
             where, code, message = self._backend_of(last).poll(run, last)
         except JobError as e:
             return "lost", None, str(e)
-        if where in ("ended", "stopped") or (where == "running" and not last.get("running_since")):
-            now = time.time()
+        now, ended = time.time(), where in ("ended", "stopped")
+        if ended or (where == "running" and not last.get("running_since")):
             with self._edit(name) as job:
                 rec = job["launches"][-1]
-                if rec.get("started") == last.get("started"):
-                    if where == "running":  # the wall-time cap counts from here
-                        rec["running_since"] = now
-                    else:
-                        rec.update(exit_code=code, ended=now, message=message)
+                if rec.get("started") == last.get("started"):  # not a newer launch meanwhile
+                    rec.update(dict(exit_code=code, ended=now, message=message) if ended
+                               else dict(running_since=now))
                     if where == "stopped":  # on the cluster, not from this page
                         rec.setdefault("stop_requested", now)
                     last.update(rec)
@@ -305,15 +300,7 @@ class JobManager:
         spec = job.get("spec") or {}
         recipe = spec.get("recipe")
         agent, benchmark = spec.get("agent", "cmrl" if recipe else "?"), spec.get("benchmark", "?")
-        if job.get("queued") or not job.get("launches"):  # waiting here, or cancelled unrun
-            q = job.get("queued") or {}
-            if q:
-                self._watch()
-            return JobStatus(name, run, "queued" if q else "cancelled", None, agent, benchmark,
-                             None, 0, spec.get("device", "auto"), None, q.get("command", ""),
-                             message=job.get("start_error", ""), recipe=recipe,
-                             queue_position=self._queue_position(name) if q else None)
-        last = job["launches"][-1]
+        last = (job.get("launches") or [{"ended": job.get("created"), "stop_requested": True}])[-1]
         where, exit_code, message = self._poll(name, run, last)
         rows = read_metrics(run, max_rows=3)
         step = int(rows[-1].get("step", 0)) if rows else 0
@@ -337,8 +324,8 @@ class JobManager:
             self._watch()
             state = "stopping" if last.get("stop_requested") else {"pending": "queued"}.get(
                 where, where)
-        elif last.get("stop_requested"):
-            state = "stopped"
+        elif last.get("stop_requested"):  # by Stop or Cancel (cancelled: before it ever ran)
+            state = "stopped" if last.get("pid") or last.get("ray_job") else "cancelled"
         elif exit_code == 0 or (exit_code is None and (
                 run_status.get("state") == "finished" if recipe else (target and step >= target))):
             state = "finished"
@@ -348,21 +335,20 @@ class JobManager:
         else:
             state = "interrupted"
         return JobStatus(name, run, state, last.get("pid"), agent, benchmark, target, step, device,
-                         job["launches"][0].get("started"), last.get("command", ""), exit_code,
-                         message, recipe, run_status.get("phase"),
+                         (job.get("launches") or [{}])[0].get("started"), last.get("command", ""),
+                         exit_code, message, recipe, run_status.get("phase"),
                          list(run_status.get("phases") or []), run_status.get("unit") or "steps",
                          run_status.get("rate"), run_status.get("eta_s"),
-                         run_status.get("precision") or "",
-                         where=f"Ray job {last['ray_job']}" if last.get("ray_job") else
-                         f"pid {last.get('pid')}")
+                         run_status.get("precision") or "", self._queue_position(name)
+                         if state == "queued" and not last.get("ray_job") else None,
+                         f"Ray job {last['ray_job']}" if last.get("ray_job") else
+                         f"pid {last['pid']}" if last.get("pid") else "not started")
 
     def list(self) -> list[JobStatus]:
         out = []
         for n in self.names():
-            try:
+            with contextlib.suppress(JobError):  # removed meanwhile
                 out.append(self.status(n))
-            except JobError:
-                continue
         return out
 
     def running(self) -> list[JobStatus]:
@@ -392,41 +378,41 @@ class JobManager:
         names = self.queued()
         return names.index(name) + 1 if name in names else None
 
-    def _start_or_queue(self, name: str, run: Path, argv: list[str], job: dict,
-                        steps: int | None, device: str) -> list[str]:
-        """Starts the job now if a cluster takes it, or if nothing runs (or waits) here; else
-        queues it here."""
-        if self.backend.queues or (len(self.running()) < MAX_RUNNING and not self.queued()):
-            self._start(name, run, argv, job, steps, device)
-            return []
+    def _launch(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None,
+                device: str) -> list[str]:
+        """Records a launch and starts it now if a cluster takes it or nothing runs (or waits)
+        here; else it waits in this page's queue (`pump` starts it)."""
+        record = dict(argv=argv, command=self._command(argv, run), steps=steps, device=device,
+                      max_seconds=self.max_seconds, exit_code=None, queued_since=time.time())
+        wait = not self.backend.queues and (self.running() or self.queued())
+        if not wait:
+            record.update(self.backend.start(run, argv, record["command"], device, self.ray_cpus),
+                          started=time.time())
         with self._edit(name) as stored:
-            stored.update(stored or job, queued={"argv": argv, "command": self._command(argv, run),
-                                                 "steps": steps, "device": device,
-                                                 "since": time.time()})
+            stored.update(stored or job)
+            stored.setdefault("launches", []).append(record)
         self._watch()
         return [f"{name} is queued (position {self._queue_position(name)}): it starts when the "
-                "running run ends. Cancel it with the Cancel button."]
+                "running run ends. Cancel it with the Cancel button."] if wait else []
 
     def pump(self) -> str | None:
-        """Starts the first queued job if nothing runs; returns its name (None if none started).
-        Called by the watcher and on every page refresh."""
-        if self.hosted or not self.queued():
-            return None
+        """Starts the first job of this page's queue if nothing runs here; returns its name (None
+        if none started). Called by the watcher and on every page refresh."""
         with self._lock:
-            if len(self.running()) >= MAX_RUNNING:
+            waiting = [] if self.hosted else self.queued()
+            if not waiting or len(self.running()) >= MAX_RUNNING:
                 return None
-            for name in self.queued():
-                job = _read_json(self.runs_dir / name / JOB_FILE)
-                q = job.get("queued") or {}
-                try:
-                    self._start(name, self.runs_dir / name, list(q["argv"]), job, q.get("steps"),
-                                q.get("device", "auto"))
-                    return name
-                except (JobError, KeyError, TypeError) as e:
-                    with self._edit(name) as job:
-                        job.pop("queued", None)
-                        job.update(cancelled=time.time(), start_error=f"could not start: {e}"[:500])
-            return None
+            run = self.run_dir(waiting[0])
+            last = _read_json(run / JOB_FILE)["launches"][-1]
+            try:
+                done = dict(self.local.start(run, last["argv"], last["command"],
+                                             last.get("device", "auto"), self.ray_cpus),
+                            started=time.time())
+            except (JobError, KeyError, TypeError) as e:
+                done = dict(ended=time.time(), message=f"could not start: {e}"[:500])
+            with self._edit(waiting[0]) as job:
+                job["launches"][-1].update(done)
+            return waiting[0]
 
     def _watch(self) -> None:
         """Wakes the watcher thread (`_watching`) unless it is awake."""
@@ -449,8 +435,8 @@ class JobManager:
                     busy |= st.alive or st.state == "queued"
                     last = (_read_json(st.run_dir / JOB_FILE).get("launches") or [{}])[-1]
                     now = time.time()
-                    since = last.get("running_since") or now
-                    if st.state == "running" and now > since + last.get("max_seconds", now):
+                    if st.state == "running" and now > last.get("running_since", now) + last.get(
+                            "max_seconds", now):
                         with self._edit(name) as job:
                             job["launches"][-1]["time_limit"] = True
                         self.stop(name)
@@ -462,30 +448,27 @@ class JobManager:
                 busy |= bool(self.pump())
 
     def cancel(self, name: str) -> JobStatus:
-        """Drops a job from this page's queue, or stops a running or cluster-pending one."""
-        st = self.status(name)
-        if st.stoppable:
-            return self.stop(name)
-        if st.state != "queued":
-            raise JobError(f"{name} is neither queued nor running ({st.state}): nothing to cancel.")
-        with self._edit(name) as job:
-            if not job.pop("queued", None):
-                raise JobError(f"{name} has just started: press Stop to stop it.")
-            if not job.get("launches"):
-                job["cancelled"] = time.time()
-        return self.status(name)
+        """Takes a job out of the queue (this page's or the cluster's), or stops a running one."""
+        if not self.status(name).stoppable:
+            raise JobError(f"{name} is neither queued nor running ({self.status(name).state}): "
+                           "nothing to cancel.")
+        return self.stop(name)
 
     def stop(self, name: str, grace_s: float = 10.0) -> JobStatus:
         """Asks the run to stop (SIGINT here, Ray's stop on a cluster): it exits keeping its last
         checkpoint; the watcher kills a local run still there after `grace_s`."""
-        st = self.status(name)
-        if not st.stoppable:
-            raise JobError(f"{name} is not running ({st.state}).")
-        with self._edit(name) as job:
-            last = job["launches"][-1]
-            last.update(stop_requested=time.time(), grace_s=grace_s)
-        self._backend_of(last).stop(last)
-        return self.status(name)
+        with self._lock:  # not while `pump` starts it
+            st = self.status(name)
+            if not st.stoppable:
+                raise JobError(f"{name} is not running ({st.state}).")
+            with self._edit(name) as job:
+                last = job["launches"][-1]
+                last.update(stop_requested=time.time(), grace_s=grace_s)
+                if LocalProcesses.waiting(last):  # never started: nothing to signal
+                    last["ended"] = last["stop_requested"]
+            if not last.get("ended"):
+                self._backend_of(last).stop(last)
+            return self.status(name)
 
     # -- checking a launch ------------------------------------------------------------------------------
     def _cap(self, steps: int) -> tuple[int, str]:
@@ -669,7 +652,7 @@ class JobManager:
                 job["spec"].update(agent="cmrl", extra=extra)
             else:
                 argv, steps = self.build_argv(spec, run), spec.steps
-            notes += self._start_or_queue(name, run, argv, job, steps, spec.device)
+            notes += self._launch(name, run, argv, job, steps, spec.device)
             return self.status(name), notes
 
     def resume(self, name: str, steps: int | None = None, device: str | None = None
@@ -685,13 +668,10 @@ class JobManager:
             if not has_resumable_state(run):
                 raise JobError(f"{name} has no checkpoint to resume from yet (it stopped before its "
                                "first checkpoint): launch a new run instead.")
-            notes = []
-            if steps is not None:
-                if not _whole(steps) or steps < 1:
-                    raise JobError(f"Steps must be a whole number >= 1, got {str(steps)[:30]}.")
-                steps, note = self._cap(steps)
-                if note:
-                    notes.append(note)
+            if steps is not None and (not _whole(steps) or steps < 1):
+                raise JobError(f"Steps must be a whole number >= 1, got {str(steps)[:30]}.")
+            steps, note = self._cap(steps) if steps is not None else (None, "")
+            notes = [note] if note else []
             target = steps or st.target_steps
             if target and st.step >= target:
                 raise JobError(f"{name} has already reached {st.step:,} of {target:,} steps: raise "
@@ -699,13 +679,10 @@ class JobManager:
             if device is not None:
                 self._device(device)
             argv = [self.python, "-m", "cmrl", "train", "--resume", "--run-dir", str(run),
-                    "--no-progress"]
-            if steps:
-                argv += ["--steps", str(steps)]
-            if device:
-                argv += ["--device", device]
+                    "--no-progress", *(["--steps", str(steps)] if steps else []),
+                    *(["--device", device] if device else [])]
             job = _read_json(run / JOB_FILE)
-            notes += self._start_or_queue(name, run, argv, job, target,
+            notes += self._launch(name, run, argv, job, target,
                                           device or (job.get("spec") or {}).get("device", "auto"))
             return self.status(name), notes
 
@@ -722,23 +699,9 @@ class JobManager:
                            device or spec.get("device", "auto"), st.name)
         rspec, _, extra = self.validate_recipe(rspec)
         argv = self.build_recipe_argv(rspec, st.run_dir, spec.get("extra") or extra)
-        notes = self._start_or_queue(st.name, st.run_dir, argv, job, None, rspec.device)
+        notes = self._launch(st.name, st.run_dir, argv, job, None, rspec.device)
         return self.status(st.name), notes
 
     def _command(self, argv: list[str], run: Path) -> str:
         shown = ["python"] + [display_path(Path(a)) if a == str(run) else a for a in argv[1:]]
         return shlex.join(shown)
-
-    def _start(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None,
-               device: str) -> None:
-        """Starts one launch on the backend and records it (with the caps in force)."""
-        command = self._command(argv, run)
-        started = time.time()
-        launch = self.backend.start(run, argv, command, device, self.ray_cpus)
-        with self._edit(name) as stored:
-            stored.update(stored or job)
-            stored.pop("queued", None)
-            stored.setdefault("launches", []).append(dict(
-                launch, argv=argv, command=command, started=started, steps=steps,
-                max_seconds=self.max_seconds, exit_code=None))
-        self._watch()

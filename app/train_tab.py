@@ -317,7 +317,8 @@ class TrainTab(PageBase):
         if not run or not isinstance(run, str):
             return None
         if run in self.jobs.names():
-            return self.jobs.run_dir(run)
+            path = self.jobs.run_dir(run)
+            return path if self.access.readable(path) else None  # a file linked out: not read
         if run in self.run_choices():
             return resolve_path(run)
         return None

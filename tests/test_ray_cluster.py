@@ -235,29 +235,13 @@ def test_sweep_spreads_over_both_nodes(cluster, tmp_path):
     assert sorted(x["seed"] for x in runs) == [0, 1]
 
 
-def _descendants(root: int) -> list[int]:
-    parent = {}
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit():
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            pass
-    out = []
-    for pid in parent:
-        p = parent.get(pid)
-        while p and p != root:
-            p = parent.get(p)
-        if p == root:
-            out.append(pid)
-    return out
-
-
 def _kill_node(cluster, node) -> None:
     """A node dies with all its processes at once: its raylet (`remove_node`, not graceful) and
     every process under it, the job's supervisor and the run itself included (on this one
     machine they would otherwise outlive their raylet)."""
-    under = _descendants(node.all_processes["raylet"][0].process.pid)
+    from scripts.ray_local_cost import descendants
+
+    under = descendants(node.all_processes["raylet"][0].process.pid)
     cluster.cluster.remove_node(node, allow_graceful=False)
     for pid in under:
         try:
