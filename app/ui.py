@@ -27,7 +27,8 @@ from .train_tab import TrainTab
 QUEUE_SIZE = 32
 STATE_SESSIONS = int(os.environ.get("CMRL_APP_SESSIONS", "200"))
 """Sessions whose state gradio keeps in memory. Every API call without a session makes a new one,
-holding ~2 MB here (measured); gradio's default of 10,000 would let anonymous calls fill 20 GB."""
+holding what it showed (0.3-0.4 MB a session, docs/public_page.md); gradio's default of 10,000
+would let anonymous calls fill GBs."""
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 CSS = """
 #frame img, .cmp-frame img {width: 100%; height: 100%; object-fit: contain;}

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from hostile import call, hostile_config, malformed_inputs, upload  # noqa: E402
+from hostile import (call, hostile_config, malformed_inputs, rss_mb, server_process,  # noqa: E402
+                     upload)
 
 
 def serve(port: int, work: Path) -> None:
@@ -40,11 +39,6 @@ def serve(port: int, work: Path) -> None:
     app = App(runs_dir=work / "runs", extra_roots=[work / "allowed"])
     app.jobs.python = "/bin/true"
     launch(app.build(), server_name="127.0.0.1", server_port=port, quiet=True)
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS")) / 1024
 
 
 def adapt_args(checkpoint: str, horizon: int = 100) -> list:
@@ -87,34 +81,21 @@ def main(argv=None) -> dict:
     checkpoint = (ROOT / args.checkpoint).resolve()
     work = Path(tempfile.mkdtemp(prefix="cmrl-hostile-"))
     dirs = hostile_dirs(work, checkpoint)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/"
-    log = open(work / "server.log", "wb")
-    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="2")  # as scripts/run_app.sh
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(work)],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     figures: dict = {"checkpoint": args.checkpoint, "cpu_count": os.cpu_count()}
-    try:
-        deadline = time.time() + 180
-        while call(url, "results", ["cmrl"], timeout=5).kind != "ok":
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit(f"the server did not start; see {work / 'server.log'}")
-            time.sleep(1)
+    with server_process(__file__, [work], work) as server:
+        url = server.url
         ck = str(checkpoint)
         timed(url, "adapt", adapt_args(ck, 20))  # warm: agent, text encoder, renderer
         alone = [timed(url, "adapt", adapt_args(ck))[0] for _ in range(3)]
         figures["rollout_alone_s"] = [round(x, 2) for x in alone]
 
         # Hostile phase: uploads and hostile run dirs, over and over, while a normal user rolls out.
-        rss0, peak, stop = rss_mb(server.pid), [0.0], threading.Event()
+        rss0, peak, stop = rss_mb(server.proc.pid), [0.0], threading.Event()
         refusals: dict[str, int] = {}
 
         def sample():
             while not stop.is_set():
-                peak[0] = max(peak[0], rss_mb(server.pid))
+                peak[0] = max(peak[0], rss_mb(server.proc.pid))
                 time.sleep(0.02)
 
         def attacker():
@@ -158,12 +139,8 @@ def main(argv=None) -> dict:
                                                 default=0))
         healthy = timed(url, "adapt", adapt_args(ck))
         figures["healthy_after"] = healthy[1] == "ok"
-        figures["rss_after_mb"] = round(rss_mb(server.pid), 1)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
-    text = (work / "server.log").read_text(errors="replace")
+        figures["rss_after_mb"] = round(rss_mb(server.proc.pid), 1)
+    text = server.log.read_text(errors="replace")
     figures["server_log_tracebacks"] = text.count("Traceback")
     figures["server_log_refusal_lines"] = text.count(" refused: ")
     print(json.dumps(figures, indent=2))

@@ -1,6 +1,8 @@
 """What a hostile visitor sends: malformed inputs for every endpoint of the app, sent as raw HTTP
 (so they may hold what gradio_client cannot encode, such as lone surrogates), and the server's
-answer classified. Used by tests/test_app_hostile.py and scripts/hostile_probe.py.
+answer classified; and a page served in a process of its own, as scripts/run_app.sh serves it. Used
+by tests/test_app_hostile.py, tests/test_public_page.py, scripts/hostile_probe.py and
+scripts/page_memory.py.
 
 An answer is `ok` (the input was usable and the call completed), `clean` (a gr.Error with the
 app's own message) or `uncaught` (an exception the app did not turn into a message: gradio then
@@ -9,11 +11,21 @@ sends no message, or the HTTP call itself fails).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BAD_VALUES = [
     None, "", "   ", "abc", -1, 0, 10**400, 1e308, -1e308, float("nan"), float("inf"), True,
@@ -172,3 +184,36 @@ def hostile_config(template: dict, **net) -> bytes:
     info = json.loads(json.dumps(template))
     info["config"]["net"].update(net)
     return json.dumps(info).encode()
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory (VmRSS) of a process, in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS")) / 1024
+
+
+@contextlib.contextmanager
+def server_process(script: str, args: list[str], work: Path, start_s: float = 180.0):
+    """`python SCRIPT --serve PORT *ARGS` (the script serves the page there) with the environment
+    scripts/run_app.sh sets, once it answers: (url, proc, log path: WORK/server.log). Stopped
+    afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
+    log_path = Path(work) / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, script, "--serve", str(port), *map(str, args)],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + start_s
+            while call(url, "results", ["cmrl", None], timeout=5).kind != "ok":
+                if time.time() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"the server did not start; see {log_path}")
+                time.sleep(1)
+            yield SimpleNamespace(url=url, proc=proc, log=log_path)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

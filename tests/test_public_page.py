@@ -400,3 +400,28 @@ def test_release_memory_returns_what_closed_envs_freed():
     after = rss() - before
     assert grown > 20, grown  # two rendering envs cost tens of MB
     assert after < grown / 2, (grown, after)
+
+
+def test_train_tab_shows_nothing_of_a_run_file_linked_out(page):
+    """An app run whose metrics.jsonl and train.log link outside the roots: the Train tab's
+    refresh shows neither (no curves, no log). (The jobs layer's own watcher still reads its
+    runs' files as they are: app/jobs.py, app/job_backends.py.)"""
+    from hostile import endpoints
+
+    args = endpoints("")["train_launch"]
+    args[7] = "linked-job"
+    assert call(page.url, "train_launch", args).kind == "ok"
+    run = page.app.jobs.run_dir("linked-job")
+    secret = page.outside / "secret"
+    secret.mkdir(exist_ok=True)
+    (secret / "metrics.jsonl").write_text(json.dumps({"step": 1, "SECRET": 1}) + "\n")
+    (secret / "train.log").write_text("SECRET line\n")
+    for name in ("metrics.jsonl", "train.log"):
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(secret / name)
+    out = page.app.train_refresh("linked-job", None, {})
+    assert "SECRET" not in repr(out)
+    for name in ("metrics.jsonl", "train.log"):  # the same run, its files its own: shown
+        (run / name).unlink()
+        shutil.copy(secret / name, run / name)
+    assert "SECRET" in repr(page.app.train_refresh("linked-job", None, {}))
