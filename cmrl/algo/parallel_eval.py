@@ -46,6 +46,11 @@ START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "
 a threaded process such as the app or a trainer), else spawn."""
 
 
+MIN_PARALLEL_STEPS = 5_000
+"""With the default worker count, an evaluation of fewer env steps than this runs in this process:
+the first start of the workers (imports in the fork server) costs about as much as they would save."""
+
+
 def default_workers() -> int:
     """torch's thread count: the cores, unless this process was given fewer (`train.threads`)."""
     return max(1, torch.get_num_threads())
@@ -318,8 +323,14 @@ def evaluate_tasks(agent: MetaAgent, pool, splits, encoder, goal_texts: dict[str
                    num_variations: int, phases: list[str], seed: int,
                    workers: int | None = None,
                    progress: bool = False) -> tuple[dict[str, list[TaskResult]], int]:
-    """({split: [TaskResult per task]}, workers used): `evaluation.evaluate`'s work."""
-    workers = default_workers() if workers is None else int(workers)
+    """({split: [TaskResult per task]}, workers used): `evaluation.evaluate`'s work. `workers`
+    None: the cores, or this process alone under MIN_PARALLEL_STEPS env steps (a trainer's small
+    in-training evaluations)."""
+    if workers is None:
+        steps = (sum(len(pool.benchmark.tasks(s)) for s in splits) * num_variations * len(phases)
+                 * pool.benchmark.horizon)
+        workers = default_workers() if steps >= MIN_PARALLEL_STEPS else 1
+    workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     parallel = _parallel(workers)
