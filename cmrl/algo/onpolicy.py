@@ -273,7 +273,9 @@ class OnPolicyTrainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False,
                  progress: bool = True, on_log: Callable[[dict], None] | None = None,
-                 status: RunStatus | None = None):
+                 status: RunStatus | None = None, goal_variations: dict | None = None):
+        """`goal_variations`: {meta-train task: goal variations} to train on instead of the
+        benchmark's train split (a smaller task family, e.g. for a quick learning check)."""
         from .trainer import resolve_device, versions
 
         config.validate()
@@ -302,6 +304,7 @@ class OnPolicyTrainer:
             from .maml import MAMLLearner as Learner
         self.learner = Learner(self.agent)
         self._variations = {task: self.pool.variations(task, "train") for task in self.tasks}
+        self._variations.update(goal_variations or {})
         self._envs: dict[str, list] = {}
         self.env_steps = self.grad_steps = self.iteration = 0
         self.wall_time = 0.0
