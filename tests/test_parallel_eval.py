@@ -17,17 +17,7 @@ from cmrl.config import BenchmarkConfig
 from cmrl.envs.metaworld_env import TaskPool
 from cmrl.envs.tasks import resolve_benchmark
 from tests.conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
-
-
-class _Encoder:
-    dim = 16
-
-    def encode(self, texts):
-        single = isinstance(texts, str)
-        items = [texts] if single else texts
-        out = np.stack([np.random.default_rng(len(t)).normal(size=16).astype(np.float32)
-                        for t in items])
-        return out[0] if single else out
+from tests.test_evaluation_protocol import _Encoder
 
 
 @pytest.fixture(scope="module")
