@@ -141,7 +141,9 @@ def _task_pool(bench: Benchmark):
     if bench not in _POOLS:
         while len(_POOLS) >= 4:
             _POOLS.pop(next(iter(_POOLS)))
-        _POOLS[bench] = TaskPool(bench)
+        pool = TaskPool(bench)
+        pool.variations(bench.train_tasks[0], "train")  # draws the split here, not per worker
+        _POOLS[bench] = pool
     return _POOLS[bench]
 
 
