@@ -82,6 +82,10 @@ class Trainer:
         directory (`recipes.run_recipe`, which then also ends it); by default the trainer keeps its
         own and marks it finished, stopped or failed when `train` returns or raises."""
         config.validate()
+        if agent_kind(config.train.agent).on_policy:
+            raise ConfigError(f"{config.train.agent} is trained on-policy (`onpolicy.make_trainer`, "
+                              "`python -m cmrl train`), not by the SAC trainer: no fine-tuning or "
+                              "recipes for it")
         config = config.resolved()
         self.config, self.run_dir = config, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
