@@ -188,7 +188,7 @@ def test_page_launch_progress_stop_resume_on_the_cluster(ray_env, tmp_path):
             out = client.predict("long", api_name="/train_refresh")
             return out if "train-bar" in (out[8] or "") and has_resumable_state(run) else None
 
-        out = wait_for(progress, 180, "progress and a first checkpoint", 1.0, app.jobs, "long")
+        out = wait_for(progress, 300, "progress and a first checkpoint", 1.0, app.jobs, "long")
         assert "running" in out[3] and "Running entrypoint" in out[4]  # status; log from Ray
         assert "Stopping **long** (Ray sends it SIGINT" in client.predict(
             "long", api_name="/train_stop")
@@ -199,7 +199,7 @@ def test_page_launch_progress_stop_resume_on_the_cluster(ray_env, tmp_path):
         target = max(saved, app.jobs.status("long").step) + 40
         msg = client.predict("long", target, "cpu", api_name="/train_resume")
         assert "Resumed **long** (Ray job" in msg and "--resume" in msg
-        wait_for(lambda: app.jobs.status("long").state == "finished", 180, "the resumed run",
+        wait_for(lambda: app.jobs.status("long").state == "finished", 300, "the resumed run",
                  1.0, app.jobs, "long")
         row = next(r for r in app.jobs_table() if r[0] == "long")
         assert row[1] == "finished" and row[-1].startswith("Ray job")
@@ -261,7 +261,7 @@ def test_node_killed_mid_run_fails_and_resumes_from_its_checkpoint(ray_env, tmp_
         jobs.launch(tiny_spec("victim", 100_000))
         run = jobs.run_dir("victim")
         wait_for(lambda: jobs.status("victim").state == "running" and has_resumable_state(run),
-                 180, "a first checkpoint", 1.0, jobs, "victim")
+                 300, "a first checkpoint", 1.0, jobs, "victim")
         where = node_of(ray_env, jobs, "victim")
         node = ray_env.gpu if where == ray_env.gpu.node_id else ray_env.cpu
         assert where == node.node_id
@@ -276,7 +276,7 @@ def test_node_killed_mid_run_fails_and_resumes_from_its_checkpoint(ray_env, tmp_
         saved = read_run_info(run)["env_steps"]
         target = max(saved, st.step) + 40
         jobs.resume("victim", target, "cpu")
-        wait_for(lambda: jobs.status("victim").state == "finished", 180, "the resumed run", 1.0,
+        wait_for(lambda: jobs.status("victim").state == "finished", 300, "the resumed run", 1.0,
                  jobs, "victim")
         assert read_run_info(run)["env_steps"] >= target
         steps = [r["step"] for r in read_metrics(run)]
