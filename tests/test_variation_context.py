@@ -167,3 +167,42 @@ def test_point_scene_for_the_app():
     env, variations = make_scene(point_robot.TASK, horizon=200, seed=0)
     assert env.horizon == point_robot.HORIZON and len(variations) == point_robot.NUM_TRAIN_GOALS
     torch.manual_seed(0)
+
+
+def test_rollout_refuses_a_scene_of_other_dimensions():
+    from cmrl.algo.trained_agent import load_agent
+
+    agent = load_agent("checkpoints/ml4/pearl")
+    with pytest.raises(ValueError, match="2-d observations"):
+        next(agent.rollout(point_robot.TASK))
+
+
+def test_goal_probe_file_is_checked(tmp_path):
+    from cmrl.experiments.context_diagnosis import (GOAL_PROBE_FILE, fit_goal_probe,
+                                                    load_goal_probe)
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(30, 3))
+    goals = z[:, :2] * 0.5 + 0.1
+    w = fit_goal_probe(z, goals)
+    (tmp_path / GOAL_PROBE_FILE).write_text(__import__("json").dumps({"weights": w.tolist()}))
+    probe = load_goal_probe(tmp_path, 3)
+    assert np.allclose(probe(z[0]), goals[0], atol=1e-2)
+    assert load_goal_probe(tmp_path, 5) is None  # a probe for another z size is not used
+    (tmp_path / GOAL_PROBE_FILE).write_text("{not json")
+    assert load_goal_probe(tmp_path, 3) is None
+    outside = tmp_path.parent / "elsewhere.json"
+    outside.write_text(__import__("json").dumps({"weights": w.tolist()}))
+    (tmp_path / GOAL_PROBE_FILE).unlink()
+    (tmp_path / GOAL_PROBE_FILE).symlink_to(outside)
+    assert load_goal_probe(tmp_path, 3) is None  # a link out of the run folder is not followed
+
+
+def test_point_frames_show_the_believed_goal():
+    env = point_pool().make_env(point_robot.TASK, "train", render=True)
+    env.reset(point_pool().variations(point_robot.TASK, "train")[0])
+    plain, marked = env.render(), env.render(belief=np.array([-0.8, 0.4]))
+    diff = np.abs(plain.astype(int) - marked.astype(int)).sum(-1) > 0
+    ys, xs = np.nonzero(diff)
+    # the ring sits where the belief is: x = -0.8 in a window [-1.3, 1.3] of 224 px
+    assert diff.any() and abs(xs.mean() - (-0.8 + 1.3) / 2.6 * 224) < 6
