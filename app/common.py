@@ -361,10 +361,12 @@ _release_state = {"running": False, "again": False}
 
 
 def release_memory() -> None:
-    """Hand what finished requests freed back to the system: a garbage collection, then glibc's
-    malloc_trim, which returns the free pages of every malloc arena. Without it most of what a closed env and its
-    renderer freed stays resident (figures in docs/public_page.md). No-op off glibc."""
-    gc.collect()
+    """Hand what finished requests freed back to the system: a collection of the young garbage
+    generations (a full one takes about a second here, holding the GIL while rollouts stream),
+    then glibc's malloc_trim, which returns the free pages of every malloc arena. Without it most
+    of what a closed env and its renderer freed stays resident (docs/public_page.md). No-op off
+    glibc."""
+    gc.collect(1)
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

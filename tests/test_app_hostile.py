@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ACT_DIM, ML4_TRAIN, OBS_DIM, tiny_config
-from hostile import call, hostile_config, malformed_inputs, upload
+from hostile import call, hostile_config, malformed_inputs, rss_mb, upload
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -43,11 +43,6 @@ def _fake_python(path: Path, seconds: float) -> Path:
     path.write_text(f"#!{sys.executable}\nimport time\ntime.sleep({seconds})\n")
     path.chmod(0o755)
     return path
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS")) / 1024
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +125,11 @@ def test_hostile_config_is_refused_with_memory_bounded_while_rollouts_go_on(page
         d.mkdir()
         (d / "config.json").write_bytes(hostile_config(template, **net))
         (d / "model.safetensors").write_bytes(model)
-    rss0, peak, done = _rss_mb(), [0.0], threading.Event()
+    rss0, peak, done = rss_mb(), [0.0], threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
+            peak[0] = max(peak[0], rss_mb())
             time.sleep(0.02)
 
     rollout = {}

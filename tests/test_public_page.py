@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import pytest
 
 from hostile import call, join, post
+from test_app_hostile import page as hostile_page  # noqa: F401 (a fixture)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -33,23 +34,15 @@ MALFORMED = "Malformed request"
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    from app.ui import App
-    from test_app import serving
+def page(hostile_page):
+    """The hostile tests' page (tests/test_app_hostile.py), and a folder under no root holding a
+    valid run."""
     from test_app_hostile import _save_run
 
-    base = tmp_path_factory.mktemp("public-page")
-    run = _save_run(base / "checkpoints" / "cmrl")
-    scratch = base / "scratch"
-    scratch.mkdir()
-    outside = base / "outside"  # under no root
-    _save_run(outside / "run")
-    app = App(checkpoint_roots=[base / "checkpoints"], runs_dir=base / "runs",
-              results_root=base / "no-results", hosted=False, extra_roots=[scratch])
-    app.jobs.python = "/bin/true"
-    with serving(app) as (url, demo):
-        yield SimpleNamespace(app=app, demo=demo, url=url, run=run, scratch=scratch,
-                              outside=outside, base=base)
+    outside = hostile_page.base / "outside"
+    if not outside.exists():
+        _save_run(outside / "run")
+    return SimpleNamespace(**vars(hostile_page), outside=outside)
 
 
 @pytest.fixture
