@@ -318,8 +318,8 @@ NON_WORDS = {"nan", "-nan", "inf", "-inf", "+inf", "infinity", "-infinity", "non
 def parse_goal_text(goal, what: str = "The goal description") -> tuple[str, str | None]:
     """The goal text the encoder is given, and a note saying what was used when that is not just
     the text as typed (None otherwise). Invisible characters (zero-width, direction marks) are
-    dropped and compatibility forms folded (NFKC: full-width letters become
-    ASCII); a text whose visible characters are fewer than its invisible ones is refused, as are control characters and lone
+    dropped and compatibility forms folded (NFKC: full-width letters become ASCII); a text with
+    fewer visible characters than invisible ones is refused, as are control characters and lone
     surrogates (`validate_goal_text`). A text that describes nothing ("NaN", "null", "1e999", no
     letters) is encoded as typed, and the note says so."""
     def refuse(msg: str):
@@ -345,8 +345,11 @@ def parse_goal_text(goal, what: str = "The goal description") -> tuple[str, str 
         text = validate_goal_text(goal)
     except GoalTextError as e:
         raise refuse(str(e)) from e
-    changes = ([f"{dropped} invisible character{'s' if dropped > 1 else ''} dropped"] * bool(dropped)
-               + ["compatibility forms folded (NFKC)"] * folded)
+    changes = []
+    if dropped:
+        changes.append(f"{dropped} invisible character{'s' if dropped > 1 else ''} dropped")
+    if folded:
+        changes.append("compatibility forms folded (NFKC)")
     if changes:
         return text, f"Goal text used: {shown(text, 120)} ({'; '.join(changes)})."
     if not any(c.isalpha() for c in text) or text.lower() in NON_WORDS or NUMBER_TEXT.fullmatch(text):

@@ -31,8 +31,8 @@ import gradio as gr
 from .base import log, page_error
 from .common import InputError, release_memory_soon
 
-MALFORMED = ("Malformed request: {detail}. Call the endpoints listed on this page's \"Use via API\" "
-             "page, each with all its values.")
+MALFORMED = ("Malformed request: {detail}. Call the endpoints listed on this page's "
+             "\"Use via API\" page, each with all its values.")
 RELEASE_AFTER_S = 1.0
 """A request that ran this long is followed by `release_memory_soon`."""
 

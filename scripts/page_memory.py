@@ -6,13 +6,14 @@
   four more envs with renderers (as under concurrent rollouts), and 50 gradio sessions;
 - **server**: a real server process (`python app.py` as scripts/run_app.sh starts it), its resident
   memory after start-up, after one rollout, at its peak while 6 rollouts are asked for at once
-  (4 run, 2 wait: `ROLLOUT_CONCURRENCY`), a few seconds after they end, and after a second wave;
+  (4 run, 2 wait: `ROLLOUT_CONCURRENCY`), a few seconds after they end, and the same for each
+  further wave (`--waves`, 2 by default);
   with what the server still holds then (its own inventory: rollout threads, open envs, cached
   agents, gradio sessions and iterators); then what a new session adds (anonymous calls: 50 of the
   Results endpoint, 25 tiny rollouts; gradio keeps what each one showed in its state).
 
     python scripts/page_memory.py [--checkpoint checkpoints/ml4/cmrl] [--horizon 100] [--size 224]
-                                  [--skip-parts] [--json OUT]
+                                  [--waves 2] [--skip-parts] [--json OUT]
 
 Figures are RSS (VmRSS) in MB. They are recorded in docs/public_page.md.
 """
@@ -166,7 +167,7 @@ def inventory(server: subprocess.Popen, path: Path) -> dict:
     return {}
 
 
-def server_figures(checkpoint: Path, horizon: int, size: int) -> dict:
+def server_figures(checkpoint: Path, horizon: int, size: int, waves: int = 2) -> dict:
     work = Path(tempfile.mkdtemp(prefix="cmrl-mem-"))
     inv = work / "inventory.json"
     ck = str(checkpoint)
@@ -182,7 +183,7 @@ def server_figures(checkpoint: Path, horizon: int, size: int) -> dict:
         fig["one_rollout_mb"] = round(rss_mb(pid), 1)
         fig["after_one_inventory"] = inventory(server.proc, inv)
 
-        for wave in (1, 2):
+        for wave in range(1, waves + 1):
             peak, stop = [0.0], threading.Event()
 
             def sample():
@@ -203,8 +204,8 @@ def server_figures(checkpoint: Path, horizon: int, size: int) -> dict:
             fig[f"wave{wave}"] = {"ok": kinds.count("ok"), "seconds": round(seconds, 1),
                                   "peak_mb": round(peak[0], 1), "after_mb": round(rss_mb(pid), 1),
                                   "inventory": inventory(server.proc, inv)}
-        fig["peak_mb"] = max(fig[f"wave{w}"]["peak_mb"] for w in (1, 2))
-        fig["after_mb"] = fig["wave2"]["after_mb"]
+        fig["peak_mb"] = max(fig[f"wave{w}"]["peak_mb"] for w in range(1, waves + 1))
+        fig["after_mb"] = fig[f"wave{waves}"]["after_mb"]
         fig["after_vs_one_rollout"] = round(fig["after_mb"] / fig["one_rollout_mb"] - 1, 3)
 
         # Session state: each anonymous API call is a new gradio session holding what it showed.
@@ -237,6 +238,7 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", default="checkpoints/ml4/cmrl")
     p.add_argument("--horizon", type=int, default=100)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--waves", type=int, default=2, help="waves of 6 concurrent rollouts")
     p.add_argument("--skip-parts", action="store_true")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
@@ -257,7 +259,7 @@ def main(argv=None) -> dict:
                               str(checkpoint), "--size", str(args.size)], cwd=ROOT, env=env,
                              capture_output=True, text=True, check=True)
         figures["parts"] = json.loads(out.stdout.strip().splitlines()[-1])
-    figures["server"] = server_figures(checkpoint, args.horizon, args.size)
+    figures["server"] = server_figures(checkpoint, args.horizon, args.size, args.waves)
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
