@@ -98,3 +98,30 @@ def test_each_split_is_drawn_alone_and_as_metaworld_draws_it(ml1):
     assert set(lazy._tasks) == {"test"}
     assert [t.data for t in lazy.train_tasks] == [t.data for t in ref.train_tasks]
     assert dict(lazy.train_classes) == dict(ref.train_classes)
+
+
+def test_a_script_without_a_main_guard_falls_back_to_one_process(tmp_path):
+    """Spawned workers re-run an unguarded script and die at once; the evaluation warns and runs
+    in the calling process instead of failing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from cmrl.algo.agent import MetaAgent\n"
+        "from cmrl.algo.evaluation import evaluate\n"
+        "from cmrl.config import BenchmarkConfig\n"
+        "from cmrl.envs.metaworld_env import TaskPool\n"
+        "from cmrl.envs.tasks import resolve_benchmark\n"
+        "from tests.conftest import ML4_TRAIN, tiny_config\n"
+        "pool = TaskPool(resolve_benchmark(BenchmarkConfig(name='ml1:reach-v3', horizon=3)))\n"
+        "agent = MetaAgent(tiny_config('pearl'), 39, 4, 0, ML4_TRAIN)\n"
+        "res = evaluate(agent, pool, ('test',), num_variations=2, workers=2)\n"
+        "print('evaluated', res['splits']['test']['tasks']['reach-v3']['variations'])\n")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "evaluated 2" in r.stdout
+    assert "guard its entry point" in r.stderr

@@ -368,3 +368,15 @@ def test_matmul_share_script_measures_an_update():
     assert 0 < r["matmul_share"] < 1
     assert r["gflop_per_update"] > 0 and r["matmul_gflops"] > 0
     assert r["bound_same_flops"] == pytest.approx(1 / (r["matmul_share"] * r["matmul_gflops"] / 100.0))
+
+
+def test_acting_runs_on_one_thread_and_gives_the_others_back():
+    seen = []
+    acting = speed_tuning.one_thread(lambda: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        acting()
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -19,6 +19,7 @@ import torch
 from .agent import MetaAgent, TaskBelief
 from ..envs.metaworld_env import TaskPool
 from .replay import MultiTaskReplay
+from .speed_tuning import one_thread
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Collector:
         pick = self.rng.integers(self.goal_bank.shape[1], size=len(self.env_task))
         return self.goal_bank[torch.as_tensor(self.env_task), torch.as_tensor(pick)]
 
+    @one_thread
     def run_round(self, posterior_from: RoundResult | None = None,
                   context_size: int = 64) -> RoundResult:
         """One episode per env: z from the prior on freshly drawn variations, or, given an earlier

@@ -1,8 +1,8 @@
 """Evaluation on every core: (task, group of variations) units spread over worker processes.
 
 `evaluation.evaluate` hands its tasks here, one split after the other, held-out tasks first. Each
-task's chosen goal variations are split into groups so that a split has at least as many units as
-workers (ML1, one task per split, splits too); a worker runs a unit with
+task's chosen goal variations are split into groups only where a split has fewer tasks than its
+share of the workers (ML1 with one split evaluated, for one); a worker runs a unit with
 `evaluation.run_variations`, the group's envs in lockstep with one batched forward pass, and the
 parent puts each task's rows back together in variation order. The numbers do not depend on the
 number of workers or the grouping: every variation draws from a generator of its own
@@ -23,12 +23,13 @@ per task (episodes of all its variations).
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
+import itertools
 import pickle
 import queue as queue_module
 import time
 import uuid
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import torch
 from ..config import RunConfig
 from ..envs.metaworld_env import ACTION_DIM
 from .agent import MetaAgent
+from .speed_tuning import torch_threads
 from .evaluation import TaskResult, chosen_variations, run_variations, task_goal, task_result
 
 START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
@@ -77,6 +79,13 @@ def plan_units(sizes: dict[tuple[str, str], int], workers: int) -> list[Unit]:
     return [Unit(split, task, tuple(int(i) for i in part))
             for (split, task), g in groups.items()
             for part in np.array_split(np.arange(sizes[(split, task)]), g)]
+
+
+def _share(workers: int, tasks: int, total: int) -> int:
+    """The units a split's `tasks` (of `total` tasks in all splits) should make: its share of the
+    workers. Splitting a task's variations only when there are fewer tasks than workers keeps the
+    groups large (every forward pass spans all of a task's variations, stepped or not)."""
+    return max(1, -(-workers * tasks // max(total, 1)))
 
 
 @dataclass
@@ -215,28 +224,22 @@ def shutdown() -> None:
     _EXECUTOR.clear()
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Units in this process run with one torch thread, as in a worker (same kernels, same bits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+_STARTED: set[int] = set()  # worker counts whose kept workers have finished a unit
 
 
-def _run(batches, local_agent: MetaAgent | None, workers: int,
-         parallel: bool) -> list[tuple[_Batch, list]]:
-    """(batch, its units' results in order) for every batch. One worker: in this process with `local_agent`, one
-    batch after the other. Several: each batch's units go to the kept workers (which rebuild the
-    agent from the batch's call) as soon as the batch is ready, so this process draws the next
-    split's variations while the workers run the first."""
+def _run(batches, local_agent, workers: int, parallel: bool) -> list[tuple[_Batch, list]]:
+    """(batch, its units' results in order) for every batch. In this process (`parallel` False):
+    one batch after the other, with `local_agent()` (None: the bare loop). In the kept workers
+    (which rebuild the agent from each batch's call): each batch's units go out as soon as the
+    batch is ready, so this process draws the next split's variations while they run the first.
+    Workers that die before any of them finished a unit (a script without an
+    `if __name__ == "__main__":` guard, which spawned processes re-run) fall back to this process."""
     if not parallel:
+        agent = local_agent()
         out = []
-        with _one_thread():
+        with torch_threads(1):  # as in a worker: the same kernels, the same bits
             for b in batches:
-                out.append((b, [_execute(local_agent, b.pool, b.call, unit, goal,
+                out.append((b, [_execute(agent, b.pool, b.call, unit, goal,
                                          lambda bar=bar, n=len(unit.rows): bar.update(n))
                                 for unit, goal, bar in zip(b.units, b.goals, b.bars)]))
         return out
@@ -257,11 +260,21 @@ def _run(batches, local_agent: MetaAgent | None, workers: int,
             for f in finished:
                 k, i = futures.pop(f)
                 out[k][1][i] = f.result()[1]
+                _STARTED.add(workers)
         _drain(progress, done_batches)
     except BrokenProcessPool as e:
         shutdown()
-        raise RuntimeError(f"an evaluation worker process died ({e}); run with workers=1 "
-                           "(--workers 1) to see the error in this process") from e
+        if workers in _STARTED:
+            raise RuntimeError(f"an evaluation worker process died ({e}); run with workers=1 "
+                               "(--workers 1) to see the error in this process") from e
+        warnings.warn("evaluation worker processes could not start (a script that evaluates must "
+                      "guard its entry point with `if __name__ == \"__main__\":`, as "
+                      "multiprocessing asks); evaluating in this process instead",
+                      RuntimeWarning, stacklevel=4)
+        for b in done_batches:
+            for bar in b.bars:
+                bar.reset()
+        return _run(itertools.chain(done_batches, batches), local_agent, 1, False)
     except BaseException:
         for f in futures:
             f.cancel()
@@ -334,11 +347,12 @@ def evaluate_tasks(agent: MetaAgent, pool, splits, encoder, goal_texts: dict[str
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     parallel = _parallel(workers)
-    local = None if parallel else _cpu_agent(agent)
     spec = pickle.dumps(AgentSpec.of(agent)) if parallel else None
     goals: dict = {}
     sizes: dict = {}
     bars = _Bars(len(phases), progress)
+
+    total = sum(len(pool.benchmark.tasks(split)) for split in splits)
 
     def batches():
         for split in _split_order(splits):
@@ -348,14 +362,14 @@ def evaluate_tasks(agent: MetaAgent, pool, splits, encoder, goal_texts: dict[str
                 part[(split, task)] = len(chosen_variations(pool, task, split, num_variations,
                                                             seed))
             sizes.update(part)
-            units = plan_units(part, workers)
+            units = plan_units(part, _share(workers, len(part), total))
             call = _Call(uuid.uuid4().hex, spec, pickle.dumps(pool) if parallel else None,
                          list(phases), num_variations, seed)
             yield _Batch(call, pool, units, [goals[(u.split, u.task)][1] for u in units],
                          bars.for_units(units, part))
 
     try:
-        done = _run(batches(), local, workers, parallel)
+        done = _run(batches(), lambda: _cpu_agent(agent), workers, parallel)
     finally:
         bars.close()
     rows: dict = {key: {} for key in sizes}
@@ -380,17 +394,18 @@ def bare_loop(pool, splits, num_variations: int, episodes: int, seed: int,
     workers = default_workers() if workers is None else int(workers)
     parallel = _parallel(workers)
     bars = _Bars(episodes, False)
+    total = sum(len(pool.benchmark.tasks(split)) for split in splits)
 
     def batches():
         for split in _split_order(splits):
             part = {(split, t): len(chosen_variations(pool, t, split, num_variations, seed))
                     for t in pool.benchmark.tasks(split)}
-            units = plan_units(part, workers)
+            units = plan_units(part, _share(workers, len(part), total))
             call = _Call(uuid.uuid4().hex, None, pickle.dumps(pool) if parallel else None,
                          ["bare"] * episodes, num_variations, seed)
             yield _Batch(call, pool, units, [None] * len(units), bars.for_units(units, part))
 
     start = time.perf_counter()
-    done = _run(batches(), None, workers, parallel)
+    done = _run(batches(), lambda: None, workers, parallel)
     return {"env_steps": int(sum(sum(r) for _, r in done)),
             "seconds": time.perf_counter() - start, "workers": workers}

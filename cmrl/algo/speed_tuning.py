@@ -8,6 +8,10 @@ hardware it is for:
   eager's. Its Adam is fused and keeps its step counts on the device (`capturable`), as measured.
 - bf16 autocast (`sac.precision`): 1.3-2.3x the fp32 update on CPUs with AMX; slower elsewhere
   (12-35x on CPUs with neither AMX nor AVX-512 bf16), so `auto` picks it on AMX CPUs only.
+- acting on one torch thread (`one_thread`: the collector's rounds, evaluation units): a forward
+  pass over a dozen rows per env step gains nothing from a second intra-op thread and loses much
+  when the cores are busy (the bench's collection on the 2-core Xeon, load ~3: 0.76x the bare
+  loop with one thread, 0.13x with two).
 
 Retired (docs/speed_history.md): the CPU `fast` path (fused Adam and clip, copy-free soft-modular
 kernels, task-level routing once per task, a glibc allocator setting; 1.10x eager in the fair
@@ -18,6 +22,8 @@ still load: `config.RETIRED_UPDATE_IMPLS` maps them to the surviving path.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 import warnings
 
@@ -111,3 +117,23 @@ def resolve_precision(name: str, device: torch.device) -> str:
             warnings.warn("--precision bf16 on a GPU without native bf16: expect it slower than "
                           "fp32", RuntimeWarning, stacklevel=3)
     return name
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` within the block (process-wide), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def one_thread(fn):
+    """Run `fn` (a method that acts: small forward passes between env steps) on one torch thread."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch_threads(1):
+            return fn(*args, **kwargs)
+    return wrapped
