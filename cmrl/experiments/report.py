@@ -123,8 +123,12 @@ def aggregate_evaluations(runs: dict[str, list[Path]], problems: list[str] | Non
                 continue
             tasks: dict = {}
             for _, rows in evals:
+                both = {t for s, t, *_ in rows if s == "test"} & {t for s, t, *_ in rows
+                                                                 if s == "train"}
                 for split, task, success, ret, zero_shot in rows:
-                    e = tasks.setdefault(task, {"split": split, "success": [], "return": [],
+                    # ML1 / point: one task in both splits (training goals and held-out goals)
+                    key = f"{task} [train goals]" if split == "train" and task in both else task
+                    e = tasks.setdefault(key, {"split": split, "success": [], "return": [],
                                                 "zero_shot": [], "gain": []})
                     e["success"].append(success)
                     e["return"].append(ret)
