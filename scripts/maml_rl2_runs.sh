@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The rl2 and maml runs of docs/maml_rl2.md: point robot (3 seeds each) and ML1 reach (seed 0),
-# then both evaluators. Usage: scripts/maml_rl2_runs.sh [point|ml1|eval] [OUT] (default: all, runs).
+# The rl2 and maml runs of docs/maml_rl2.md: point robot and ML1 reach (3 seeds each), ML4 (seed 0),
+# then both evaluators. Usage: scripts/maml_rl2_runs.sh [point|ml1|ml4|eval] [OUT] (default: all, runs).
 # Each run checkpoints as it goes; rerunning resumes a killed run (train --resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +16,11 @@ RL2_POINT="--ppo-lr 3e-3 --rl2-hidden 64 --rl2-embed 32 --init-std 0.5 --ppo-rew
 MAML_POINT="--ppo-lr 1e-3 --tasks-per-iteration 20"
 POINT_STEPS_RL2=${POINT_STEPS_RL2:-150000}
 POINT_STEPS_MAML=${POINT_STEPS_MAML:-60000}
-# ML1 reach: the onpolicy defaults (rl2 GRU 128, PPO 10 epochs at 5e-4; maml 100x100, inner lr 0.1,
-# 5 outer PPO steps at 5e-4) with a meta-batch of 10 goal variations
+# ML1 reach, a meta-batch of 10 goal variations: maml with the onpolicy defaults (100x100, inner lr
+# 0.1) and 5 outer PPO steps at 5e-4; rl2 with a GRU of 128, PPO 5 epochs x 2 minibatches at 1e-3,
+# initial action std 0.5
 ML1_STEPS=${ML1_STEPS:-3000000}
+ML4_STEPS=${ML4_STEPS:-1000000}
 
 train() {  # run_dir, then train flags
   local dir=$1; shift
@@ -41,24 +43,40 @@ if [[ $WHAT == all || $WHAT == point ]]; then
   wait
 fi
 if [[ $WHAT == all || $WHAT == ml1 ]]; then
-  train "$OUT/ml1/reach-v3/maml-s0" --agent maml --benchmark ml1:reach-v3 --seed 0 --steps "$ML1_STEPS" \
-    --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 10 \
+  for s in 0 1 2; do
+    train "$OUT/ml1/reach-v3/maml-s$s" --agent maml --benchmark ml1:reach-v3 --seed "$s" \
+      --steps "$ML1_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
+      --tasks-per-iteration 10 --ppo-epochs 5 &
+    train "$OUT/ml1/reach-v3/rl2-s$s" --agent rl2 --benchmark ml1:reach-v3 --seed "$s" \
+      --steps "$ML1_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
+      --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
+  done
+  wait
+fi
+if [[ $WHAT == all || $WHAT == ml4 ]]; then
+  # ML4 (seed 0): the ML1 settings, a meta-batch of 12 (4 goal variations of each meta-train task)
+  train "$OUT/ml4/maml-s0" --agent maml --benchmark ml4 --seed 0 --steps "$ML4_STEPS" \
+    --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 12 \
     --ppo-epochs 5 &
-  train "$OUT/ml1/reach-v3/rl2-s0" --agent rl2 --benchmark ml1:reach-v3 --seed 0 --steps "$ML1_STEPS" \
-    --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 10 &
+  train "$OUT/ml4/rl2-s0" --agent rl2 --benchmark ml4 --seed 0 --steps "$ML4_STEPS" \
+    --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 12 \
+    --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
   wait
 fi
 if [[ $WHAT == all || $WHAT == eval ]]; then
   # the project's evaluator: zero-shot, 3 adaptation episodes, 1 evaluation episode, 20 variations
-  for run in "$OUT"/point/*-s* "$OUT"/ml1/reach-v3/*-s*; do
+  for run in "$OUT"/point/*-s* "$OUT"/ml1/reach-v3/*-s* "$OUT"/ml4/*-s*; do
     [ -f "$run/config.json" ] || continue
     $PY -m cmrl eval --checkpoint "$run" --variations 20 --adaptation-episodes 3 --no-progress \
       --json "$run/evaluation.json"
   done
-  # Meta-World's own metalearning_evaluation (ML1's held-out goals), 10 rounds of one variation
-  for run in "$OUT"/ml1/reach-v3/*-s*; do
+  # Meta-World's own metalearning_evaluation on the held-out split, 10 rounds of one variation,
+  # after 3 adaptation episodes and after none
+  for run in "$OUT"/ml1/reach-v3/*-s* "$OUT"/ml4/*-s*; do
     [ -f "$run/config.json" ] || continue
     $PY -m cmrl eval --checkpoint "$run" --protocol metaworld --split test --variations 10 \
       --adaptation-episodes 3 --json "$run/metaworld_evaluation.json"
+    $PY -m cmrl eval --checkpoint "$run" --protocol metaworld --split test --variations 10 \
+      --adaptation-episodes 0 --json "$run/metaworld_evaluation_zeroshot.json"
   done
 fi
