@@ -14,13 +14,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..config import RunConfig
 from ..envs.metaworld_env import make_scene
 from ..envs.tasks import canonical_goal_text, resolve_benchmark
 from ..nets.text_encoders import validate_goal_text
-from ..runs import checkpoint as ckpt
 from .evaluation import StepRecord
-from .onpolicy import OnPolicyAgent, evaluate_onpolicy
+from .onpolicy import evaluate_onpolicy
 from .trained_agent import TrainedAgent
 
 NO_Z = np.zeros(0, np.float32)
@@ -176,30 +174,3 @@ def _StepTap(envs, agent: OnPolicyMetaWorldAgent):
             return self.env.set_attr(name, values)
 
     return StepTap(envs)
-
-
-def load_onpolicy_agent(run_dir: Path, info: dict, config: RunConfig, device: str = "cpu",
-                        max_bytes: int | None = ckpt.MAX_MODEL_BYTES) -> TrainedOnPolicyAgent:
-    """`load_agent` for rl2 and maml run directories, with its checks: the networks config.json
-    describes are sized on the meta device and the model file's header compared with them before
-    a weight is read."""
-    path = run_dir / ckpt.CONFIG_FILE
-
-    def build() -> OnPolicyAgent:
-        return OnPolicyAgent(config, int(info["obs_dim"]), int(info["act_dim"]),
-                             [str(t) for t in info["train_tasks"]])
-
-    try:
-        expected = ckpt.expected_tensors(build)
-        ckpt.check_model_file(run_dir / ckpt.MODEL_FILE, expected, max_bytes)
-        agent = build()
-    except (ValueError, TypeError, RuntimeError) as e:
-        if isinstance(e, ckpt.CheckpointError):
-            raise
-        raise ckpt.CheckpointError(f"{path}: cannot build the agent it describes ({e})") from e
-    tensors, meta = ckpt.read_tensors(run_dir / ckpt.MODEL_FILE)
-    if meta.get("format") != ckpt.FORMAT:
-        raise ckpt.CheckpointError(f"{run_dir / ckpt.MODEL_FILE}: not a CMRL model file")
-    ckpt.load_state_into(agent, tensors, run_dir / ckpt.MODEL_FILE)
-    agent.to(torch.device(device)).eval()
-    return TrainedOnPolicyAgent(agent, info, run_dir)

@@ -149,29 +149,42 @@ def load_agent(run_dir: str | Path, device: str = "cpu",
         check_bounds(config)
     except ConfigError as e:
         raise ckpt.CheckpointError(f"{path}: invalid run config ({e})") from e
+    obs_dim, act_dim = int(info["obs_dim"]), int(info["act_dim"])
+    tasks = [str(t) for t in info["train_tasks"]]
     if agent_kind(config.train.agent).on_policy:  # rl2, maml: their own module and protocol
-        from .onpolicy_agent import load_onpolicy_agent
+        from .onpolicy import OnPolicyAgent
+        from .onpolicy_agent import TrainedOnPolicyAgent
 
-        return load_onpolicy_agent(run_dir, info, config, device, max_bytes)
+        agent = load_module(run_dir, lambda: OnPolicyAgent(config, obs_dim, act_dim, tasks),
+                            max_bytes, device)
+        return TrainedOnPolicyAgent(agent, info, run_dir)
+    text_dim = 0
+    if agent_kind(config.train.agent).uses_text:
+        try:
+            text_dim = int(info["text_encoder"].get("dim", 0))
+        except (ValueError, TypeError) as e:
+            raise ckpt.CheckpointError(f"{path}: bad text encoder dim ({e})") from e
+    agent = load_module(run_dir, lambda: MetaAgent(config, obs_dim, act_dim, text_dim, tasks),
+                        max_bytes, device)
+    return TrainedAgent(agent, info, run_dir)
+
+
+def load_module(run_dir: Path, build, max_bytes: int | None, device: str) -> torch.nn.Module:
+    """The module `build()` makes, holding run_dir's weights: its size and every tensor's shape
+    are checked against the model file's header (built on the meta device, nothing read) before it
+    is built and a weight is read. CheckpointError naming the file for anything wrong."""
+    path = run_dir / ckpt.CONFIG_FILE
     try:
-        text_dim = (int(info["text_encoder"].get("dim", 0))
-                    if agent_kind(config.train.agent).uses_text else 0)
-
-        def build() -> MetaAgent:
-            return MetaAgent(config, int(info["obs_dim"]), int(info["act_dim"]), text_dim,
-                             [str(t) for t in info["train_tasks"]])
-
         expected = ckpt.expected_tensors(build)
     except (ValueError, TypeError, RuntimeError) as e:
         raise ckpt.CheckpointError(f"{path}: cannot build the agent it describes ({e})") from e
     ckpt.check_model_file(run_dir / ckpt.MODEL_FILE, expected, max_bytes)
     try:
-        agent = build()
+        module = build()
     except (ValueError, TypeError, RuntimeError) as e:
         raise ckpt.CheckpointError(f"{path}: cannot build the agent it describes ({e})") from e
     tensors, meta = ckpt.read_tensors(run_dir / ckpt.MODEL_FILE)
     if meta.get("format") != ckpt.FORMAT:
         raise ckpt.CheckpointError(f"{run_dir / ckpt.MODEL_FILE}: not a CMRL model file")
-    ckpt.load_state_into(agent, tensors, run_dir / ckpt.MODEL_FILE)
-    agent.to(torch.device(device)).eval()
-    return TrainedAgent(agent, info, run_dir)
+    ckpt.load_state_into(module, tensors, run_dir / ckpt.MODEL_FILE)
+    return module.to(torch.device(device)).eval()
