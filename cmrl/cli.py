@@ -563,7 +563,7 @@ def cmd_diagnose(args) -> int:
     report["command"] = "python -m cmrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(markdown(report))
     if args.save_probe:
-        from .experiments.context_diagnosis import save_goal_probe
+        from .runs.goal_probe import save_goal_probe
 
         print(f"goal probe saved to {save_goal_probe(args.checkpoint, report)}")
     if args.json:

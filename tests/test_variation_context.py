@@ -178,8 +178,7 @@ def test_rollout_refuses_a_scene_of_other_dimensions():
 
 
 def test_goal_probe_file_is_checked(tmp_path):
-    from cmrl.experiments.context_diagnosis import (GOAL_PROBE_FILE, fit_goal_probe,
-                                                    load_goal_probe)
+    from cmrl.runs.goal_probe import GOAL_PROBE_FILE, fit_goal_probe, load_goal_probe
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(30, 3))

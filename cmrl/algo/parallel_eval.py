@@ -71,7 +71,7 @@ def plan_units(sizes: dict[tuple[str, str], int], workers: int) -> list[Unit]:
     per task, then the task with the largest groups split once more, until there are `workers`
     units or every group is one variation."""
     groups = {key: 1 for key, n in sizes.items() if n > 0}
-    while sum(groups.values()) < workers:
+    while groups and sum(groups.values()) < workers:
         key = max(groups, key=lambda k: sizes[k] / groups[k])
         if sizes[key] <= groups[key]:
             break
@@ -363,6 +363,8 @@ def evaluate_tasks(agent: MetaAgent, pool, splits, encoder, goal_texts: dict[str
                                                             seed))
             sizes.update(part)
             units = plan_units(part, _share(workers, len(part), total))
+            if not units:  # a split with no tasks (a finetune's meta-train split)
+                continue
             call = _Call(uuid.uuid4().hex, spec, pickle.dumps(pool) if parallel else None,
                          list(phases), num_variations, seed)
             yield _Batch(call, pool, units, [goals[(u.split, u.task)][1] for u in units],

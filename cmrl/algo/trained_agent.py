@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..runs import checkpoint as ckpt
+from ..runs.goal_probe import load_goal_probe
 from .agent import MetaAgent
 from ..agent_kinds import agent_kind
 from ..config import ConfigError, RunConfig, check_bounds
@@ -105,8 +106,6 @@ class TrainedAgent:
         (`cmrl diagnose --save-probe`); None otherwise."""
         if not self.agent.uses_context:
             return None
-        from ..experiments.context_diagnosis import load_goal_probe
-
         return load_goal_probe(self.run_dir, self.agent.config.net.latent_dim)
 
     def evaluate(self, splits=("train", "test"), num_variations: int = 5,
