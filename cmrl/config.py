@@ -181,6 +181,10 @@ class SACConfig:
     """With `context_from = variation`: fraction of each context drawn from other variations of the
     task with their rewards recomputed for this one's goal (tasks with a known reward function:
     `envs/relabel.py`; elsewhere no effect). 0 disables."""
+    rl_relabel: float = 0.0
+    """With `context_from = variation`: fraction of each variation's RL rows drawn from other
+    variations of the task with their rewards recomputed for this one's goal (hindsight relabelling;
+    tasks with a known reward function, as `context_relabel`). 0 disables."""
     bc_only: bool = False
     """The actor's loss is behaviour cloning alone (no Q or entropy term): a baseline, and the
     check that the data path is right. Critics and encoder train as usual."""
@@ -381,6 +385,8 @@ class RunConfig:
             raise ConfigError(f"sac.context_dropout must be in [0, 1], got {self.sac.context_dropout}")
         if not 0.0 <= self.sac.context_relabel <= 1.0:
             raise ConfigError(f"sac.context_relabel must be in [0, 1], got {self.sac.context_relabel}")
+        if not 0.0 <= self.sac.rl_relabel <= 1.0:
+            raise ConfigError(f"sac.rl_relabel must be in [0, 1], got {self.sac.rl_relabel}")
         if not 1 <= self.sac.meta_batch <= self.sac.batch_size:
             raise ConfigError(f"sac.meta_batch must be from 1 to sac.batch_size, got "
                               f"{self.sac.meta_batch}")

@@ -139,6 +139,30 @@ def test_relabelled_contexts_carry_this_variations_rewards():
         assert 0 < sum(mixed) < len(mixed)
 
 
+def test_relabelled_rl_rows_carry_this_variations_rewards():
+    rb = MultiTaskReplay(1, 200, 2, 2)
+    rng = np.random.default_rng(0)
+    goals = [np.array([1.0, 0.0]), np.array([-1.0, 0.0])]
+    for g, goal in enumerate(goals):
+        nxt = (rng.uniform(-1, 1, (50, 2)) + 3 * g).astype(np.float32)  # variations apart in space
+        rb.add(0, nxt, np.zeros((50, 2), np.float32), point_robot.relabel_rewards(nxt, goal), nxt,
+               groups=g, goal=goal)
+    vb = VariationBatches(1, 2, 40, 8, relabellers=[reward_relabeller(point_robot.TASK)],
+                          rl_relabel_fraction=0.5)
+    batch, _ = vb.sample(rb, [(rb, vb.rows)], np.random.default_rng(3))
+    groups = vb.pick_groups(rb, np.random.default_rng(3))
+    for r, g in enumerate(groups):
+        nxt, rew = batch["next_obs"][r].numpy(), batch["rewards"][r].numpy()
+        assert np.allclose(rew, point_robot.relabel_rewards(nxt, goals[g]), atol=1e-5)
+        # the first half may come from either variation; the second half is this one's own
+        own = (nxt[:, 0] > 1.5) == bool(g)
+        assert own[10:].all() and not own[:10].all()
+    plain = VariationBatches(1, 2, 40, 8, relabellers=[reward_relabeller(point_robot.TASK)])
+    batch, _ = plain.sample(rb, [(rb, plain.rows)], np.random.default_rng(3))
+    for r, g in enumerate(groups):
+        assert (((batch["next_obs"][r, :, 0] > 1.5).numpy()) == bool(g)).all()
+
+
 def test_own_context_takes_each_envs_own_transitions():
     from cmrl.algo.collector import RoundResult
 
@@ -156,6 +180,8 @@ def test_own_context_takes_each_envs_own_transitions():
 def test_config_checks_the_new_fields():
     with pytest.raises(ConfigError):
         RunConfig().updated({"sac.context_relabel": 1.5})
+    with pytest.raises(ConfigError):
+        RunConfig().updated({"sac.rl_relabel": -0.1})
     with pytest.raises(ConfigError):
         RunConfig().updated({"sac.meta_batch": 0})
     with pytest.raises(ConfigError):

@@ -128,7 +128,8 @@ class Trainer:
         if self.agent.uses_context and config.sac.context_from == "variation":
             self.variation_batches = VariationBatches(
                 T, config.sac.meta_batch, config.sac.batch_size, config.sac.context_size,
-                config.sac.context_relabel, [reward_relabeller(task) for task in self.tasks])
+                config.sac.context_relabel, [reward_relabeller(task) for task in self.tasks],
+                config.sac.rl_relabel)
         rows = (self.variation_batches.row_task if self.variation_batches is not None
                 else np.arange(T))
         self.row_task = torch.as_tensor(rows, device=self.device)

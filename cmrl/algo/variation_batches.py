@@ -9,7 +9,9 @@ batched SAC update, each knowing its meta-train task (for per-task temperatures 
 
 `relabel_fraction` of each context may come from other variations of the same task with their
 rewards recomputed for this variation's goal (`envs/relabel.py`), so the encoder sees many
-behaviours per goal and must read the goal from rewards.
+behaviours per goal and must read the goal from rewards. `rl_relabel_fraction` does the same for
+the RL rows (hindsight relabelling): the critic then sees every transition of the task under every
+goal drawn, not only the few episodes recorded for that goal.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from .replay import MultiTaskReplay
 class VariationBatches:
     def __init__(self, num_tasks: int, groups_per_task: int, batch_size: int, context_size: int,
                  relabel_fraction: float = 0.0,
-                 relabellers: Sequence[Relabeller | None] | None = None):
+                 relabellers: Sequence[Relabeller | None] | None = None,
+                 rl_relabel_fraction: float = 0.0):
         self.T, self.M = num_tasks, groups_per_task
         self.rows = max(1, batch_size // groups_per_task)
         self.N = context_size
         self.relabel_fraction = relabel_fraction
         self.relabellers = list(relabellers or [None] * num_tasks)
+        self.rl_relabel_fraction = rl_relabel_fraction
 
     @property
     def row_task(self) -> np.ndarray:
@@ -83,9 +87,26 @@ class VariationBatches:
                              (driver, self._rows_of(driver, row_task[r], g, n, rng)))
             batch_parts.append(self._gather(picks, fields))
         batch = {f: np.concatenate([p[f] for p in batch_parts], axis=1) for f in fields}
+        if self.rl_relabel_fraction > 0:
+            self._relabel_rows(batch, driver, groups, rng)
         context = self._context(driver, groups, rng)
         out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
         return out, torch.from_numpy(context).to(device)
+
+    def _relabel_rows(self, batch: dict[str, np.ndarray], driver: MultiTaskReplay,
+                      groups: list[int], rng: np.random.Generator) -> None:
+        """Replace the first `rl_relabel_fraction` of each group's RL rows by transitions of any
+        variation of the task, their rewards recomputed for the group's goal (in place)."""
+        n = int(round(batch["obs"].shape[1] * self.rl_relabel_fraction))
+        for r, g in enumerate(groups):
+            t = int(self.row_task[r])
+            relabel, goal = self.relabellers[t], driver.group_goals[t].get(g)
+            if not n or relabel is None or goal is None:
+                continue
+            other = rng.integers(driver.size[t], size=n)
+            for f in ("obs", "actions", "next_obs", "dones"):
+                batch[f][r, :n] = getattr(driver, f)[t, other]
+            batch["rewards"][r, :n] = relabel(driver.obs[t, other], driver.next_obs[t, other], goal)
 
     def _context(self, driver: MultiTaskReplay, groups: list[int],
                  rng: np.random.Generator) -> np.ndarray:

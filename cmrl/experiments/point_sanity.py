@@ -13,6 +13,7 @@ measured numbers and the command that reruns them:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -37,9 +38,10 @@ POINT_FIELDS = {
 
 
 def point_config(agent: str, dataset: str | Path, steps: int = POINT_STEPS, seed: int = 0,
-                 threads: int = 1) -> RunConfig:
-    """The sanity run's config: offline on `dataset` (made from POINT_DATA)."""
-    fields = {**variant_fields("relabel-context"), **POINT_FIELDS,
+                 threads: int = 1, extra: dict | None = None) -> RunConfig:
+    """The sanity run's config: offline on `dataset` (made from POINT_DATA); `extra` overrides
+    fields (screens)."""
+    fields = {**variant_fields("relabel-context"), **POINT_FIELDS, **(extra or {}),
               "benchmark.name": "point", "train.agent": agent, "train.mode": "offline",
               "train.offline": str(Path(dataset).resolve()), "train.steps": steps,
               "train.seed": seed, "train.threads": threads, "train.eval_every": 0,
@@ -57,9 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=POINT_STEPS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variations", type=int, default=20)
+    p.add_argument("--data-episodes", type=int, default=POINT_DATA.episodes,
+                   help="expert episodes per noise level in the dataset (random ones scale alike)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                   help="override a config field, e.g. --set sac.rl_relabel=0.5 (repeatable)")
     args = p.parse_args(argv)
-    data = ensure_dataset(POINT_DATA)
-    Trainer(point_config(args.agent, data, args.steps, args.seed), args.run_dir,
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set wants FIELD=JSON, got {item!r}")
+        extra[key.strip()] = json.loads(value)
+    scale = args.data_episodes / POINT_DATA.episodes
+    data = ensure_dataset(dataclasses.replace(
+        POINT_DATA, episodes=args.data_episodes,
+        random_episodes=max(1, round(POINT_DATA.random_episodes * scale))))
+    Trainer(point_config(args.agent, data, args.steps, args.seed, extra=extra), args.run_dir,
             progress=False).train()
     res = load_agent(args.run_dir).evaluate(("train", "test"), args.variations, seed=0)
     Path(args.run_dir, "eval.json").write_text(json.dumps(res, indent=2))
