@@ -2,7 +2,7 @@
 jobs on a Ray cluster (`RayJobs`, with CMRL_RAY_ADDRESS). `jobs.JobManager` keeps the records; a
 backend only starts, polls, stops and shows the log of one launch. `poll` answers (state, exit code,
 message), state one of pending (on the cluster's queue), running, ended, stopped (on the cluster,
-not from this page) or lost (gone without an exit code, or the cluster forgot it).
+not from this page) or lost (gone without an exit code, or the cluster forgot it: a JobError).
 """
 
 from __future__ import annotations
@@ -69,14 +69,14 @@ class LocalProcesses:
     def __init__(self):
         self._procs: dict[int, subprocess.Popen] = {}  # the processes this page started: reaped here
 
-    def start(self, run: Path, argv: list[str], command: str, device: str, cpus: int) -> dict:
+    def start(self, run: Path, launch: dict) -> dict:
         env = {**os.environ, **job_env()}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         with open(run / LOG_FILE, "ab") as log:
-            log.write(f"\n$ {command}\n".encode())
+            log.write(f"\n$ {launch['command']}\n".encode())
             log.flush()
             try:
-                proc = subprocess.Popen(argv, cwd=str(ROOT), env=env, stdout=log,
+                proc = subprocess.Popen(launch["argv"], cwd=str(ROOT), env=env, stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
             except OSError as e:
@@ -94,8 +94,7 @@ class LocalProcesses:
             return "pending", None, ""
         proc = self._procs.get(launch.get("pid"))
         if proc is not None and proc.poll() is not None:
-            del self._procs[proc.pid]
-            return "ended", proc.returncode, ""
+            return "ended", self._procs.pop(proc.pid).returncode, ""
         return ("running", None, "") if pid_alive(launch.get("pid"), run) else ("lost", None, "")
 
     def stop(self, launch: dict, force: bool = False) -> None:
@@ -114,23 +113,23 @@ class LocalProcesses:
 
 class RayJobs:
     """Each launch a Ray job (`ray.job_submission`) on the cluster whose dashboard is at `address`:
-    its entrypoint is the command a local launch runs, with this page's `cmrl` package shipped
-    along (runtime_env py_modules); it asks for `cpus` CPUs and, on device cuda, a GPU, and the
-    cluster places or queues it. Run directories must lie on storage the page and every node see
-    at the same path. Ray is imported only here, only when an address is given."""
+    its entrypoint is the command a local launch runs with `python`, this page's `cmrl` package
+    shipped along (runtime_env py_modules); it asks for `cpus` CPUs and, on device cuda, a GPU, and
+    the cluster places or queues it. Run directories must lie on storage the page and every node
+    see at the same path. Ray is imported only here, only when an address is given."""
 
     kind = "ray"
     queues = True
     STOP_WAIT_S = 30
     stop_words = f"Ray sends it SIGINT, SIGKILL after {STOP_WAIT_S} s; the last checkpoint is kept"
 
-    def __init__(self, address: str, python: str = "python"):
+    def __init__(self, address: str, python: str = "python", cpus: int = 1):
         try:
             from ray.job_submission import JobSubmissionClient
         except ImportError:
             raise JobError("Launching on a Ray cluster needs Ray's job client on this page: "
                            "pip install -r requirements-ray.txt") from None
-        self.address, self.python = address, python
+        self.address, self.python, self.cpus = address, python, cpus
         self.client = self._ask("could not be reached", JobSubmissionClient, address)
 
     def _ask(self, failed: str, call, *args, **kwargs):
@@ -140,32 +139,28 @@ class RayJobs:
         except Exception as e:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ...)
             raise JobError(f"The Ray cluster at {self.address} {failed}: {str(e)[:300]}") from None
 
-    def start(self, run: Path, argv: list[str], command: str, device: str, cpus: int) -> dict:
+    def start(self, run: Path, launch: dict) -> dict:
         job_id = f"cmrl-{run.name}-{uuid.uuid4().hex[:8]}"
-        env = dict(job_env(), OMP_NUM_THREADS=str(cpus), RAY_JOB_STOP_SIGNAL="SIGINT",
+        env = dict(job_env(), OMP_NUM_THREADS=str(self.cpus), RAY_JOB_STOP_SIGNAL="SIGINT",
                    RAY_JOB_STOP_WAIT_TIME_S=str(self.STOP_WAIT_S))
         self._ask("refused the job", self.client.submit_job,
-                  entrypoint=shlex.join([self.python, *argv[1:]]), submission_id=job_id,
-                  entrypoint_num_cpus=cpus, entrypoint_num_gpus=1 if device == "cuda" else None,
+                  entrypoint=shlex.join([self.python, *launch["argv"][1:]]),
+                  submission_id=job_id, entrypoint_num_cpus=self.cpus,
+                  entrypoint_num_gpus=1 if launch.get("device") == "cuda" else None,
                   runtime_env={"py_modules": [str(ROOT / "cmrl")], "env_vars": env},
                   metadata={"run_dir": str(run)})
         return {"ray_job": job_id, "address": self.address}
 
     def poll(self, run: Path, launch: dict) -> tuple[str, int | None, str]:
-        try:  # unreachable, or a restarted cluster forgot the job
-            info = self._ask(f"gives no news of {launch['ray_job']}", self.client.get_job_info,
-                             launch["ray_job"])
-        except JobError as e:
-            return "lost", None, str(e)
-        state = info.status.value
+        info = self._ask(f"gives no news of {launch['ray_job']}", self.client.get_job_info,
+                         launch["ray_job"])  # unreachable, or a restarted cluster forgot the job
+        state = info.status.value.lower()  # pending, running, stopped, succeeded or failed
         message = info.message or ""
         if len(message) > 900:  # Ray appends up to 20,000 characters of log: its head and tail
             message = message[:300] + " … " + message[-500:]
-        if state in ("PENDING", "RUNNING"):
-            return state.lower(), None, ""
-        if state == "STOPPED":
-            return "stopped", None, message
-        code = 0 if state == "SUCCEEDED" else info.driver_exit_code
+        if state in ("pending", "running", "stopped"):  # a message only when stopped
+            return state, None, message if state == "stopped" else ""
+        code = 0 if state == "succeeded" else info.driver_exit_code
         return "ended", (-1 if code is None else code), message
 
     def stop(self, launch: dict, force: bool = False) -> None:

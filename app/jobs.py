@@ -21,6 +21,7 @@ at smoke size: `recipe_smoke=` or CMRL_RECIPE_SMOKE="steps,data_episodes"; their
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from cmrl.config import (AGENT_KINDS, DEVICES, PRIOR_DATA,  # noqa: F401 (the li
 from cmrl.envs.tasks import resolve_benchmark
 from cmrl.errors import user_errors, user_message
 from cmrl.runs.logger import read_metrics
+from cmrl.runs.run_status import read_status
 
 from .common import ROOT, InputError, display_path, env_flag
 from .job_backends import (LOG_FILE, JobError, LocalProcesses, RayJobs,  # noqa: F401 (re-exported)
@@ -213,21 +215,18 @@ class JobManager:
         self.data_root = Path(data) if data else None
         self.max_steps = max_steps or _env_cap("CMRL_MAX_TRAIN_STEPS", DEFAULT_MAX_STEPS)
         self.max_seconds = max_seconds or _env_cap("CMRL_MAX_TRAIN_SECONDS", DEFAULT_MAX_SECONDS)
-        self.ray_cpus = _env_cap("CMRL_RAY_CPUS", 1)
         self.roots = roots or Roots()
         self.python = python or sys.executable
         self.local = LocalProcesses()
-        self._ray: RayJobs | None = None
         self._lock = threading.RLock()  # launches, resumes and the queue, one at a time
         self._file_lock = threading.RLock()
         self._watcher: threading.Thread | None = None
 
-    @property
+    @functools.cached_property
     def backend(self) -> LocalProcesses | RayJobs:
         """Where launches go: the Ray cluster (connected on first use) if the page has an address."""
-        if self.ray_address and self._ray is None:
-            self._ray = RayJobs(self.ray_address, os.environ.get("CMRL_RAY_PYTHON", "python"))
-        return self._ray or self.local
+        return RayJobs(self.ray_address, os.environ.get("CMRL_RAY_PYTHON", "python"),
+                       _env_cap("CMRL_RAY_CPUS", 1)) if self.ray_address else self.local
 
     def _backend_of(self, launch: dict) -> LocalProcesses | RayJobs:
         if launch.get("ray_job") and not self.ray_address:
@@ -244,8 +243,6 @@ class JobManager:
 
     def _jobs(self) -> list[tuple[str, dict, float]]:
         """(name, job record, file time) of every app-launched run."""
-        if not self.runs_dir.is_dir():
-            return []
         return [(p.parent.name, _read_json(p), p.stat().st_mtime)
                 for p in self.runs_dir.glob(f"*/{JOB_FILE}")]
 
@@ -307,8 +304,6 @@ class JobManager:
         info = _read_json(run / "config.json")
         cfg_steps = (info.get("config") or {}).get("train", {}).get("steps")
         target = int(last.get("steps") or spec.get("steps") or cfg_steps or 0) or None
-        from cmrl.runs.run_status import read_status
-
         run_status = (read_status(run) if recipe else None) or {}
         asked = spec.get("device", "auto")
         device = info.get("device") or run_status.get("device") or (
@@ -381,17 +376,17 @@ class JobManager:
     def _launch(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None,
                 device: str) -> list[str]:
         """Records a launch and starts it now if a cluster takes it or nothing runs (or waits)
-        here; else it waits in this page's queue (`pump` starts it)."""
-        record = dict(argv=argv, command=self._command(argv, run), steps=steps, device=device,
+        here; else it waits in this page's queue (`pump` starts it). The caller's `status` wakes
+        the watcher."""
+        shown = ["python"] + [display_path(run) if a == str(run) else a for a in argv[1:]]
+        record = dict(argv=argv, command=shlex.join(shown), steps=steps, device=device,
                       max_seconds=self.max_seconds, exit_code=None, queued_since=time.time())
         wait = not self.backend.queues and (self.running() or self.queued())
         if not wait:
-            record.update(self.backend.start(run, argv, record["command"], device, self.ray_cpus),
-                          started=time.time())
+            record.update(self.backend.start(run, record), started=time.time())
         with self._edit(name) as stored:
             stored.update(stored or job)
             stored.setdefault("launches", []).append(record)
-        self._watch()
         return [f"{name} is queued (position {self._queue_position(name)}): it starts when the "
                 "running run ends. Cancel it with the Cancel button."] if wait else []
 
@@ -402,16 +397,12 @@ class JobManager:
             waiting = [] if self.hosted else self.queued()
             if not waiting or len(self.running()) >= MAX_RUNNING:
                 return None
-            run = self.run_dir(waiting[0])
-            last = _read_json(run / JOB_FILE)["launches"][-1]
-            try:
-                done = dict(self.local.start(run, last["argv"], last["command"],
-                                             last.get("device", "auto"), self.ray_cpus),
-                            started=time.time())
-            except (JobError, KeyError, TypeError) as e:
-                done = dict(ended=time.time(), message=f"could not start: {e}"[:500])
             with self._edit(waiting[0]) as job:
-                job["launches"][-1].update(done)
+                last, run = job["launches"][-1], self.run_dir(waiting[0])
+                try:
+                    last.update(self.local.start(run, last), started=time.time())
+                except (JobError, KeyError, TypeError) as e:
+                    last.update(ended=time.time(), message=f"could not start: {e}"[:500])
             return waiting[0]
 
     def _watch(self) -> None:
@@ -432,14 +423,12 @@ class JobManager:
             for name in self.names():
                 try:
                     st = self.status(name)
-                    busy |= st.alive or st.state == "queued"
+                    busy |= st.stoppable
                     last = (_read_json(st.run_dir / JOB_FILE).get("launches") or [{}])[-1]
                     now = time.time()
                     if st.state == "running" and now > last.get("running_since", now) + last.get(
                             "max_seconds", now):
-                        with self._edit(name) as job:
-                            job["launches"][-1]["time_limit"] = True
-                        self.stop(name)
+                        self.stop(name, time_limit=True)
                     elif st.alive and now > last.get("stop_requested", now) + last.get("grace_s", 0):
                         self._backend_of(last).stop(last, force=True)
                 except Exception:  # noqa: BLE001 (a torn file, a cluster hiccup: next round)
@@ -447,31 +436,31 @@ class JobManager:
             with contextlib.suppress(Exception):  # noqa: BLE001 (tried again next round)
                 busy |= bool(self.pump())
 
-    def cancel(self, name: str) -> JobStatus:
-        """Takes a job out of the queue (this page's or the cluster's), or stops a running one."""
-        if not self.status(name).stoppable:
-            raise JobError(f"{name} is neither queued nor running ({self.status(name).state}): "
-                           "nothing to cancel.")
-        return self.stop(name)
-
-    def stop(self, name: str, grace_s: float = 10.0) -> JobStatus:
-        """Asks the run to stop (SIGINT here, Ray's stop on a cluster): it exits keeping its last
-        checkpoint; the watcher kills a local run still there after `grace_s`."""
+    def stop(self, name: str, grace_s: float = 10.0, time_limit: bool = False) -> JobStatus:
+        """Takes a job out of the queue (this page's or the cluster's) or asks a running one to stop
+        (SIGINT here, Ray's stop on a cluster): it exits keeping its last checkpoint; the watcher
+        kills a local run still there after `grace_s`. `time_limit`: by the page's wall-time cap."""
         with self._lock:  # not while `pump` starts it
             st = self.status(name)
             if not st.stoppable:
-                raise JobError(f"{name} is not running ({st.state}).")
+                raise JobError(f"{name} is neither queued nor running ({st.state}): nothing to "
+                               "cancel or stop.")
             with self._edit(name) as job:
                 last = job["launches"][-1]
-                last.update(stop_requested=time.time(), grace_s=grace_s)
+                last.update(stop_requested=time.time(), grace_s=grace_s, time_limit=time_limit)
                 if LocalProcesses.waiting(last):  # never started: nothing to signal
                     last["ended"] = last["stop_requested"]
             if not last.get("ended"):
                 self._backend_of(last).stop(last)
             return self.status(name)
 
+    cancel = stop
+
     # -- checking a launch ------------------------------------------------------------------------------
-    def _cap(self, steps: int) -> tuple[int, str]:
+    def _cap(self, steps) -> tuple[int, str]:
+        """`steps` if a whole number >= 1 (else JobError), capped at this page's cap; a note."""
+        if not _whole(steps) or steps < 1:
+            raise JobError(f"Steps must be a whole number >= 1, got {str(steps)[:30]}.")
         if steps > self.max_steps:
             return self.max_steps, (f"steps capped at {self.max_steps:,} on this page "
                                     "(CMRL_MAX_TRAIN_STEPS)")
@@ -521,8 +510,6 @@ class JobManager:
         launch makes (`run_config`); returns the spec (steps possibly capped) and notes."""
         notes = []
         self._device(spec.device)
-        if not _whole(spec.steps) or spec.steps < 1:
-            raise JobError(f"Steps must be a whole number >= 1, got {str(spec.steps)[:30]}.")
         spec.steps, note = self._cap(spec.steps)
         if note:
             notes.append(note)
@@ -631,15 +618,14 @@ class JobManager:
         another runs; returns its status and notes for the user."""
         with self._lock:
             self._check_can_launch()
-            if isinstance(spec, RecipeSpec):
+            recipe = isinstance(spec, RecipeSpec)
+            if recipe:
                 spec, notes, extra = self.validate_recipe(spec)
-                what = f"{spec.recipe}"
             else:
                 spec, notes = self.validate(spec)
-                what = spec.agent
             name = spec.name.strip() if spec.name and spec.name.strip() else (
-                f"{what}-{spec.benchmark.replace(':', '_')}-s{spec.seed}-"
-                f"{time.strftime('%Y%m%d-%H%M%S')}")
+                f"{spec.recipe if recipe else spec.agent}-{spec.benchmark.replace(':', '_')}-"
+                f"s{spec.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
             run = self.run_dir(name)
             if run.exists() and any(run.iterdir()):
                 raise JobError(f"A run called {name!r} exists already: pick it in the run list and "
@@ -647,61 +633,49 @@ class JobManager:
             run.mkdir(parents=True, exist_ok=True)
             spec.name = name
             job = {"name": name, "spec": dict(spec.__dict__), "launches": [], "created": time.time()}
-            if isinstance(spec, RecipeSpec):
-                argv, steps = self.build_recipe_argv(spec, run, extra), None
+            if recipe:
                 job["spec"].update(agent="cmrl", extra=extra)
-            else:
-                argv, steps = self.build_argv(spec, run), spec.steps
-            notes += self._launch(name, run, argv, job, steps, spec.device)
+            argv = (self.build_recipe_argv(spec, run, extra) if recipe
+                    else self.build_argv(spec, run))
+            notes += self._launch(name, run, argv, job, None if recipe else spec.steps, spec.device)
             return self.status(name), notes
 
     def resume(self, name: str, steps: int | None = None, device: str | None = None
                ) -> tuple[JobStatus, list[str]]:
+        """A custom run resumes from its checkpoint (`train --resume`), to `steps` if given; a
+        recipe by running its command again: `run_recipe` skips finished phases and resumes the
+        interrupted one from its checkpoint (`steps` is not used: it keeps its own budget)."""
         with self._lock:
             self._check_can_launch()
             st = self.status(name)
-            run = st.run_dir
-            if st.alive or st.state == "queued":
+            run, job = st.run_dir, _read_json(st.run_dir / JOB_FILE)
+            spec = job.get("spec") or {}
+            if st.stoppable:
                 raise JobError(f"{name} is {st.state} already.")
             if st.recipe:
-                return self._resume_recipe(st, steps, device)
-            if not has_resumable_state(run):
-                raise JobError(f"{name} has no checkpoint to resume from yet (it stopped before its "
-                               "first checkpoint): launch a new run instead.")
-            if steps is not None and (not _whole(steps) or steps < 1):
-                raise JobError(f"Steps must be a whole number >= 1, got {str(steps)[:30]}.")
-            steps, note = self._cap(steps) if steps is not None else (None, "")
-            notes = [note] if note else []
-            target = steps or st.target_steps
-            if target and st.step >= target:
-                raise JobError(f"{name} has already reached {st.step:,} of {target:,} steps: raise "
-                               "the steps field above that to train it further, then Resume.")
-            if device is not None:
-                self._device(device)
-            argv = [self.python, "-m", "cmrl", "train", "--resume", "--run-dir", str(run),
-                    "--no-progress", *(["--steps", str(steps)] if steps else []),
-                    *(["--device", device] if device else [])]
-            job = _read_json(run / JOB_FILE)
+                if st.state == "finished":
+                    raise JobError(f"{name} has finished every phase of the {st.recipe} recipe: "
+                                   "launch a new run to train again.")
+                rspec, _, extra = self.validate_recipe(RecipeSpec(
+                    spec.get("recipe", ""), spec.get("benchmark", ""), spec.get("seed", 0),
+                    device or spec.get("device", "auto"), name))
+                argv = self.build_recipe_argv(rspec, run, spec.get("extra") or extra)
+                notes, target = [], None
+            else:
+                if not has_resumable_state(run):
+                    raise JobError(f"{name} has no checkpoint to resume from yet (it stopped "
+                                   "before its first checkpoint): launch a new run instead.")
+                steps, note = self._cap(steps) if steps is not None else (None, "")
+                notes, target = [note] if note else [], steps or st.target_steps
+                if target and st.step >= target:
+                    raise JobError(f"{name} has already reached {st.step:,} of {target:,} steps: "
+                                   "raise the steps field above that to train it further, then "
+                                   "Resume.")
+                if device is not None:
+                    self._device(device)
+                argv = [self.python, "-m", "cmrl", "train", "--resume", "--run-dir", str(run),
+                        "--no-progress", *(["--steps", str(steps)] if steps else []),
+                        *(["--device", device] if device else [])]
             notes += self._launch(name, run, argv, job, target,
-                                          device or (job.get("spec") or {}).get("device", "auto"))
+                                  device or spec.get("device", "auto"))
             return self.status(name), notes
-
-    def _resume_recipe(self, st: JobStatus, steps, device) -> tuple[JobStatus, list[str]]:
-        """A recipe resumes by running its command again: `run_recipe` skips finished phases
-        and resumes the interrupted one from its checkpoint (`steps` is not used: a recipe
-        resumes with its own budget)."""
-        job = _read_json(st.run_dir / JOB_FILE)
-        spec = job.get("spec") or {}
-        if st.state == "finished":
-            raise JobError(f"{st.name} has finished every phase of the {st.recipe} recipe: "
-                           "launch a new run to train again.")
-        rspec = RecipeSpec(spec.get("recipe", ""), spec.get("benchmark", ""), spec.get("seed", 0),
-                           device or spec.get("device", "auto"), st.name)
-        rspec, _, extra = self.validate_recipe(rspec)
-        argv = self.build_recipe_argv(rspec, st.run_dir, spec.get("extra") or extra)
-        notes = self._launch(st.name, st.run_dir, argv, job, None, rspec.device)
-        return self.status(st.name), notes
-
-    def _command(self, argv: list[str], run: Path) -> str:
-        shown = ["python"] + [display_path(Path(a)) if a == str(run) else a for a in argv[1:]]
-        return shlex.join(shown)
