@@ -4,7 +4,7 @@
     python scripts/adaptation_table.py "point pearl=runs/point-pearl-s*/eval.json" \
         --split test --task point-robot
 
-Each row is LABEL=GLOB: the evaluation files (`cmrl eval --json` or `evaluation.json`) of one agent,
+Each row is LABEL=GLOB[,GLOB...]: the evaluation files (`cmrl eval --json` or `evaluation.json`) of one agent,
 one per seed. `--task` picks one task (default: the mean over the split's tasks).
 """
 
@@ -27,7 +27,7 @@ def episodes(path: str, split: str, task: str | None) -> tuple[list[str], np.nda
 
 
 def row(label: str, pattern: str, split: str, task: str | None) -> tuple[list[str], str]:
-    files = sorted(glob.glob(pattern))
+    files = sorted(f for part in pattern.split(",") for f in glob.glob(part))
     if not files:
         raise SystemExit(f"no file matches {pattern}")
     parts = [episodes(f, split, task) for f in files]
