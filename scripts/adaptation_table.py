@@ -4,8 +4,8 @@
     python scripts/adaptation_table.py "point pearl=runs/point-pearl-s*/eval.json" \
         --split test --task point-robot
 
-Each row is LABEL=GLOB[,GLOB...]: the evaluation files (`cmrl eval --json` or `evaluation.json`) of one agent,
-one per seed. `--task` picks one task (default: the mean over the split's tasks).
+Each row is LABEL=GLOB[,GLOB...]: the evaluation files (`cmrl eval --json` or `evaluation.json`)
+of one agent, one per seed. `--task` picks one task (default: the mean over the split's tasks).
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ def rebuild_results(root: Path) -> bool:
     shipped = {str(d.resolve().relative_to(ROOT)) for dirs in runs.values() for d in dirs}
     aggregated = {r["dir"] for a in old.get("agents", {}).values() for r in a["runs"]}
     if aggregated - shipped:
-        print(f"{path}: kept as it is ({len(aggregated - shipped)} aggregated runs are not shipped)")
+        missing = len(aggregated - shipped)
+        print(f"{path}: kept as it is ({missing} aggregated runs are not shipped)")
         return False
     curves = training_curves(runs)
     agents = aggregate_evaluations(runs)
@@ -85,7 +86,8 @@ def rebuild_results(root: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("roots", nargs="+", type=Path)
-    p.add_argument("--workers", type=int, default=None, help="evaluation processes (default: cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="evaluation processes (default: the cores)")
     args = p.parse_args(argv)
     for root in args.roots:
         for dirs in find_runs(root).values():

@@ -1,7 +1,7 @@
-"""The mechanism must adapt: pearl and cmrl, trained offline on the point robot (goal hidden on a
-half circle) for about a minute, do better after three adaptation episodes than zero-shot, and the
+"""The mechanism must adapt: pearl and cmrl, trained offline on the point robot (goal hidden on
+a half circle) for about a minute, do better after three adaptation episodes than zero-shot, and the
 diagnosis sees their z locate the goal. This test guards against the context silently breaking
-again (it did: contexts were drawn across goal variations, so z could not say where the goal was)."""
+(contexts drawn across goal variations, a posterior collapsed to its prior)."""
 
 import json
 
@@ -53,8 +53,7 @@ def test_adapted_episode_beats_zero_shot(trained):
     # adapted, it heads for the goal the rewards revealed
     late_ret = np.mean(r["return_by_episode"][-2:])
     late_succ = np.mean(r["success_by_episode"][-2:])
-    # (seed 0 gains +3.3 in return for pearl, +4.5 for cmrl; seeds 1 and 2: +0.6 to +9.3;
-    # docs/adaptation.md)
+    # (per-seed gains: docs/adaptation.md)
     assert late_ret > zero_ret + 1.0, r["return_by_episode"]
     assert late_succ >= zero_succ + 0.1, r["success_by_episode"]
 

@@ -17,8 +17,6 @@ of meta-train variations, reports how well each context's z locates the goal on 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -34,7 +34,8 @@ def save_goal_probe(run_dir: str | Path, report: dict) -> Path:
     return path
 
 
-def load_goal_probe(run_dir: str | Path, latent_dim: int) -> Callable[[np.ndarray], np.ndarray] | None:
+def load_goal_probe(run_dir: str | Path,
+                    latent_dim: int) -> Callable[[np.ndarray], np.ndarray] | None:
     """The probe z -> goal position saved with a checkpoint, or None (absent or unusable). The file
     must be a plain file inside the run folder (links are not followed out of it)."""
     run_dir = Path(run_dir)
