@@ -329,7 +329,9 @@ class View:
         return self.steps / dt if dt > 0 else 0.0
 
     def marks(self) -> str:
-        return " ".join(("✓" if r.success else "✗") for r in self.episodes) or "none yet"
+        """Success and return of each finished episode: whether experience helped, at a glance."""
+        return " → ".join(f"{'✓' if r.success else '✗'} {r.ret:.0f}" for r in self.episodes) or (
+            "none yet")
 
     def status(self, done: bool = False, cancelled: bool = False) -> str:
         rec = self.last
@@ -342,7 +344,7 @@ class View:
                 f"{rec.t}/{self.spec.horizon or '?'}  \nreward **{rec.reward:.2f}** · return "
                 f"**{rec.episode_return:.1f}** · success this episode: "
                 f"**{'yes' if rec.episode_success else 'not yet'}** · transitions in context "
-                f"{rec.num_transitions}  \nfinished episodes: {self.marks()} · "
+                f"{rec.num_transitions}  \nfinished episodes (success, return): {self.marks()} · "
                 f"{self.fps():.1f} steps/s")
 
     def table(self) -> list[list]:

@@ -16,6 +16,8 @@ from .common import FRAME_SIZES, GOAL_EXAMPLES, MAX_EPISODES, SCENES, InputError
 from .inputs import DropdownInput, SliderInput
 
 CANONICAL_TEXTS = {t for texts in GOAL_TEXTS.values() for t in texts}
+SCENE_LABEL = ("scene (ML4 tasks first, window-close held out; in reach, push and pick-place the "
+               "goal position is hidden from the agent: red ball)")
 
 
 class AdaptTab(PageBase):
@@ -82,13 +84,14 @@ class AdaptTab(PageBase):
         """Stops this page's Adapt rollout (the thread stops within a step)."""
         return self._cancel(request, "adapt")
 
-    def _adapt_tab(self, found, default):
+    def _adapt_tab(self, found):
+        default, opening_scene = self.adapt_opening(found)
         ck = self._ckpt_row(found, default)
         with gr.Row():
-            scene, variation, camera = self._scene_controls(
-                "scene (ML4 tasks first; window-close is held out)")
+            scene, variation, camera = self._scene_controls(SCENE_LABEL, opening_scene)
             episodes = SliderInput(0, MAX_EPISODES, value=3, step=1, label="adaptation episodes")
-        goal = gr.Textbox("close the window", label="goal description (free text)", max_lines=2)
+        goal = gr.Textbox(canonical_goal_text(opening_scene), label="goal description (free text)",
+                          max_lines=2)
         gr.Examples([[g] for g in GOAL_EXAMPLES], inputs=goal, label="example goals")
         with gr.Accordion("more settings", open=False):
             with gr.Row():

@@ -19,8 +19,8 @@ from cmrl.envs.metaworld_env import CAMERAS
 from cmrl.runs.checkpoint import CheckpointError, read_run_info
 
 from .adapt import Rollout, Sessions
-from .common import (MAX_EPISODES, NUM_VARIATIONS, AgentCache, InputError, default_checkpoint,
-                     describe_agent, display_path, find_checkpoints, parse_camera,
+from .common import (ADAPT_OPENING, MAX_EPISODES, NUM_VARIATIONS, AgentCache, InputError,
+                     default_checkpoint, describe_agent, display_path, find_checkpoints, parse_camera,
                      parse_goal_text, parse_int, parse_scene, release_memory_soon, resolve_path,
                      SCENES)
 from .inputs import DropdownInput, NumberInput
@@ -95,6 +95,13 @@ class PageBase:
     def default_checkpoint(self, found: list[str]) -> str | None:
         return self.default or default_checkpoint(found)
 
+    def adapt_opening(self, found: list[str]) -> tuple[str | None, str]:
+        """(checkpoint, scene) of the Adapt tab at first: ADAPT_OPENING where it is found and the
+        page was given no default, else the default checkpoint on held-out window-close."""
+        if not self.default and ADAPT_OPENING[0] in found:
+            return ADAPT_OPENING
+        return self.default_checkpoint(found), "window-close-v3"
+
     def _agent(self, checkpoint):
         """The agent of a checkpoint a visitor named: only run directories under the allowed roots
         (on a hosted page: only those listed), one neutral message for anything else."""
@@ -156,10 +163,9 @@ class PageBase:
         return ck
 
     @staticmethod
-    def _scene_controls(scene_label: str):
+    def _scene_controls(scene_label: str, value: str = "window-close-v3"):
         """The scene, goal-variation and camera inputs of a rollout tab (inside the caller's row)."""
-        scene = DropdownInput(SCENES, value="window-close-v3", allow_custom_value=True,
-                              label=scene_label)
+        scene = DropdownInput(SCENES, value=value, allow_custom_value=True, label=scene_label)
         variation = NumberInput(0, precision=0, label=f"goal variation (0-{NUM_VARIATIONS - 1})")
         camera = DropdownInput(list(CAMERAS), value="corner", label="camera")
         return scene, variation, camera

@@ -32,6 +32,10 @@ GOAL_EXAMPLES = [GOAL_TEXTS[t][0] for t in ML4_TASKS] + [
     GOAL_TEXTS["window-close-v3"][1], GOAL_TEXTS["drawer-open-v3"][1], "slide the window shut",
     "pull the handle towards you"]
 DEFAULT_CHECKPOINT = "checkpoints/ml4/cmrl"
+ADAPT_OPENING = ("checkpoints/ml1/reach-v3/cmrl", "reach-v3")
+"""The checkpoint and scene the Adapt tab opens on where that checkpoint is found: a goal position
+hidden from the agent (the red ball shows it to the viewer), which its context must find from
+experience; the orange ball is where the agent believes the goal is."""
 NUM_VARIATIONS = 50
 MAX_EPISODES = 10
 FRAME_SIZES = (224, 320, 480)

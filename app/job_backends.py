@@ -7,6 +7,7 @@ not from this page) or lost (gone without an exit code, or the cluster forgot it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -62,7 +63,6 @@ class LocalProcesses:
     """Each launch a process in a session of its own on this machine (it outlives the page, which
     finds it again by pid); `jobs.JobManager` runs one at a time and queues the rest."""
 
-    kind = "local"
     queues = False
     stop_words = "SIGINT to its process group; the last checkpoint is kept"
 
@@ -102,10 +102,8 @@ class LocalProcesses:
         # was ignored here (an app run in the background) inherits that: SIGTERM then. Checkpoints
         # are atomic, so the SIGKILL of a run that lingers loses only the steps since the last one.
         sig = signal.SIGINT if signal.getsignal(signal.SIGINT) != signal.SIG_IGN else signal.SIGTERM
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(launch.get("pgid") or launch["pid"], signal.SIGKILL if force else sig)
-        except ProcessLookupError:
-            pass
 
     def log(self, run: Path, launch: dict, lines: int) -> str:
         return log_tail(run, lines)
@@ -118,7 +116,6 @@ class RayJobs:
     the cluster places or queues it. Run directories must lie on storage the page and every node
     see at the same path. Ray is imported only here, only when an address is given."""
 
-    kind = "ray"
     queues = True
     STOP_WAIT_S = 30
     stop_words = f"Ray sends it SIGINT, SIGKILL after {STOP_WAIT_S} s; the last checkpoint is kept"

@@ -329,13 +329,14 @@ class JobManager:
             message = message or run_status.get("message") or log_tail(run, 3)
         else:
             state = "interrupted"
+        waiting = self.queued() if state == "queued" and not last.get("ray_job") else []
         return JobStatus(name, run, state, last.get("pid"), agent, benchmark, target, step, device,
                          (job.get("launches") or [{}])[0].get("started"), last.get("command", ""),
                          exit_code, message, recipe, run_status.get("phase"),
                          list(run_status.get("phases") or []), run_status.get("unit") or "steps",
                          run_status.get("rate"), run_status.get("eta_s"),
-                         run_status.get("precision") or "", self._queue_position(name)
-                         if state == "queued" and not last.get("ray_job") else None,
+                         run_status.get("precision") or "", waiting.index(name) + 1
+                         if name in waiting else None,
                          f"Ray job {last['ray_job']}" if last.get("ray_job") else
                          f"pid {last['pid']}" if last.get("pid") else "not started")
 
@@ -369,15 +370,11 @@ class JobManager:
             raise JobError(f"The queue is full: {MAX_QUEUED} runs are waiting for their turn. "
                            "Cancel one of them or wait.")
 
-    def _queue_position(self, name: str) -> int | None:
-        names = self.queued()
-        return names.index(name) + 1 if name in names else None
-
     def _launch(self, name: str, run: Path, argv: list[str], job: dict, steps: int | None,
-                device: str) -> list[str]:
+                device: str) -> None:
         """Records a launch and starts it now if a cluster takes it or nothing runs (or waits)
-        here; else it waits in this page's queue (`pump` starts it). The caller's `status` wakes
-        the watcher."""
+        here; else it waits in this page's queue (`pump` starts it; the caller's status says where
+        it waits and wakes the watcher)."""
         shown = ["python"] + [display_path(run) if a == str(run) else a for a in argv[1:]]
         record = dict(argv=argv, command=shlex.join(shown), steps=steps, device=device,
                       max_seconds=self.max_seconds, exit_code=None, queued_since=time.time())
@@ -387,8 +384,6 @@ class JobManager:
         with self._edit(name) as stored:
             stored.update(stored or job)
             stored.setdefault("launches", []).append(record)
-        return [f"{name} is queued (position {self._queue_position(name)}): it starts when the "
-                "running run ends. Cancel it with the Cancel button."] if wait else []
 
     def pump(self) -> str | None:
         """Starts the first job of this page's queue if nothing runs here; returns its name (None
@@ -453,8 +448,6 @@ class JobManager:
             if not last.get("ended"):
                 self._backend_of(last).stop(last)
             return self.status(name)
-
-    cancel = stop
 
     # -- checking a launch ------------------------------------------------------------------------------
     def _cap(self, steps) -> tuple[int, str]:
@@ -637,7 +630,7 @@ class JobManager:
                 job["spec"].update(agent="cmrl", extra=extra)
             argv = (self.build_recipe_argv(spec, run, extra) if recipe
                     else self.build_argv(spec, run))
-            notes += self._launch(name, run, argv, job, None if recipe else spec.steps, spec.device)
+            self._launch(name, run, argv, job, None if recipe else spec.steps, spec.device)
             return self.status(name), notes
 
     def resume(self, name: str, steps: int | None = None, device: str | None = None
@@ -676,6 +669,5 @@ class JobManager:
                 argv = [self.python, "-m", "cmrl", "train", "--resume", "--run-dir", str(run),
                         "--no-progress", *(["--steps", str(steps)] if steps else []),
                         *(["--device", device] if device else [])]
-            notes += self._launch(name, run, argv, job, target,
-                                  device or spec.get("device", "auto"))
+            self._launch(name, run, argv, job, target, device or spec.get("device", "auto"))
             return self.status(name), notes

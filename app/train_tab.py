@@ -229,7 +229,7 @@ class TrainTab(PageBase):
         try:
             name = self._job_name(run)
             was = self.jobs.status(name).state
-            st = self.jobs.cancel(name)
+            st = self.jobs.stop(name)
         except (InputError, JobError) as e:
             raise page_error(e)
         if was == "queued":

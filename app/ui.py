@@ -55,7 +55,7 @@ class App(AdaptTab, CompareTab, InspectTab, TrainTab, ResultsTab):
             known_state = gr.State({"ckpts": found})
             with gr.Tabs():
                 with gr.Tab("Adapt", id="adapt"):
-                    adapt = self._adapt_tab(found, default)
+                    adapt = self._adapt_tab(found)
                 with gr.Tab("Compare goals", id="compare"):
                     compare = self._compare_tab(found, default)
                 with gr.Tab("Routing inspector", id="inspect"):

@@ -1,9 +1,9 @@
-"""The README's picture: the real app (`python app.py`, its default checkpoint checkpoints/ml4/cmrl)
-served in a process of its own, driven by a headless browser (Debian chromium + Playwright) through
-an Adapt run, captured while it streams.
+"""The README's picture: the real app (`python app.py`; its Adapt tab opens on
+checkpoints/ml1/reach-v3/cmrl) served in a process of its own, driven by a headless browser
+(Debian chromium + Playwright) through an Adapt run, captured while it streams.
 
     MUJOCO_GL=egl .venv/bin/python scripts/adapt_screenshot.py [--out assets/adapt_tab.png]
-        [--scene drawer-close-v3] [--goal "close the drawer"] [--episodes 10] [--after 25]
+        [--scene reach-v3] [--goal "reach the goal position"] [--episodes 3] [--after 25]
         [--width 1100]
 
 Once the first routing heatmap is drawn it waits AFTER seconds, then pauses the server (SIGSTOP),
@@ -24,10 +24,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.adapt_tab import SCENE_LABEL  # noqa: E402
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-dev-shm-usage"]
-SCENE_LABEL = "scene (ML4 tasks first; window-close is held out)"
 
 
 def _free_port() -> int:
@@ -104,9 +106,9 @@ def capture(url: str, server: subprocess.Popen, scene: str, goal: str, episodes:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="assets/adapt_tab.png")
-    ap.add_argument("--scene", default="drawer-close-v3")
-    ap.add_argument("--goal", default="close the drawer")
-    ap.add_argument("--episodes", type=int, default=10, help="adaptation episodes of the run")
+    ap.add_argument("--scene", default="reach-v3")
+    ap.add_argument("--goal", default="reach the goal position")
+    ap.add_argument("--episodes", type=int, default=3, help="adaptation episodes of the run")
     ap.add_argument("--after", type=float, default=25.0,
                     help="seconds after the first heatmap at which the server is paused")
     ap.add_argument("--width", type=int, default=1100, help="width of the written PNG, pixels")

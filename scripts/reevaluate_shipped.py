@@ -1,6 +1,7 @@
 """Re-evaluate shipped checkpoints with today's evaluator, then rebuild their `results.json`.
 
     python scripts/reevaluate_shipped.py checkpoints/ml4 [checkpoints/ml10 ...] [--workers N]
+    python scripts/reevaluate_shipped.py checkpoints/ml1 --rebuild-only   # after shipping a run
 
 Each SAC run under a root is evaluated again with the settings its `evaluation.json` recorded
 (variations, adaptation and evaluation episodes, seed), so files written before the evaluator
@@ -88,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("roots", nargs="+", type=Path)
     p.add_argument("--workers", type=int, default=None,
                    help="evaluation processes (default: the cores)")
+    p.add_argument("--rebuild-only", action="store_true",
+                   help="keep the evaluation files as they are; only rebuild results.json")
     args = p.parse_args(argv)
     for root in args.roots:
-        for dirs in find_runs(root).values():
+        for dirs in ([] if args.rebuild_only else find_runs(root).values()):
             for run in dirs:
                 if not (run / EVAL_FILE).exists():
                     continue

@@ -514,12 +514,12 @@ def test_recipe_validation_caps_queue_and_hosted_mode(client, tmp_path):
             assert jobs.launch(RecipeSpec(name=f"q{i}"))[0].state == "queued"
         with pytest.raises(JobError, match="queue is full"):
             jobs.launch(RecipeSpec(name="one-too-many"))
-        assert jobs.cancel("q3").state == "cancelled"
+        assert jobs.stop("q3").state == "cancelled"
         assert jobs.status("q4").queue_position == 3
         jobs.launch(RecipeSpec(name="q9"))  # room again
     finally:
         for name in jobs.queued():
-            jobs.cancel(name)
+            jobs.stop(name)
         for j in jobs.running():
             jobs.stop(j.name, grace_s=1)
     hosted = JobManager(tmp_path / "h", hosted=True)
@@ -724,3 +724,20 @@ def test_drain_ends_a_batch_at_each_finished_episodes_video():
     batches = [[e.kind for e in drain(q, 0.01)] for _ in range(3)]
     assert batches == [["step", "video"], ["step", "video"], ["step"]]
     assert drain(q, 0.01) == []
+
+
+def test_adapt_opens_on_a_hidden_goal_where_shipped(tmp_path):
+    """The shipped page opens Adapt on ML1 reach with cmrl: the goal position is hidden from the
+    agent, and its checkpoint carries the goal probe that draws the agent's belief. A page given
+    its own default checkpoint opens on that one, on window-close."""
+    from cmrl.algo.trained_agent import load_agent
+
+    from app.common import ADAPT_OPENING
+    from app.ui import App
+
+    page = App(runs_dir=tmp_path / "runs")
+    found = page.checkpoints()
+    assert page.adapt_opening(found) == ADAPT_OPENING
+    assert load_agent(page.access.checkpoint(ADAPT_OPENING[0])).goal_probe() is not None
+    other = App(runs_dir=tmp_path / "runs", default=found[-1])
+    assert other.adapt_opening(other.checkpoints()) == (found[-1], "window-close-v3")

@@ -75,6 +75,16 @@ def cluster():
                 return None
 
         client = wait_for(job_server, 120, "Ray's job server")
+
+        def job_agent():  # the head's job agent can come up after its server (a loaded machine)
+            try:
+                return client.submit_job(entrypoint="true")
+            except RuntimeError as e:
+                if "No available agent" not in str(e):
+                    raise
+                return None
+
+        wait_for(job_agent, 120, "the head's job agent")
         yield SimpleNamespace(cluster=c, url=url, gpu=gpu, cpu=cpu, client=client)
     finally:
         c.shutdown()
@@ -121,10 +131,10 @@ def stop_all(jobs) -> None:
 def test_gpu_job_lands_on_the_gpu_node_and_fails_with_its_message(ray_env, tmp_path):
     """device cuda asks Ray for a GPU: the job is placed on the node that declares one (whose
     stand-in GPU torch cannot see, so the run fails and the page says why)."""
-    from app.jobs import JobManager
+    from app.jobs import JobManager, RayJobs
 
     jobs = JobManager(tmp_path / "runs")
-    assert jobs.backend.kind == "ray"
+    assert isinstance(jobs.backend, RayJobs)
     st, _ = jobs.launch(tiny_spec("gpu", 40, device="cuda"))
     assert st.where.startswith("Ray job cmrl-gpu-") and st.state in ("queued", "running", "failed")
     st = wait_for(lambda: (s := jobs.status("gpu")).state == "failed" and s, 120, "the job's end")
@@ -150,7 +160,7 @@ def test_cluster_queue_cancel_and_wall_time_cap(ray_env, tmp_path, monkeypatch):
         st = jobs.status("q3")
         assert st.state == "queued" and st.queue_position is None and "on the cluster" in st.progress
         # Ray stops a pending job when its turn comes (here: when the cap has stopped q1, q2)
-        assert jobs.cancel("q3").state in ("stopping", "stopped")
+        assert jobs.stop("q3").state in ("stopping", "stopped")
         for name in ("q1", "q2"):  # the cap stops them, their messages say so
             st = wait_for(lambda: (s := jobs.status(name)).state == "stopped" and s, 60, "the cap")
             assert "time limit" in st.message

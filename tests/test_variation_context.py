@@ -231,3 +231,22 @@ def test_point_frames_show_the_believed_goal():
     ys, xs = np.nonzero(diff)
     # the ring sits where the belief is: x = -0.8 in a window [-1.3, 1.3] of 224 px
     assert diff.any() and abs(xs.mean() - (-0.8 + 1.3) / 2.6 * 224) < 6
+
+
+def test_metaworld_frames_show_the_believed_goal():
+    """An orange sphere where the belief is: it changes the frame there and nowhere when absent."""
+    from cmrl.envs.metaworld_env import make_scene
+
+    env, variations = make_scene("reach-v3", render=True, size=224)
+    try:
+        env.reset(variations[0])
+        plain, again = env.render(), env.render()
+        marked = env.render(belief=env.goal + np.array([0.0, 0.0, 0.15]))
+        after = env.render()  # the marker is drawn in one frame only
+    finally:
+        env.close()
+    assert np.array_equal(plain, again) and np.array_equal(plain, after)
+    diff = np.abs(plain.astype(int) - marked.astype(int)).sum(-1) > 30
+    assert 20 < diff.sum() < 2000  # a small sphere, not the whole frame
+    orange = marked[diff].mean(0)
+    assert orange[0] > 150 and orange[0] > orange[2] + 60

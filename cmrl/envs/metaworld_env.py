@@ -30,6 +30,8 @@ ACTION_DIM = METAWORLD_ACTION_DIM
 GOAL_SLICE = slice(36, 39)
 """Where Meta-World's observation holds the goal position (zeros while the goal is hidden)."""
 NUM_VARIATIONS = 50
+BELIEF_RADIUS = 0.02
+"""Metres: the sphere that shows where an agent believes the goal is."""
 
 # Meta-World's scripted policies warn on every step; the envs warn about deprecated gym API use.
 warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
@@ -214,12 +216,15 @@ class TaskEnv:
         return np.asarray(self.env._get_pos_goal(), np.float64)
 
     def render(self, belief: np.ndarray | None = None) -> np.ndarray:
-        """An upright RGB frame. `belief` (where an agent thinks the goal is) is not drawn in
-        Meta-World scenes: placing a marker needs the camera's projection."""
+        """An upright RGB frame. `belief` (x, y, z: where an agent thinks the goal is) is drawn as
+        an orange sphere, beside the red goal marker Meta-World's goal-position scenes show."""
         if not self._render:
             raise RuntimeError("this env was built without rendering (render=True)")
         viewer = self.env.mujoco_renderer._get_viewer("rgb_array")
         viewer.make_context_current()  # several envs in one process share GL state otherwise
+        if belief is not None and np.size(belief) == 3 and np.isfinite(belief).all():
+            viewer.add_marker(pos=np.asarray(belief, np.float64).ravel(),  # this frame only
+                              size=np.full(3, BELIEF_RADIUS), rgba=np.array([1.0, 0.55, 0.0, 0.75]))
         frame = self.env.render()
         if self.camera in _FLIPPED_CAMERAS:
             frame = frame[::-1, ::-1]
