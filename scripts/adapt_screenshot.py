@@ -77,7 +77,7 @@ def capture(url: str, server: subprocess.Popen, scene: str, goal: str, episodes:
             n_box = page.get_by_role("spinbutton", name="adaptation episodes")
             n_box.fill(str(episodes))
             n_box.press("Enter")
-            top = max(0.0, scene_box.bounding_box()["y"] - 40)
+            top = max(0.0, scene_box.bounding_box()["y"] - 70)  # the label above it: two lines
             page.get_by_role("button", name="Run", exact=True).click()
             page.wait_for_selector(".js-plotly-plot g.heatmaplayer image")
             time.sleep(after)
