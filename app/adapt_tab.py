@@ -17,7 +17,7 @@ from .inputs import DropdownInput, SliderInput
 
 CANONICAL_TEXTS = {t for texts in GOAL_TEXTS.values() for t in texts}
 SCENE_LABEL = ("scene (ML4 tasks first, window-close held out; in reach, push and pick-place the "
-               "goal position is hidden from the agent: red ball)")
+               "goal position is hidden from the agent; reach shows it as a red ball)")
 
 
 class AdaptTab(PageBase):
