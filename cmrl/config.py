@@ -169,6 +169,18 @@ class SACConfig:
     z_contrastive: float = 0.0
     """Weight of a task-discrimination (InfoNCE) loss on the encoder: the posteriors of two disjoint
     halves of a task's context must be nearer each other than to any other task's. 0 disables."""
+    reward_decoder: float = 0.0
+    """Weight of a reward-prediction loss on the encoder: a decoder r(s, a, s', z) must predict the
+    rewards of the RL rows from the z of their variation's context (VariBAD's reward decoder), so
+    z has to say what the rewards depend on (where the goal is) whatever policy made the context.
+    0: no decoder (and no decoder weights in the checkpoint)."""
+    encoder_from_critic: bool = True
+    """The critics' Bellman error trains the context encoder (PEARL). False: z reaches the critics
+    detached, and the encoder learns from the KL and `reward_decoder` / `z_contrastive` alone (as
+    VariBAD's encoder learns from its decoder), a target that does not move with the critics."""
+    encoder_steps: int = 0
+    """The encoder learns for this many gradient steps and is then frozen, so the z the actor and
+    critics read stops moving under them for the rest of the run. 0: it learns throughout."""
     context_from: str = "variation"
     """Where an update's context and the RL rows it conditions come from. `variation`: one goal
     variation (PEARL's task: a context can then say where the goal is), `meta_batch` of them per
@@ -181,6 +193,10 @@ class SACConfig:
     """With `context_from = variation`: fraction of each context drawn from other variations of the
     task with their rewards recomputed for this one's goal (tasks with a known reward function:
     `envs/relabel.py`; elsewhere no effect). 0 disables."""
+    context_window: int = 0
+    """With `context_from = variation`: a context is drawn as runs of this many consecutive
+    transitions (a stretch of one trajectory, as the agent's own episodes are at meta-test) instead
+    of single transitions picked at random (PEARL's draw). 0: single transitions."""
     rl_relabel: float = 0.0
     """With `context_from = variation`: fraction of each variation's RL rows drawn from other
     variations of the task with their rewards recomputed for this one's goal (hindsight relabelling;
@@ -390,6 +406,16 @@ class RunConfig:
         if not 1 <= self.sac.meta_batch <= self.sac.batch_size:
             raise ConfigError(f"sac.meta_batch must be from 1 to sac.batch_size, got "
                               f"{self.sac.meta_batch}")
+        if not self.sac.encoder_from_critic and not (self.sac.reward_decoder > 0
+                                                     or self.sac.z_contrastive > 0):
+            raise ConfigError("sac.encoder_from_critic=false leaves the context encoder only the KL to "
+                              "learn from: set sac.reward_decoder or sac.z_contrastive > 0")
+        if self.sac.encoder_steps < 0:
+            raise ConfigError(f"sac.encoder_steps must be >= 0, got {self.sac.encoder_steps}")
+        if self.sac.context_window < 0:
+            raise ConfigError(f"sac.context_window must be >= 0, got {self.sac.context_window}")
+        if not 0.0 <= self.sac.reward_decoder <= 100.0:
+            raise ConfigError(f"sac.reward_decoder must be in [0, 100], got {self.sac.reward_decoder}")
         if not 0.0 <= self.sac.z_contrastive <= 100.0:
             raise ConfigError(f"sac.z_contrastive must be in [0, 100], got {self.sac.z_contrastive}")
         if self.sac.kl_prior == "text" and not self.net.goal_factor:

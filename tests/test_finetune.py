@@ -97,3 +97,17 @@ def test_first_reaching():
     curve = [(0, 0.0), (10, 0.4), (20, 0.6), (30, 0.95), (40, 0.5)]
     assert first_reaching(curve, 0.5) == 20 and first_reaching(curve, 0.9) == 30
     assert first_reaching(curve[:2], 0.5) is None
+
+
+def test_finetune_may_add_a_reward_decoder_the_source_lacks(meta_runs, tmp_path):
+    from cmrl.algo.trainer import Trainer
+
+    src = load_agent(meta_runs["pearl"])
+    assert src.agent.encoder.reward_net is None
+    cfg = finetune_config(meta_runs["pearl"], HELD_OUT, 30).updated({"sac.reward_decoder": 1.0})
+    trainer = Trainer(cfg, tmp_path / "dec", progress=False)
+    assert trainer.agent.encoder.reward_net is not None  # fresh
+    mine = trainer.agent.state_dict()
+    for k, v in src.agent.state_dict().items():
+        if k != "log_alpha":
+            assert torch.equal(mine[k], v), k

@@ -250,3 +250,68 @@ def test_metaworld_frames_show_the_believed_goal():
     assert 20 < diff.sum() < 2000  # a small sphere, not the whole frame
     orange = marked[diff].mean(0)
     assert orange[0] > 150 and orange[0] > orange[2] + 60
+
+
+def test_context_windows_are_runs_of_consecutive_transitions():
+    rb = MultiTaskReplay(1, 400, 2, 2)
+    for g in range(4):
+        n = 60
+        # obs[:, 0] counts the transitions of each variation in the order they were added
+        obs = np.stack([np.arange(n), np.full(n, g)], -1).astype(np.float32)
+        rb.add(0, obs, np.zeros((n, 2), np.float32), np.zeros(n, np.float32), obs, groups=g,
+               goal=np.array([g, 0.0], np.float32))
+    vb = VariationBatches(1, 2, 8, context_size=30, context_window=10)
+    groups = vb.pick_groups(rb, np.random.default_rng(0))
+    ctx = vb._context(rb, groups, np.random.default_rng(0))
+    for r, g in enumerate(groups):
+        counts = ctx[r, :, 0].reshape(3, 10)
+        assert np.all(np.diff(counts, axis=1) == 1)  # three runs of ten in a row
+        assert np.all(ctx[r, :, 1] == g)
+    plain = VariationBatches(1, 2, 8, context_size=30)._context(rb, groups, np.random.default_rng(0))
+    assert not np.all(np.diff(plain[0, :, 0].reshape(3, 10), axis=1) == 1)
+
+
+def test_windows_of_relabelled_contexts_come_from_any_variation_in_runs():
+    rb = MultiTaskReplay(1, 400, 2, 2)
+    for g, goal in enumerate([np.array([1.0, 0.0]), np.array([-1.0, 0.0])]):
+        # obs[:, 0] is the transition's place in the buffer
+        obs = np.stack([g * 100 + np.arange(100), np.full(100, g)], -1).astype(np.float32)
+        rb.add(0, obs, np.zeros((100, 2), np.float32), np.zeros(100, np.float32), obs, groups=g,
+               goal=goal)
+    vb = VariationBatches(1, 2, 8, context_size=40, relabel_fraction=1.0, context_window=20,
+                          relabellers=[reward_relabeller(point_robot.TASK)])
+    groups = vb.pick_groups(rb, np.random.default_rng(3))
+    ctx = vb._context(rb, groups, np.random.default_rng(3))
+    for r, g in enumerate(groups):
+        goal = rb.group_goals[0][g]
+        assert np.allclose(ctx[r, :, 4], point_robot.relabel_rewards(ctx[r, :, -2:], goal))
+        # the relabelled rows are shuffled, but they are two runs of twenty consecutive ones
+        places = np.sort(ctx[r, :, 0])
+        assert np.sum(np.diff(places) != 1) <= 1
+
+
+def test_config_checks_the_encoder_fields():
+    with pytest.raises(ConfigError, match="context_window"):
+        RunConfig().updated({"sac.context_window": -1})
+    with pytest.raises(ConfigError, match="encoder_steps"):
+        RunConfig().updated({"sac.encoder_steps": -5})
+    with pytest.raises(ConfigError, match="reward_decoder"):
+        RunConfig().updated({"sac.reward_decoder": -1.0})
+    with pytest.raises(ConfigError, match="only the KL"):
+        RunConfig().updated({"sac.encoder_from_critic": False})
+    RunConfig().updated({"sac.encoder_from_critic": False, "sac.reward_decoder": 1.0})
+
+
+def test_relabelling_a_task_without_a_relabeller_warns():
+    from cmrl.algo.trainer import warn_unrelabelled
+
+    tasks = ["reach-v3", "pick-place-v3"]
+    relabellers = [reward_relabeller(t) for t in tasks]
+    assert relabellers[0] is not None and relabellers[1] is None
+    with pytest.warns(RuntimeWarning, match="context_relabel will do nothing on pick-place-v3"):
+        warn_unrelabelled(tasks, relabellers, RunConfig().updated({"sac.context_relabel": 1.0}))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unrelabelled(tasks, relabellers, RunConfig())  # nothing asked: silent
+        warn_unrelabelled(tasks[:1], relabellers[:1], RunConfig().updated({"sac.rl_relabel": 0.5}))

@@ -55,7 +55,8 @@ class MetaAgent(nn.Module):
             self.encoder = ContextEncoder(obs_dim, act_dim, net.latent_dim, list(net.encoder_hidden),
                                           text_dim=self.goal_dim,
                                           goal_proj_dim=net.goal_proj_dim,
-                                          goal_factor=net.goal_factor and self.uses_text)
+                                          goal_factor=net.goal_factor and self.uses_text,
+                                          reward_decoder=config.sac.reward_decoder > 0)
             # The condition of actor and critics: z, or [z ; goal vector] with text routing.
             self.cond_dim = net.latent_dim + (self.goal_dim if self.text_routing else 0)
             if self.text_routing and net.goal_encoding == "verb_object":

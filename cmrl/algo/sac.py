@@ -9,8 +9,11 @@ Losses, as in Algorithm 1 of the seed report and PEARL:
 - `bc_only`: the actor's loss is the behaviour-cloning term alone;
 - offline: a behaviour-regularisation term on the mean action with the Q term normalised by its mean
   magnitude (TD3+BC); `bc_form` picks this project's weighting or TD3+BC's own;
-- options on the encoder: `kl_prior` (KL to the goal text's factor instead of N(0, I)) and
-  `z_contrastive` (an InfoNCE task-discrimination term), see `context_encoder.py`.
+- `encoder_from_critic = False`: z reaches the critics detached, so the encoder learns from the KL
+  and the options below alone; `encoder_steps`: the encoder is frozen after that many updates;
+- options on the encoder: `kl_prior` (KL to the goal text's factor instead of N(0, I)),
+  `z_contrastive` (an InfoNCE task-discrimination term) and `reward_decoder` (z predicts the RL
+  rows' rewards), see `context_encoder.py`.
 
 Shapes: T tasks x B transitions, flattened to T*B rows with each task's z repeated B times.
 
@@ -64,6 +67,7 @@ class SACLearner:
         self._critic_params = list(agent.critic.parameters())
         self._target_params = list(agent.critic_target.parameters())
         self.updates = 0
+        self.encoder_frozen = False
         self._graphed = (GraphedUpdate(self._step_inputs, agent.device, capture=capture,
                                        on_failure=self._graph_failed)
                          if self.impl == "graphed" else None)
@@ -96,6 +100,7 @@ class SACLearner:
         dropout); None: all.
         Returns the metrics as floats; with `read_metrics=False` as 0-dim tensors (no wait for the
         device; `float()` them later)."""
+        self._freeze_encoder_when_due()
         if self._graphed is not None and self.impl == "graphed":
             inputs = {"context": context, "goal": goal, "task_ids": task_ids, "cond_ids": cond_ids,
                       "context_mask": context_mask, **{f"batch.{k}": v for k, v in batch.items()}}
@@ -107,6 +112,17 @@ class SACLearner:
         if read_metrics:
             return {k: float(v) for k, v in metrics.items()}
         return metrics
+
+    def _freeze_encoder_when_due(self) -> None:
+        """`sac.encoder_steps`: past that many updates the encoder stops learning, so the z the
+        actor and critics read no longer moves under them."""
+        steps, enc = self.cfg.encoder_steps, self.agent.encoder
+        if not steps or enc is None or self.updates < steps or self.encoder_frozen:
+            return
+        enc.requires_grad_(False)
+        self.encoder_frozen = True
+        if self._graphed is not None:  # captured with the encoder's gradients
+            self._graphed.reset()
 
     def _step_inputs(self, inputs: dict, update_actor: bool) -> dict[str, torch.Tensor]:
         batch = {k[6:]: v for k, v in inputs.items() if k.startswith("batch.")}
@@ -159,13 +175,20 @@ class SACLearner:
             mu, var = agent.infer_posterior(context, goal, context_mask)
             z = agent.sample_z(mu, var)
             kl = self._kl(mu, var, goal)  # [T]
-            cond = agent.context_condition(z, goal).repeat_interleave(B, dim=0)
+            z_critic = z if cfg.encoder_from_critic else z.detach()
+            cond = agent.context_condition(z_critic, goal).repeat_interleave(B, dim=0)
             metrics["kl"] = kl.detach().mean()
             metrics["z_std"] = var.detach().sqrt().mean()
             if cfg.z_contrastive > 0 and T > 1:
                 nce = self._contrastive(context, goal)
                 encoder_extra = cfg.z_contrastive * nce
                 metrics["z_contrastive"] = nce.detach()
+            if cfg.reward_decoder > 0:  # rows and context share a variation: same rewards
+                pred = agent.encoder.predict_reward(flat["obs"], flat["actions"], flat["next_obs"],
+                                                    z.repeat_interleave(B, dim=0))
+                decoder_mse = (pred - flat["rewards"]).pow(2).view(T, B).mean(-1)  # [T]
+                encoder_extra = encoder_extra + cfg.reward_decoder * decoder_mse.sum()
+                metrics["reward_decoder_mse"] = decoder_mse.detach().mean()
         else:
             kl = None  # sm: one-hot task ids; care: the goal vectors, one per row
             rows_goal = goal.repeat_interleave(B, dim=0) if goal is not None else None

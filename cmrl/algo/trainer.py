@@ -20,6 +20,7 @@ restores weights, optimisers, temperatures, counters, RNG states and replay cont
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -74,6 +75,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def warn_unrelabelled(tasks, relabellers, config: RunConfig) -> None:
+    """Relabelling asked for on tasks whose reward cannot be recomputed does nothing there: say so."""
+    asked = [name for name, value in (("sac.context_relabel", config.sac.context_relabel),
+                                      ("sac.rl_relabel", config.sac.rl_relabel)) if value > 0]
+    lacking = [task for task, r in zip(tasks, relabellers) if r is None]
+    if asked and lacking:
+        warnings.warn(f"{' and '.join(asked)} will do nothing on {', '.join(lacking)}: no reward "
+                      f"relabeller for {'it' if len(lacking) == 1 else 'them'} "
+                      "(cmrl/envs/relabel.py)", RuntimeWarning, stacklevel=3)
+
+
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False,
                  progress: bool = True, on_log: Callable[[dict], None] | None = None,
@@ -126,10 +138,12 @@ class Trainer:
         # PEARL's task is a goal variation: contexts and the RL rows they condition share one.
         self.variation_batches = None
         if self.agent.uses_context and config.sac.context_from == "variation":
+            relabellers = [reward_relabeller(task) for task in self.tasks]
+            warn_unrelabelled(self.tasks, relabellers, config)
             self.variation_batches = VariationBatches(
                 T, config.sac.meta_batch, config.sac.batch_size, config.sac.context_size,
-                config.sac.context_relabel, [reward_relabeller(task) for task in self.tasks],
-                config.sac.rl_relabel)
+                config.sac.context_relabel, relabellers, config.sac.rl_relabel,
+                config.sac.context_window)
         rows = (self.variation_batches.row_task if self.variation_batches is not None
                 else np.arange(T))
         self.row_task = torch.as_tensor(rows, device=self.device)
@@ -214,7 +228,12 @@ class Trainer:
         with torch.no_grad():
             state["log_alpha"] = torch.full_like(self.agent.log_alpha,
                                                  float(src.agent.log_alpha.exp().mean().log()))
-        self.agent.load_state_dict(state)
+        # A reward decoder (`sac.reward_decoder`) is the one part either side may lack: it starts
+        # fresh, or is dropped.
+        missing, unexpected = self.agent.load_state_dict(state, strict=False)
+        other = [k for k in missing + unexpected if not k.startswith("encoder.reward_net.")]
+        if other:
+            raise ckpt.CheckpointError(f"{source}: its weights do not fit this run ({other[:3]})")
 
     def _prefill_expert(self) -> None:
         from ..envs.experts import collect_prior_episodes

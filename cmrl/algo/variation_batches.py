@@ -12,6 +12,11 @@ rewards recomputed for this variation's goal (`envs/relabel.py`), so the encoder
 behaviours per goal and must read the goal from rewards. `rl_relabel_fraction` does the same for
 the RL rows (hindsight relabelling): the critic then sees every transition of the task under every
 goal drawn, not only the few episodes recorded for that goal.
+
+`context_window` > 0 draws each part of a context as runs of that many consecutive transitions
+instead of single transitions picked at random. At meta-test the encoder reads the agent's own
+episodes, a few trajectories in a row; a posterior learned only from transitions scattered over
+the whole dataset does not transfer to them (measured on the point robot: docs/adaptation.md).
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ class VariationBatches:
     def __init__(self, num_tasks: int, groups_per_task: int, batch_size: int, context_size: int,
                  relabel_fraction: float = 0.0,
                  relabellers: Sequence[Relabeller | None] | None = None,
-                 rl_relabel_fraction: float = 0.0):
+                 rl_relabel_fraction: float = 0.0, context_window: int = 0):
         self.T, self.M = num_tasks, groups_per_task
         self.rows = max(1, batch_size // groups_per_task)
         self.N = context_size
         self.relabel_fraction = relabel_fraction
         self.relabellers = list(relabellers or [None] * num_tasks)
         self.rl_relabel_fraction = rl_relabel_fraction
+        self.window = context_window
 
     @property
     def row_task(self) -> np.ndarray:
@@ -57,6 +63,18 @@ class VariationBatches:
                  rng: np.random.Generator) -> np.ndarray | None:
         idx = source.group_index(task).get(group)
         return None if idx is None else idx[rng.integers(len(idx), size=n)]
+
+    def _runs(self, pool: np.ndarray | int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n positions of `pool` (an index array, or an int: range(pool)), as single transitions
+        or, with a window, as runs of consecutive ones (each run starting at random)."""
+        size = pool if isinstance(pool, (int, np.integer)) else len(pool)
+        if self.window <= 0 or n == 0:
+            pos = rng.integers(size, size=n)
+        else:
+            w = min(self.window, size)
+            starts = rng.integers(size - w + 1, size=-(-n // w))
+            pos = (starts[:, None] + np.arange(w)).reshape(-1)[:n]
+        return pos if isinstance(pool, (int, np.integer)) else pool[pos]
 
     def _gather(self, parts: list[tuple[MultiTaskReplay, np.ndarray]], fields: Sequence[str]
                 ) -> dict[str, np.ndarray]:
@@ -118,11 +136,11 @@ class VariationBatches:
             goal = driver.group_goals[t].get(g)
             n_other = (int(round(self.N * self.relabel_fraction))
                        if relabel is not None and goal is not None else 0)
-            own = self._rows_of(driver, t, g, self.N - n_other, rng)
+            own = self._runs(driver.group_index(t)[g], self.N - n_other, rng)
             obs, act = driver.obs[t, own], driver.actions[t, own]
             rew, nxt = driver.rewards[t, own], driver.next_obs[t, own]
             if n_other:
-                other = rng.integers(driver.size[t], size=n_other)
+                other = self._runs(int(driver.size[t]), n_other, rng)
                 o_obs, o_nxt = driver.obs[t, other], driver.next_obs[t, other]
                 obs = np.concatenate([obs, o_obs])
                 act = np.concatenate([act, driver.actions[t, other]])

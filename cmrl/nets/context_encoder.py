@@ -13,8 +13,11 @@ posterior with no transitions is the prior N(0, I) itself.
 
 The KL of the posterior to N(0, I) is the regulariser weighted by beta (`sac.kl_prior = "text"`
 measures it against the goal factor instead). Optional: `task_contrastive_loss`, an InfoNCE term that
-asks two disjoint contexts of one task for nearby posteriors. The encoder is trained by the
-critic's Bellman loss and that KL only (the actor sees z detached); see `sac.py`.
+asks two disjoint contexts of one task for nearby posteriors, and a reward decoder r(s, a, s', z)
+(VariBAD's decoder, without its transition half): z must predict the task's rewards on transitions
+it was not inferred from, which only the goal explains, whoever collected them. The encoder is
+trained by the critic's Bellman loss, the KL and those options (the actor sees z detached); see
+`sac.py`.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ class ContextEncoder(nn.Module):
     """q(z | c_1..N, g): one Gaussian factor per transition (and one for the goal text)."""
 
     def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden: list[int],
-                 text_dim: int = 0, goal_proj_dim: int = 32, goal_factor: bool = False):
+                 text_dim: int = 0, goal_proj_dim: int = 32, goal_factor: bool = False,
+                 reward_decoder: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
         self.obs_dim = obs_dim
@@ -83,6 +87,8 @@ class ContextEncoder(nn.Module):
         in_dim = self.transition_dim + (goal_proj_dim if self.uses_text else 0)
         self.transition_net = mlp(in_dim, hidden, 2 * latent_dim)
         self.goal_net = mlp(text_dim, hidden[:1], 2 * latent_dim) if goal_factor and self.uses_text else None
+        self.reward_net = (mlp(2 * obs_dim + act_dim + latent_dim, hidden, 1) if reward_decoder
+                           else None)
 
     def _gaussian(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, raw = out.split(self.latent_dim, dim=-1)
@@ -99,6 +105,14 @@ class ContextEncoder(nn.Module):
             g = self.goal_proj(goal).unsqueeze(-2).expand(*context.shape[:-1], -1)
             x = torch.cat([context, g], dim=-1)
         return self._gaussian(self.transition_net(x))
+
+    def predict_reward(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+                       z: torch.Tensor) -> torch.Tensor:
+        """The reward decoder: r(s, a, s', z) for rows [..., D] -> [...]."""
+        if self.reward_net is None:
+            raise RuntimeError("this encoder was built without a reward decoder (sac.reward_decoder)")
+        x = torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs), z], dim=-1)
+        return self.reward_net(x).squeeze(-1)
 
     def goal_factor(self, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """goal [T, text_dim] -> the goal's own factor mu, var [T, L] (None without one)."""
