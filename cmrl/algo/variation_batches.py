@@ -64,17 +64,14 @@ class VariationBatches:
         idx = source.group_index(task).get(group)
         return None if idx is None else idx[rng.integers(len(idx), size=n)]
 
-    def _runs(self, pool: np.ndarray | int, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n positions of `pool` (an index array, or an int: range(pool)), as single transitions
-        or, with a window, as runs of consecutive ones (each run starting at random)."""
-        size = pool if isinstance(pool, (int, np.integer)) else len(pool)
+    def _positions(self, size: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n positions in range(size): single ones at random or, with a window, runs of
+        consecutive ones, each starting at random."""
         if self.window <= 0 or n == 0:
-            pos = rng.integers(size, size=n)
-        else:
-            w = min(self.window, size)
-            starts = rng.integers(size - w + 1, size=-(-n // w))
-            pos = (starts[:, None] + np.arange(w)).reshape(-1)[:n]
-        return pos if isinstance(pool, (int, np.integer)) else pool[pos]
+            return rng.integers(size, size=n)
+        w = min(self.window, size)
+        starts = rng.integers(size - w + 1, size=-(-n // w))
+        return (starts[:, None] + np.arange(w)).reshape(-1)[:n]
 
     def _gather(self, parts: list[tuple[MultiTaskReplay, np.ndarray]], fields: Sequence[str]
                 ) -> dict[str, np.ndarray]:
@@ -136,11 +133,12 @@ class VariationBatches:
             goal = driver.group_goals[t].get(g)
             n_other = (int(round(self.N * self.relabel_fraction))
                        if relabel is not None and goal is not None else 0)
-            own = self._runs(driver.group_index(t)[g], self.N - n_other, rng)
+            pool = driver.group_index(t)[g]
+            own = pool[self._positions(len(pool), self.N - n_other, rng)]
             obs, act = driver.obs[t, own], driver.actions[t, own]
             rew, nxt = driver.rewards[t, own], driver.next_obs[t, own]
             if n_other:
-                other = self._runs(int(driver.size[t]), n_other, rng)
+                other = self._positions(int(driver.size[t]), n_other, rng)
                 o_obs, o_nxt = driver.obs[t, other], driver.next_obs[t, other]
                 obs = np.concatenate([obs, o_obs])
                 act = np.concatenate([act, driver.actions[t, other]])
