@@ -201,6 +201,12 @@ class SACConfig:
     """With `context_from = variation`: fraction of each variation's RL rows drawn from other
     variations of the task with their rewards recomputed for this one's goal (hindsight relabelling;
     tasks with a known reward function, as `context_relabel`). 0 disables."""
+    decoder_relabel: float = 0.0
+    """With `reward_decoder` and `context_from = variation`: fraction of the decoder's rows drawn
+    from any variation of the task with their rewards recomputed for this one's goal, leaving the
+    RL rows as they are. A variation's own rows (mostly paths straight to its goal) say little
+    about where the goal is, so a decoder fitted on them alone teaches the encoder little; tasks
+    with a known reward function only, as `context_relabel`. 0 disables."""
     bc_only: bool = False
     """The actor's loss is behaviour cloning alone (no Q or entropy term): a baseline, and the
     check that the data path is right. Critics and encoder train as usual."""
@@ -403,6 +409,14 @@ class RunConfig:
             raise ConfigError(f"sac.context_relabel must be in [0, 1], got {self.sac.context_relabel}")
         if not 0.0 <= self.sac.rl_relabel <= 1.0:
             raise ConfigError(f"sac.rl_relabel must be in [0, 1], got {self.sac.rl_relabel}")
+        if not 0.0 <= self.sac.decoder_relabel <= 1.0:
+            raise ConfigError(f"sac.decoder_relabel must be in [0, 1], got {self.sac.decoder_relabel}")
+        if self.sac.decoder_relabel > 0 and self.sac.reward_decoder <= 0:
+            raise ConfigError("sac.decoder_relabel relabels the reward decoder's rows: set "
+                              "sac.reward_decoder > 0 too")
+        if self.sac.decoder_relabel > 0 and self.sac.context_from != "variation":
+            raise ConfigError("sac.decoder_relabel needs sac.context_from = variation (a goal to "
+                              "relabel for)")
         if not 1 <= self.sac.meta_batch <= self.sac.batch_size:
             raise ConfigError(f"sac.meta_batch must be from 1 to sac.batch_size, got "
                               f"{self.sac.meta_batch}")

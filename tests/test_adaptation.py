@@ -1,5 +1,5 @@
 """The mechanism must adapt: pearl and cmrl, trained offline on the point robot (goal hidden on
-a half circle) for about a minute, do better after three adaptation episodes than zero-shot, and the
+a half circle) for one to three minutes, do better after three adaptation episodes than zero-shot, and the
 diagnosis sees their z locate the goal. This test guards against the context silently breaking
 (contexts drawn across goal variations, a posterior collapsed to its prior)."""
 
@@ -16,6 +16,8 @@ from cmrl.experiments.point_sanity import POINT_DATA, point_config
 from cmrl.experiments.recipes import ensure_dataset
 
 pytestmark = pytest.mark.timeout(900)
+
+EVAL_FLOOR = {"pearl": 0.7, "cmrl": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,9 @@ def test_adapted_episode_beats_zero_shot(trained):
     # (per-seed gains: docs/adaptation.md)
     assert late_ret > zero_ret + 1.0, r["return_by_episode"]
     assert late_succ >= zero_succ + 0.1, r["success_by_episode"]
+    # the evaluation episode reaches most goals (seed 0 measured 0.90 pearl, 0.60 cmrl; before the
+    # decoder's rows were relabelled: 0.45 and 0.30)
+    assert r["success_by_episode"][-1] >= EVAL_FLOOR[agent.kind], r["success_by_episode"]
 
 
 def test_diagnosis_sees_z_locate_the_goal(trained):

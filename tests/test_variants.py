@@ -296,6 +296,19 @@ def test_reward_decoder_predicts_rewards_from_z_and_is_checkpointed(tmp_path):
     assert names and all(k.startswith("encoder.") for k in names)
 
 
+def test_reward_decoder_fits_its_own_rows_when_the_batch_has_them():
+    agent = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0}))
+    context = torch.randn(3, 16, TRANSITION_DIM)
+    batch = _batch(3, 8)
+    torch.manual_seed(0)
+    plain = SACLearner(agent).update(batch, context, None, torch.arange(3))["reward_decoder_mse"]
+    far = {f"decoder_{k}": batch[k].clone() for k in ("obs", "actions", "next_obs", "rewards")}
+    far["decoder_rewards"] += 100.0  # rows the decoder cannot already fit
+    torch.manual_seed(0)
+    m = SACLearner(agent).update({**batch, **far}, context, None, torch.arange(3))
+    assert m["reward_decoder_mse"] > 100 * max(plain, 1.0)
+
+
 def _encoder_step(**fields) -> float:
     """How far one update moves the encoder's transition net (KL off, no clipping)."""
     agent = _agent(_cfg("pearl", **{"sac.kl_weight": 0.0, "sac.grad_clip": 0.0, **fields}))

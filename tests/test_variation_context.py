@@ -139,28 +139,50 @@ def test_relabelled_contexts_carry_this_variations_rewards():
         assert 0 < sum(mixed) < len(mixed)
 
 
-def test_relabelled_rl_rows_carry_this_variations_rewards():
+def _two_variations_apart() -> tuple[MultiTaskReplay, list[np.ndarray]]:
+    """One task, two goal variations whose transitions lie apart in space (x < 1.5 and x > 1.5)."""
     rb = MultiTaskReplay(1, 200, 2, 2)
     rng = np.random.default_rng(0)
     goals = [np.array([1.0, 0.0]), np.array([-1.0, 0.0])]
     for g, goal in enumerate(goals):
-        nxt = (rng.uniform(-1, 1, (50, 2)) + 3 * g).astype(np.float32)  # variations apart in space
+        nxt = (rng.uniform(-1, 1, (50, 2)) + 3 * g).astype(np.float32)
         rb.add(0, nxt, np.zeros((50, 2), np.float32), point_robot.relabel_rewards(nxt, goal), nxt,
                groups=g, goal=goal)
+    return rb, goals
+
+
+def _sample_apart(**fractions) -> tuple[dict, list[int], list[np.ndarray]]:
+    """A batch of `_two_variations_apart` (relabelling `fractions`), its groups and their goals."""
+    rb, goals = _two_variations_apart()
     vb = VariationBatches(1, 2, 40, 8, relabellers=[reward_relabeller(point_robot.TASK)],
-                          rl_relabel_fraction=0.5)
+                          **fractions)
     batch, _ = vb.sample(rb, [(rb, vb.rows)], np.random.default_rng(3))
-    groups = vb.pick_groups(rb, np.random.default_rng(3))
+    return batch, vb.pick_groups(rb, np.random.default_rng(3)), goals
+
+
+def test_relabelled_rl_rows_carry_this_variations_rewards():
+    batch, groups, goals = _sample_apart(rl_relabel_fraction=0.5)
     for r, g in enumerate(groups):
         nxt, rew = batch["next_obs"][r].numpy(), batch["rewards"][r].numpy()
         assert np.allclose(rew, point_robot.relabel_rewards(nxt, goals[g]), atol=1e-5)
         # the first half may come from either variation; the second half is this one's own
         own = (nxt[:, 0] > 1.5) == bool(g)
         assert own[10:].all() and not own[:10].all()
-    plain = VariationBatches(1, 2, 40, 8, relabellers=[reward_relabeller(point_robot.TASK)])
-    batch, _ = plain.sample(rb, [(rb, plain.rows)], np.random.default_rng(3))
+    batch, _, _ = _sample_apart()
     for r, g in enumerate(groups):
         assert (((batch["next_obs"][r, :, 0] > 1.5).numpy()) == bool(g)).all()
+
+
+def test_decoder_rows_are_relabelled_and_the_rl_rows_left_alone():
+    batch, groups, goals = _sample_apart(decoder_relabel_fraction=1.0)
+    assert {"decoder_obs", "decoder_actions", "decoder_rewards", "decoder_next_obs"} <= set(batch)
+    for r, g in enumerate(groups):
+        # RL rows: this variation's own; decoder rows: from either, rewarded for this goal
+        assert (((batch["next_obs"][r, :, 0] > 1.5).numpy()) == bool(g)).all()
+        nxt, rew = batch["decoder_next_obs"][r].numpy(), batch["decoder_rewards"][r].numpy()
+        assert np.allclose(rew, point_robot.relabel_rewards(nxt, goals[g]), atol=1e-5)
+        assert not (((nxt[:, 0] > 1.5)) == bool(g)).all()
+    assert not any(k.startswith("decoder_") for k in _sample_apart()[0])
 
 
 def test_own_context_takes_each_envs_own_transitions():
@@ -291,6 +313,13 @@ def test_windows_of_relabelled_contexts_come_from_any_variation_in_runs():
 
 
 def test_config_checks_the_encoder_fields():
+    with pytest.raises(ConfigError, match="decoder_relabel"):
+        RunConfig().updated({"sac.decoder_relabel": 1.0})  # no decoder to relabel for
+    with pytest.raises(ConfigError, match="decoder_relabel"):
+        RunConfig().updated({"sac.reward_decoder": 1.0, "sac.decoder_relabel": 1.5})
+    with pytest.raises(ConfigError, match="context_from"):
+        RunConfig().updated({"sac.reward_decoder": 1.0, "sac.decoder_relabel": 0.5,
+                             "sac.context_from": "task"})
     with pytest.raises(ConfigError, match="context_window"):
         RunConfig().updated({"sac.context_window": -1})
     with pytest.raises(ConfigError, match="encoder_steps"):

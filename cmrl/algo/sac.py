@@ -184,9 +184,12 @@ class SACLearner:
                 encoder_extra = cfg.z_contrastive * nce
                 metrics["z_contrastive"] = nce.detach()
             if cfg.reward_decoder > 0:  # rows and context share a variation: same rewards
-                pred = agent.encoder.predict_reward(flat["obs"], flat["actions"], flat["next_obs"],
+                # Its own rows (`decoder_*`, partly relabelled: sac.decoder_relabel) or the RL rows.
+                key = "decoder_" if "decoder_rewards" in flat else ""
+                pred = agent.encoder.predict_reward(flat[key + "obs"], flat[key + "actions"],
+                                                    flat[key + "next_obs"],
                                                     z.repeat_interleave(B, dim=0))
-                decoder_mse = (pred - flat["rewards"]).pow(2).view(T, B).mean(-1)  # [T]
+                decoder_mse = (pred - flat[key + "rewards"]).pow(2).view(T, B).mean(-1)  # [T]
                 encoder_extra = encoder_extra + cfg.reward_decoder * decoder_mse.sum()
                 metrics["reward_decoder_mse"] = decoder_mse.detach().mean()
         else:

@@ -78,7 +78,9 @@ def versions() -> dict[str, str]:
 def warn_unrelabelled(tasks, relabellers, config: RunConfig) -> None:
     """Relabelling asked for on tasks whose reward cannot be recomputed does nothing there: say so."""
     asked = [name for name, value in (("sac.context_relabel", config.sac.context_relabel),
-                                      ("sac.rl_relabel", config.sac.rl_relabel)) if value > 0]
+                                      ("sac.rl_relabel", config.sac.rl_relabel),
+                                      ("sac.decoder_relabel", config.sac.decoder_relabel))
+             if value > 0]
     lacking = [task for task, r in zip(tasks, relabellers) if r is None]
     if asked and lacking:
         warnings.warn(f"{' and '.join(asked)} will do nothing on {', '.join(lacking)}: no reward "
@@ -143,7 +145,7 @@ class Trainer:
             self.variation_batches = VariationBatches(
                 T, config.sac.meta_batch, config.sac.batch_size, config.sac.context_size,
                 config.sac.context_relabel, relabellers, config.sac.rl_relabel,
-                config.sac.context_window)
+                config.sac.context_window, config.sac.decoder_relabel)
         rows = (self.variation_batches.row_task if self.variation_batches is not None
                 else np.arange(T))
         self.row_task = torch.as_tensor(rows, device=self.device)

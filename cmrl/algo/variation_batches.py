@@ -11,7 +11,8 @@ batched SAC update, each knowing its meta-train task (for per-task temperatures 
 rewards recomputed for this variation's goal (`envs/relabel.py`), so the encoder sees many
 behaviours per goal and must read the goal from rewards. `rl_relabel_fraction` does the same for
 the RL rows (hindsight relabelling): the critic then sees every transition of the task under every
-goal drawn, not only the few episodes recorded for that goal.
+goal drawn, not only the few episodes recorded for that goal. `decoder_relabel_fraction` does it
+for the reward decoder's rows alone (fields `decoder_*` of the batch), leaving the RL rows intact.
 
 `context_window` > 0 draws each part of a context as runs of that many consecutive transitions
 instead of single transitions picked at random. At meta-test the encoder reads the agent's own
@@ -34,7 +35,8 @@ class VariationBatches:
     def __init__(self, num_tasks: int, groups_per_task: int, batch_size: int, context_size: int,
                  relabel_fraction: float = 0.0,
                  relabellers: Sequence[Relabeller | None] | None = None,
-                 rl_relabel_fraction: float = 0.0, context_window: int = 0):
+                 rl_relabel_fraction: float = 0.0, context_window: int = 0,
+                 decoder_relabel_fraction: float = 0.0):
         self.T, self.M = num_tasks, groups_per_task
         self.rows = max(1, batch_size // groups_per_task)
         self.N = context_size
@@ -42,6 +44,7 @@ class VariationBatches:
         self.relabellers = list(relabellers or [None] * num_tasks)
         self.rl_relabel_fraction = rl_relabel_fraction
         self.window = context_window
+        self.decoder_relabel_fraction = decoder_relabel_fraction
 
     @property
     def row_task(self) -> np.ndarray:
@@ -103,16 +106,20 @@ class VariationBatches:
             batch_parts.append(self._gather(picks, fields))
         batch = {f: np.concatenate([p[f] for p in batch_parts], axis=1) for f in fields}
         if self.rl_relabel_fraction > 0:
-            self._relabel_rows(batch, driver, groups, rng)
+            self._relabel_rows(batch, driver, groups, rng, self.rl_relabel_fraction)
+        if self.decoder_relabel_fraction > 0:
+            rows = {f: batch[f].copy() for f in ("obs", "actions", "rewards", "next_obs")}
+            self._relabel_rows(rows, driver, groups, rng, self.decoder_relabel_fraction)
+            batch.update({f"decoder_{f}": v for f, v in rows.items()})
         context = self._context(driver, groups, rng)
         out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
         return out, torch.from_numpy(context).to(device)
 
     def _relabel_rows(self, batch: dict[str, np.ndarray], driver: MultiTaskReplay,
-                      groups: list[int], rng: np.random.Generator) -> None:
-        """Replace the first `rl_relabel_fraction` of each group's RL rows by transitions of any
-        variation of the task, their rewards recomputed for the group's goal (in place)."""
-        n = int(round(batch["obs"].shape[1] * self.rl_relabel_fraction))
+                      groups: list[int], rng: np.random.Generator, fraction: float) -> None:
+        """Replace the first `fraction` of each group's rows by transitions of any variation of
+        the task, their rewards recomputed for the group's goal (in place; fields the batch has)."""
+        n = int(round(batch["obs"].shape[1] * fraction))
         for r, g in enumerate(groups):
             t = int(self.row_task[r])
             relabel, goal = self.relabellers[t], driver.group_goals[t].get(g)
@@ -120,7 +127,8 @@ class VariationBatches:
                 continue
             other = rng.integers(driver.size[t], size=n)
             for f in ("obs", "actions", "next_obs", "dones"):
-                batch[f][r, :n] = getattr(driver, f)[t, other]
+                if f in batch:
+                    batch[f][r, :n] = getattr(driver, f)[t, other]
             batch["rewards"][r, :n] = relabel(driver.obs[t, other], driver.next_obs[t, other], goal)
 
     def _context(self, driver: MultiTaskReplay, groups: list[int],

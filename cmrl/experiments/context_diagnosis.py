@@ -146,18 +146,22 @@ def diagnose(agent: TrainedAgent, tasks: list[str] | None = None, num_variations
                 continue
             report["tasks"].append(diagnose_task(agent, task, split, num_variations,
                                                  adaptation_episodes, seed))
-    # The probe: expert contexts on training variations (what a user's probe would be fitted on).
+    # The probe: fitted on training variations, from expert contexts and from the agent's own
+    # adaptation episodes (the posteriors the app draws a belief from, episode by episode).
     fit_z, fit_goals = [], []
     for task in bench.train_tasks:
         if tasks and task not in tasks:
             continue
-        fit = _training_variation_posteriors(agent, task, num_variations, seed + 1)
+        # at least 3 variations per probe weight, so a probe on a wide z is not fitted by chance
+        n_fit = max(num_variations, 3 * (agent.config.net.latent_dim + 1))
+        fit = _training_variation_posteriors(agent, task, n_fit, adaptation_episodes, seed + 1)
         fit_z.append(fit[0])
         fit_goals.append(fit[1])
     if fit_z:
         w = fit_goal_probe(np.concatenate(fit_z), np.concatenate(fit_goals))
-        report["goal_probe"] = {"weights": w.tolist(), "fitted_on": "expert contexts of training "
-                                "variations of the meta-train tasks"}
+        report["goal_probe"] = {"weights": w.tolist(), "fitted_on": "expert contexts and the "
+                                "agent's own adaptation episodes on training variations of the "
+                                "meta-train tasks"}
         for part in report["tasks"]:
             goals = np.asarray(part["goals"])
             if goals.shape[1] != w.shape[1]:
@@ -167,29 +171,38 @@ def diagnose(agent: TrainedAgent, tasks: list[str] | None = None, num_variations
     return report
 
 
-def _training_variation_posteriors(agent: TrainedAgent, task: str, n: int,
+def _training_variation_posteriors(agent: TrainedAgent, task: str, n: int, episodes: int,
                                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means from one scripted-expert episode on each of n training variations, and
-    those variations' goals."""
+    """Posterior means on n training variations (from one scripted-expert episode, then after each
+    of the agent's own `episodes` adaptation episodes) and the goals they belong to."""
     pool = agent.task_pool()
     variations = pool.variations(task, "train")
     rng = np.random.default_rng(seed)
     picks = [variations[i] for i in rng.permutation(len(variations))[:n]]
-    env = pool.make_env(task, "train")
+    envs = [pool.make_env(task, "train") for _ in picks]
     zs, goals = [], []
     try:
-        for k, v in enumerate(picks):
+        for k, (env, v) in enumerate(zip(envs, picks)):
             ep = run_episode(env, v, scripted_policy(task), 0.1, np.random.default_rng([seed, k]),
                              "expert")
             belief = TaskBelief(agent.agent, 1, goal=_goal_vectors(agent, task, 1), task_ids=[-1])
             for t in range(len(ep)):
                 belief.observe(ep.obs[t][None], ep.actions[t][None], ep.rewards[t:t + 1],
                                ep.next_obs[t][None])
-            zs.append(belief.posterior_numpy()[0][0])
-            goals.append(np.asarray(env.goal, np.float64))
+            zs.append(belief.posterior_numpy()[0])
+            goals.append(np.asarray(env.goal, np.float64)[None])
+        gen = torch.Generator(device=agent.agent.device).manual_seed(seed)
+        belief = TaskBelief(agent.agent, len(picks), goal=_goal_vectors(agent, task, len(picks)),
+                            task_ids=[-1] * len(picks), generator=gen)
+        own_goals = np.stack([np.asarray(env.goal, np.float64) for env in envs])
+        for ep in range(episodes):
+            _own_adaptation(belief, envs, picks, 1, seed * 1000 + ep)
+            zs.append(belief.posterior_numpy()[0])
+            goals.append(own_goals)
     finally:
-        env.close()
-    return np.stack(zs), np.stack(goals)
+        for env in envs:
+            env.close()
+    return np.concatenate(zs), np.concatenate(goals)
 
 
 def markdown(report: dict) -> str:

@@ -1,11 +1,12 @@
 """The point-robot sanity run: every context agent must adapt here, in about a minute of CPU.
 
 The settings that are the point robot's own (its rewards are minus a distance, about 1 per step,
-so they are scaled up; small networks; a 3-d z; a smaller entropy start; TD3+BC's weighting;
-cmrl's KL weight) live here, apart from the method's defaults. The context settings are the
-`relabel-context` variant (`cmrl/variants.py`). `tests/test_adaptation.py` trains pearl and cmrl
-with `point_config` and asserts that the episode after adaptation beats the zero-shot one;
-`docs/adaptation.md` has the measured numbers and the command that reruns them:
+so they are scaled up; small networks; a smaller entropy start; TD3+BC's weighting; an encoder
+taught by a reward decoder on relabelled rows instead of by the critics, reading contexts as runs
+of consecutive transitions) live here, apart from the method's defaults. The context settings are
+the `relabel-context` variant (`cmrl/variants.py`). `tests/test_adaptation.py` trains pearl and
+cmrl with `point_config` and asserts that they adapt; `docs/adaptation.md` has the measured
+numbers and the command that reruns them:
 
     python -m cmrl.experiments.point_sanity --agent pearl --run-dir runs/point-pearl
 """
@@ -25,7 +26,7 @@ POINT_DATA = DataSpec(benchmark="point", horizon=20, episodes=100, noise=(0.1, 0
                       random_episodes=100)
 """Per noise level 100 scripted-expert episodes, plus 100 random ones (6,000 transitions; ~3 s)."""
 
-POINT_STEPS = 2000
+POINT_STEPS = 6000
 
 POINT_FIELDS = {
     "sac.reward_scale": 10.0,
@@ -33,21 +34,20 @@ POINT_FIELDS = {
     "sac.bc_form": "td3bc",
     "sac.batch_size": 128,
     "net.mlp_hidden": [128, 128],
-    "net.latent_dim": 3,
+    "net.latent_dim": 8,
+    "sac.kl_weight": 0.001,
+    "sac.reward_decoder": 10.0,
+    "sac.decoder_relabel": 1.0,
+    "sac.encoder_from_critic": False,
+    "sac.context_window": 20,
 }
-
-
-POINT_AGENT_FIELDS = {"cmrl": {"sac.kl_weight": 0.1}}
-"""Per agent: at the variant's KL weight 1 cmrl's posterior collapses to its prior and its policy
-ignores z, so cmrl trains at 0.1; pearl adapts best at 1 (measurements: docs/adaptation.md)."""
 
 
 def point_config(agent: str, dataset: str | Path, steps: int = POINT_STEPS, seed: int = 0,
                  threads: int = 1, extra: dict | None = None) -> RunConfig:
     """The sanity run's config: offline on `dataset` (made from POINT_DATA); `extra` overrides
     fields (screens)."""
-    fields = {**variant_fields("relabel-context"), **POINT_FIELDS,
-              **POINT_AGENT_FIELDS.get(agent, {}), **(extra or {}),
+    fields = {**variant_fields("relabel-context"), **POINT_FIELDS, **(extra or {}),
               "benchmark.name": "point", "train.agent": agent, "train.mode": "offline",
               "train.offline": str(Path(dataset).resolve()), "train.steps": steps,
               "train.seed": seed, "train.threads": threads, "train.eval_every": 0,
