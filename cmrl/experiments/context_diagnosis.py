@@ -11,8 +11,9 @@ If `expert` succeeds where `own` fails, the encoder reads the behaviour rather t
 z. For each context the report also says whether z separates goals: how often a posterior mean is
 nearest to the expert-context posterior of its own variation among all evaluated variations
 (`goal_id_accuracy`, chance = 1 / variations), and the mean distance to its own variation's expert
-posterior against the others'. A linear probe z -> goal position, fitted on expert-context posteriors
-of meta-train variations, reports how well each context's z locates the goal on fresh ones.
+posterior against the others'. A linear probe z -> goal position, fitted on meta-train variations'
+posteriors (expert contexts and the agent's own adaptation episodes), reports how well each
+context's z locates the goal on fresh ones.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def diagnose(agent: TrainedAgent, tasks: list[str] | None = None, num_variations
              adaptation_episodes: int = 3, seed: int = 0,
              splits: tuple[str, ...] = ("train", "test")) -> dict:
     """Every (task, split) of the agent's benchmark (or `tasks`, `splits`), plus the goal probe: fitted on
-    the expert-context posteriors of the meta-train tasks' training variations, scored on each
-    context of the evaluated (fresh or held-out) variations."""
+    posteriors of the meta-train tasks' training variations (expert contexts and the agent's own
+    adaptation episodes), scored on each context of the evaluated (fresh or held-out) variations."""
     pool = agent.task_pool()
     bench = pool.benchmark
     report: dict = {"agent": agent.kind, "run_dir": str(agent.run_dir), "seed": seed,

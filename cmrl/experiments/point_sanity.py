@@ -1,4 +1,4 @@
-"""The point-robot sanity run: every context agent must adapt here, in about a minute of CPU.
+"""The point-robot sanity run: every context agent must adapt here, in one to three CPU minutes.
 
 The settings that are the point robot's own (its rewards are minus a distance, about 1 per step,
 so they are scaled up; small networks; a smaller entropy start; TD3+BC's weighting; an encoder
