@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The rl2 and maml runs of docs/maml_rl2.md: point robot and ML1 reach (3 seeds each), ML4 (seed 0),
-# then both evaluators. Usage: scripts/maml_rl2_runs.sh [point|ml1|ml4|eval] [OUT] (default: all, runs).
+# The rl2 and maml runs of docs/maml_rl2.md: point robot and ML1 reach (3 seeds each), ML4 and ML1
+# pick-place (seed 0), then both evaluators.
+# Usage: scripts/maml_rl2_runs.sh [point|ml1|ml4|pickplace|eval] [OUT] (default: all, runs).
 # Each run checkpoints as it goes; rerunning resumes a killed run (train --resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ POINT_STEPS_MAML=${POINT_STEPS_MAML:-60000}
 # initial action std 0.5
 ML1_STEPS=${ML1_STEPS:-3000000}
 ML4_STEPS=${ML4_STEPS:-1000000}
+PICKPLACE_STEPS=${PICKPLACE_STEPS:-1500000}
 
 train() {  # run_dir, then train flags
   local dir=$1; shift
@@ -63,16 +65,26 @@ if [[ $WHAT == all || $WHAT == ml4 ]]; then
     --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
   wait
 fi
+if [[ $WHAT == all || $WHAT == pickplace ]]; then
+  # ML1 pick-place (seed 0): reach's settings at half its budget
+  train "$OUT/ml1/pick-place-v3/maml-s0" --agent maml --benchmark ml1:pick-place-v3 --seed 0 \
+    --steps "$PICKPLACE_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
+    --tasks-per-iteration 10 --ppo-epochs 5 &
+  train "$OUT/ml1/pick-place-v3/rl2-s0" --agent rl2 --benchmark ml1:pick-place-v3 --seed 0 \
+    --steps "$PICKPLACE_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
+    --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
+  wait
+fi
 if [[ $WHAT == all || $WHAT == eval ]]; then
   # the project's evaluator: zero-shot, 3 adaptation episodes, 1 evaluation episode, 20 variations
-  for run in "$OUT"/point/*-s* "$OUT"/ml1/reach-v3/*-s* "$OUT"/ml4/*-s*; do
+  for run in "$OUT"/point/*-s* "$OUT"/ml1/*/*-s* "$OUT"/ml4/*-s*; do
     [ -f "$run/config.json" ] || continue
     $PY -m cmrl eval --checkpoint "$run" --variations 20 --adaptation-episodes 3 --no-progress \
       --json "$run/evaluation.json"
   done
   # Meta-World's own metalearning_evaluation on the held-out split, 10 rounds of one variation,
   # after 3 adaptation episodes and after none
-  for run in "$OUT"/ml1/reach-v3/*-s* "$OUT"/ml4/*-s*; do
+  for run in "$OUT"/ml1/*/*-s* "$OUT"/ml4/*-s*; do
     [ -f "$run/config.json" ] || continue
     $PY -m cmrl eval --checkpoint "$run" --protocol metaworld --split test --variations 10 \
       --adaptation-episodes 3 --json "$run/metaworld_evaluation.json"
