@@ -171,8 +171,9 @@ class SACConfig:
     halves of a task's context must be nearer each other than to any other task's. 0 disables."""
     reward_decoder: float = 0.0
     """Weight of a reward-prediction loss on the encoder: a decoder r(s, a, s', z) must predict the
-    rewards of the RL rows from the z of their variation's context (VariBAD's reward decoder), so
-    z has to say what the rewards depend on (where the goal is) whatever policy made the context.
+    rewards of the RL rows (or of `decoder_relabel`'s rows) from the z of their variation's context
+    (VariBAD's reward decoder), so z has to say what the rewards depend on (where the goal is)
+    whatever policy made the context.
     0: no decoder (and no decoder weights in the checkpoint)."""
     encoder_from_critic: bool = True
     """The critics' Bellman error trains the context encoder (PEARL). False: z reaches the critics

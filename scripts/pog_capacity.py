@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cmrl.nets.context_encoder import MIN_VAR, product_of_gaussians
+
 H = 20  # the point robot's episode length
 
 
@@ -72,9 +74,7 @@ def main() -> None:
 
     def posterior(ctx):
         mu, raw = enc(ctx).split(L, -1)
-        prec = 1.0 / (F.softplus(raw) + 1e-7)
-        var = 1.0 / prec.sum(1)
-        return var * (prec * mu).sum(1), var
+        return product_of_gaussians(mu, F.softplus(raw) + MIN_VAR)
 
     def believed_angle(z):
         if not reward:
