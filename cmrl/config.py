@@ -208,6 +208,18 @@ class SACConfig:
     RL rows as they are. A variation's own rows (mostly paths straight to its goal) say little
     about where the goal is, so a decoder fitted on them alone teaches the encoder little; tasks
     with a known reward function only, as `context_relabel`. 0 disables."""
+    z_refine_steps: int = 0
+    """At meta-test (both evaluators, adaptation episodes, the app), Adam steps that move the
+    posterior's mean to fit the reward decoder to the context's own rewards before a z is drawn
+    (`ContextEncoder.refine_mean`); the variance stays the product of Gaussians'. A Gaussian factor
+    cannot say "the goal lies on a ring around here", so the product drifts toward where the agent
+    lingered; the decoder can check a z against every reward seen. Needs `reward_decoder`; training
+    is unchanged. 0: the product of Gaussians' mean, as PEARL."""
+    z_refine_lr: float = 0.05
+    """Adam step size of `z_refine_steps`."""
+    z_refine_prior: float = 0.01
+    """Weight of |z|^2 / 2 (the N(0, I) prior) beside the decoder's summed squared error in
+    `z_refine_steps`."""
     bc_only: bool = False
     """The actor's loss is behaviour cloning alone (no Q or entropy term): a baseline, and the
     check that the data path is right. Critics and encoder train as usual."""
@@ -429,6 +441,13 @@ class RunConfig:
             raise ConfigError(f"sac.encoder_steps must be >= 0, got {self.sac.encoder_steps}")
         if self.sac.context_window < 0:
             raise ConfigError(f"sac.context_window must be >= 0, got {self.sac.context_window}")
+        if self.sac.z_refine_steps < 0 or self.sac.z_refine_lr <= 0 or self.sac.z_refine_prior < 0:
+            raise ConfigError("sac.z_refine_steps and sac.z_refine_prior must be >= 0 and "
+                              f"sac.z_refine_lr > 0, got {self.sac.z_refine_steps}, "
+                              f"{self.sac.z_refine_prior}, {self.sac.z_refine_lr}")
+        if self.sac.z_refine_steps > 0 and self.sac.reward_decoder <= 0:
+            raise ConfigError("sac.z_refine_steps fits z to the reward decoder: set "
+                              "sac.reward_decoder > 0 too")
         if not 0.0 <= self.sac.reward_decoder <= 100.0:
             raise ConfigError(f"sac.reward_decoder must be in [0, 100], got {self.sac.reward_decoder}")
         if not 0.0 <= self.sac.z_contrastive <= 100.0:
@@ -580,6 +599,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "net.mlp_hidden": (1, 4096),
     "sac.batch_size": (1, 1 << 20),
     "sac.context_size": (1, 1 << 16),
+    "sac.z_refine_steps": (0, 1000),
     "train.steps": (1, 10**12),
     "train.envs_per_task": (1, 1024),
     "train.replay_capacity": (1, 10**9),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The rl2 and maml runs of docs/maml_rl2.md: point robot and ML1 reach (3 seeds each), ML4 and ML1
-# pick-place (seed 0), then both evaluators.
-# Usage: scripts/maml_rl2_runs.sh [point|ml1|ml4|pickplace|eval] [OUT] (default: all, runs).
+# pick-place and push (seed 0), then both evaluators.
+# Usage: scripts/maml_rl2_runs.sh [point|ml1|ml4|pickplace|push|eval] [OUT] (default: all, runs).
 # Each run checkpoints as it goes; rerunning resumes a killed run (train --resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,16 +65,17 @@ if [[ $WHAT == all || $WHAT == ml4 ]]; then
     --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
   wait
 fi
-if [[ $WHAT == all || $WHAT == pickplace ]]; then
-  # ML1 pick-place (seed 0): reach's settings at half its budget
-  train "$OUT/ml1/pick-place-v3/maml-s0" --agent maml --benchmark ml1:pick-place-v3 --seed 0 \
+for task in pick-place push; do
+  [[ $WHAT == all || $WHAT == ${task//-/} ]] || continue
+  # ML1 pick-place and push (seed 0): reach's settings at half its budget
+  train "$OUT/ml1/$task-v3/maml-s0" --agent maml --benchmark "ml1:$task-v3" --seed 0 \
     --steps "$PICKPLACE_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
     --tasks-per-iteration 10 --ppo-epochs 5 &
-  train "$OUT/ml1/pick-place-v3/rl2-s0" --agent rl2 --benchmark ml1:pick-place-v3 --seed 0 \
+  train "$OUT/ml1/$task-v3/rl2-s0" --agent rl2 --benchmark "ml1:$task-v3" --seed 0 \
     --steps "$PICKPLACE_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
     --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
   wait
-fi
+done
 if [[ $WHAT == all || $WHAT == eval ]]; then
   # the project's evaluator: zero-shot, 3 adaptation episodes, 1 evaluation episode, 20 variations
   for run in "$OUT"/point/*-s* "$OUT"/ml1/*/*-s* "$OUT"/ml4/*-s*; do

@@ -17,7 +17,7 @@ from cmrl.experiments.recipes import ensure_dataset
 
 pytestmark = pytest.mark.timeout(900)
 
-EVAL_FLOOR = {"pearl": 0.7, "cmrl": 0.5}
+EVAL_FLOOR = {"pearl": 0.9, "cmrl": 0.9}
 
 
 @pytest.fixture(scope="module")

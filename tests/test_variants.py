@@ -318,6 +318,68 @@ def _encoder_step(**fields) -> float:
                zip(agent.encoder.transition_net.parameters(), before))
 
 
+def _decoded(agent: MetaAgent, context: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The reward decoder's rewards [E, N] for the context's rows at z [E, L]."""
+    d, a = OBS_DIM, ACT_DIM
+    with torch.no_grad():
+        return agent.encoder.predict_reward(context[..., :d], context[..., d:d + a],
+                                            context[..., -d:],
+                                            z[:, None].expand(-1, context.shape[1], -1))
+
+
+def _decoder_error(agent: MetaAgent, context: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per env, the decoder's summed squared error on the context's own rewards at z."""
+    return (_decoded(agent, context, z) - context[..., OBS_DIM + ACT_DIM]).pow(2).sum(-1)
+
+
+def test_refined_mean_fits_the_decoder_and_leaves_the_weights_alone():
+    agent = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0}))
+    context = torch.randn(3, 12, TRANSITION_DIM)
+    # Rewards the decoder itself gives at some z*: a context whose best z is known to exist.
+    z_star = 2 * torch.randn(3, agent.config.net.latent_dim)
+    context[..., OBS_DIM + ACT_DIM] = _decoded(agent, context, z_star)
+    mask = torch.ones(3, 12)
+    mask[2] = 0  # an env that has seen nothing keeps its mean
+    with torch.no_grad():
+        mu, _ = agent.infer_posterior(context, None)
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    refined = agent.encoder.refine_mean(mu, context, mask, steps=200, lr=0.05, prior=0.0)
+    err_mu, err_ref = _decoder_error(agent, context, mu), _decoder_error(agent, context, refined)
+    assert (err_ref[:2] < 0.1 * err_mu[:2]).all(), (err_mu, err_ref)
+    assert torch.equal(refined[2], mu[2])
+    assert torch.equal(agent.encoder.refine_mean(mu, context, mask, 0, 0.05, 0.0), mu)
+    assert all(torch.equal(v, before[k]) for k, v in agent.state_dict().items())
+    assert all(p.grad is None for p in agent.parameters())
+    with pytest.raises(RuntimeError, match="reward decoder"):
+        _agent(_cfg("pearl")).encoder.refine_mean(mu, context, mask, 5, 0.05, 0.0)
+
+
+def test_belief_refines_its_mean_from_what_it_observed_and_clear_z_forgets_it():
+    plain = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0}))
+    refining = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0, "sac.z_refine_steps": 30}))
+    E, g = 2, torch.Generator().manual_seed(3)
+    beliefs = [TaskBelief(plain, E), TaskBelief(refining, E)]
+    rows = []
+    for _ in range(6):
+        row = torch.randn(E, TRANSITION_DIM, generator=g).numpy()
+        rows.append(row)
+        o, a = row[:, :OBS_DIM], row[:, OBS_DIM:OBS_DIM + ACT_DIM]
+        for b in beliefs:
+            b.observe(o, a, row[:, OBS_DIM + ACT_DIM], row[:, -OBS_DIM:])
+    (mu0, var0), (mu1, var1) = (b.infer_posterior() for b in beliefs)
+    torch.testing.assert_close(var0, var1)  # the variance stays the product's
+    context = torch.as_tensor(np.stack(rows, 1))
+    expected = refining.encoder.refine_mean(mu0, context, None, 30, 0.05, 0.01)
+    torch.testing.assert_close(mu1, expected)
+    assert (_decoder_error(refining, context, mu1) < _decoder_error(refining, context, mu0)).all()
+    beliefs[1].clear_z(np.array([True, False]))
+    mu2, _ = beliefs[1].infer_posterior()
+    assert torch.equal(mu2[0], torch.zeros_like(mu2[0]))  # back to the prior
+    torch.testing.assert_close(mu2[1], mu1[1])  # env 1 still refines on its own rows
+    with pytest.raises(ConfigError, match="z_refine_steps"):
+        _cfg("pearl", **{"sac.z_refine_steps": 10})  # nothing to fit z to
+
+
 def test_detached_encoder_learns_from_the_decoder_not_the_critic():
     assert _encoder_step() > 1e-5  # PEARL: the Bellman error trains it
     # detached, with a vanishing decoder weight, nothing reaches it

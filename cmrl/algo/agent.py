@@ -15,9 +15,10 @@ Code outside asks an agent what it can do (`uses_text`, `uses_context`, `has_rou
 
 `TaskBelief` is the per-environment state during interaction, in oyster's words: `clear_z` (back to
 the prior: the goal text's own factor for cmrl, N(0, I) for pearl), `observe` (add transitions to the
-context), `infer_posterior` (product of Gaussians over the context so far), `sample_z`. It keeps
-running sums of the factors' precisions, so the posterior after every step costs one small forward
-pass, not a pass over the whole history.
+context), `infer_posterior` (product of Gaussians over the context so far; with
+`sac.z_refine_steps` its mean then fitted to the context's rewards by the reward decoder),
+`sample_z`. It keeps running sums of the factors' precisions, so the posterior after every step
+costs one small forward pass, not a pass over the whole history.
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ class TaskBelief:
         self.task_ids = torch.as_tensor(
             task_ids if task_ids is not None else [-1] * num_envs, dtype=torch.long, device=dev)
         self.num_transitions = np.zeros(num_envs, dtype=np.int64)
+        # With sac.z_refine_steps the raw context rows are kept for the decoder to check z against.
+        self._refine_steps = (agent.config.sac.z_refine_steps if agent.uses_context
+                              and agent.encoder.reward_net is not None else 0)
         self.clear_z()
 
     def clear_z(self, env_mask: np.ndarray | None = None) -> None:
@@ -204,6 +208,17 @@ class TaskBelief:
             self.precision = torch.where(mask[:, None], prec, self.precision)
             self.weighted_mu = torch.where(mask[:, None], wmu, self.weighted_mu)
         self.num_transitions[mask.cpu().numpy()] = 0
+        if self._refine_steps:
+            keep = ~mask.cpu().numpy()
+            self._rows = ([] if not hasattr(self, "_rows") else
+                          [r * torch.as_tensor(keep, dtype=r.dtype, device=r.device)[:, None]
+                           for r in self._rows])
+            self._row_mask = ([] if not hasattr(self, "_row_mask") else
+                              [m & torch.as_tensor(keep, device=m.device) for m in self._row_mask])
+            live = [i for i, m in enumerate(self._row_mask) if bool(m.any())]  # drop forgotten steps
+            self._rows = [self._rows[i] for i in live]
+            self._row_mask = [self._row_mask[i] for i in live]
+            self._refined = None
         if not hasattr(self, "z"):
             self.z = None
         self.infer_posterior()
@@ -224,6 +239,10 @@ class TaskBelief:
                 else torch.as_tensor(env_mask, dtype=torch.float32, device=dev).reshape(self.E, 1))
         self.precision = self.precision + keep * prec
         self.weighted_mu = self.weighted_mu + keep * prec * mu[:, 0]
+        if self._refine_steps:
+            self._rows.append(c)
+            self._row_mask.append(keep[:, 0] > 0)
+            self._refined = None
         self.num_transitions += (np.ones(self.E, bool) if env_mask is None
                                  else np.asarray(env_mask, bool)).astype(np.int64)
 
@@ -234,6 +253,13 @@ class TaskBelief:
         empty = self.precision.sum(-1, keepdim=True) <= 0
         var = torch.where(empty, torch.ones_like(self.precision), 1.0 / self.precision.clamp(min=1e-30))
         mu = torch.where(empty, torch.zeros_like(self.weighted_mu), var * self.weighted_mu)
+        if self._refine_steps and self._rows:
+            if self._refined is None:  # once per new transition, however often it is asked
+                sac = self.agent.config.sac
+                self._refined = self.agent.encoder.refine_mean(
+                    mu, torch.stack(self._rows, 1), torch.stack(self._row_mask, 1),
+                    sac.z_refine_steps, sac.z_refine_lr, sac.z_refine_prior)
+            mu = self._refined
         self.mu, self.var = mu, var
         return mu, var
 

@@ -3,7 +3,8 @@
 The settings that are the point robot's own (its rewards are minus a distance, about 1 per step,
 so they are scaled up; small networks; a smaller entropy start; TD3+BC's weighting; an encoder
 taught by a reward decoder on relabelled rows instead of by the critics, reading contexts as runs
-of consecutive transitions) live here, apart from the method's defaults. The context settings are
+of consecutive transitions, its posterior mean fitted to the context by that decoder at meta-test)
+live here, apart from the method's defaults. The context settings are
 the `relabel-context` variant (`cmrl/variants.py`). `tests/test_adaptation.py` trains pearl and
 cmrl with `point_config` and asserts that they adapt; `docs/adaptation.md` has the measured
 numbers and the command that reruns them:
@@ -40,6 +41,7 @@ POINT_FIELDS = {
     "sac.decoder_relabel": 1.0,
     "sac.encoder_from_critic": False,
     "sac.context_window": 20,
+    "sac.z_refine_steps": 200,
 }
 
 

@@ -15,7 +15,8 @@ The KL of the posterior to N(0, I) is the regulariser weighted by beta (`sac.kl_
 measures it against the goal factor instead). Optional: `task_contrastive_loss`, an InfoNCE term that
 asks two disjoint contexts of one task for nearby posteriors, and a reward decoder r(s, a, s', z)
 (VariBAD's decoder, without its transition half): z must predict the task's rewards on transitions
-it was not inferred from, which only the goal explains, whoever collected them. The encoder is
+it was not inferred from, which only the goal explains, whoever collected them; at meta-test the
+decoder can also refine the product's mean (`refine_mean`, `sac.z_refine_steps`). The encoder is
 trained by the critic's Bellman loss, the KL and those options (the actor sees z detached); see
 `sac.py`.
 """
@@ -79,7 +80,7 @@ class ContextEncoder(nn.Module):
                  reward_decoder: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
-        self.obs_dim = obs_dim
+        self.obs_dim, self.act_dim = obs_dim, act_dim
         self.obs_norm = ObsNormalizer(obs_dim)
         self.transition_dim = 2 * obs_dim + act_dim + 1
         self.uses_text = text_dim > 0
@@ -113,6 +114,34 @@ class ContextEncoder(nn.Module):
             raise RuntimeError("this encoder was built without a reward decoder (sac.reward_decoder)")
         x = torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs), z], dim=-1)
         return self.reward_net(x).squeeze(-1)
+
+    def refine_mean(self, mu: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
+                    steps: int, lr: float, prior: float) -> torch.Tensor:
+        """Move the posterior mean toward the z whose decoded rewards fit the context's own.
+
+        mu [E, L] (the product of Gaussians' mean: the start), context [E, N, D] raw (s, a, r, s')
+        rows, mask [E, N] (1: a real row). `steps` Adam steps on sum_j (r_hat(c_j, z) - r_j)^2 +
+        prior * |z|^2 / 2, each env's z on its own rows; envs without rows keep mu. The encoder's
+        weights are not touched (`sac.z_refine_steps` says why)."""
+        if self.reward_net is None:
+            raise RuntimeError("refining z needs the reward decoder (sac.reward_decoder)")
+        if steps <= 0 or context.shape[-2] == 0:
+            return mu
+        d, a = self.obs_dim, self.act_dim
+        obs, act = context[..., :d], context[..., d:d + a]
+        rew, nxt = context[..., d + a], context[..., -d:]
+        keep = (torch.ones(rew.shape, device=rew.device) if mask is None else mask.to(rew.dtype))
+        has_rows = keep.sum(-1, keepdim=True) > 0
+        with torch.enable_grad():
+            z = mu.detach().clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=lr)
+            for _ in range(steps):
+                pred = self.predict_reward(obs, act, nxt, z.unsqueeze(-2).expand(*rew.shape, -1))
+                loss = ((pred - rew).pow(2) * keep).sum() + prior * 0.5 * z.pow(2).sum()
+                (grad,) = torch.autograd.grad(loss, z)
+                z.grad = grad
+                opt.step()
+        return torch.where(has_rows, z.detach(), mu)
 
     def goal_factor(self, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """goal [T, text_dim] -> the goal's own factor mu, var [T, L] (None without one)."""
