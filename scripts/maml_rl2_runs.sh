@@ -22,7 +22,7 @@ POINT_STEPS_MAML=${POINT_STEPS_MAML:-60000}
 # initial action std 0.5
 ML1_STEPS=${ML1_STEPS:-3000000}
 ML4_STEPS=${ML4_STEPS:-1000000}
-PICKPLACE_STEPS=${PICKPLACE_STEPS:-1500000}
+PICK_PUSH_STEPS=${PICK_PUSH_STEPS:-1500000}
 
 train() {  # run_dir, then train flags
   local dir=$1; shift
@@ -69,10 +69,10 @@ for task in pick-place push; do
   [[ $WHAT == all || $WHAT == ${task//-/} ]] || continue
   # ML1 pick-place and push (seed 0): reach's settings at half its budget
   train "$OUT/ml1/$task-v3/maml-s0" --agent maml --benchmark "ml1:$task-v3" --seed 0 \
-    --steps "$PICKPLACE_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
+    --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
     --tasks-per-iteration 10 --ppo-epochs 5 &
   train "$OUT/ml1/$task-v3/rl2-s0" --agent rl2 --benchmark "ml1:$task-v3" --seed 0 \
-    --steps "$PICKPLACE_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
+    --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
     --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
   wait
 done

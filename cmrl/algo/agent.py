@@ -208,16 +208,10 @@ class TaskBelief:
             self.precision = torch.where(mask[:, None], prec, self.precision)
             self.weighted_mu = torch.where(mask[:, None], wmu, self.weighted_mu)
         self.num_transitions[mask.cpu().numpy()] = 0
-        if self._refine_steps:
-            keep = ~mask.cpu().numpy()
-            self._rows = ([] if not hasattr(self, "_rows") else
-                          [r * torch.as_tensor(keep, dtype=r.dtype, device=r.device)[:, None]
-                           for r in self._rows])
-            self._row_mask = ([] if not hasattr(self, "_row_mask") else
-                              [m & torch.as_tensor(keep, device=m.device) for m in self._row_mask])
-            live = [i for i, m in enumerate(self._row_mask) if bool(m.any())]  # drop forgotten steps
-            self._rows = [self._rows[i] for i in live]
-            self._row_mask = [self._row_mask[i] for i in live]
+        if self._refine_steps:  # the masked envs' rows are forgotten; steps nobody holds dropped
+            rows, masks = getattr(self, "_rows", []), [m & ~mask for m in getattr(self, "_row_mask", [])]
+            live = [i for i, m in enumerate(masks) if bool(m.any())]
+            self._rows, self._row_mask = [rows[i] for i in live], [masks[i] for i in live]
             self._refined = None
         if not hasattr(self, "z"):
             self.z = None
