@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The rl2 and maml runs of docs/maml_rl2.md: point robot and ML1 reach (3 seeds each), ML4 and ML1
 # pick-place and push (seed 0), then both evaluators.
-# Usage: scripts/maml_rl2_runs.sh [point|ml1|ml4|pickplace|push|eval] [OUT] (default: all, runs).
+# Usage: scripts/maml_rl2_runs.sh [point|ml1|ml4|pickplace|push|reachlonger|eval] [OUT] (default: all, runs).
 # Each run checkpoints as it goes; rerunning resumes a killed run (train --resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +76,18 @@ for task in pick-place push; do
     --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
   wait
 done
+if [[ $WHAT == reachlonger ]]; then
+  # rl2 on ML1 reach trained on from its 3M-step weights (fresh optimiser, same flags): 1.5M env
+  # steps more per seed, 4.5M in all (docs/maml_rl2.md, "rl2 on reach, longer"). The shipped rl2
+  # reach weights are the 4.5M ones since; the 3M ones are in git at commit 5994079:
+  #   git worktree add /tmp/rl2-3m 5994079 && SRC=/tmp/rl2-3m/checkpoints/ml1/reach-v3 ...
+  SRC=${SRC:-checkpoints/ml1/reach-v3}
+  for s in ${SEEDS:-0 1 2}; do
+    src=$SRC/rl2; [ "$s" = 0 ] || src=$SRC/seeds/rl2-s$s
+    train "$OUT/ml1/reach-v3/rl2-longer-s$s" --config "$src/config.json" --init-from "$src" \
+      --seed "$s" --steps "${MORE_STEPS:-1500000}"
+  done
+fi
 if [[ $WHAT == all || $WHAT == eval ]]; then
   # the project's evaluator: zero-shot, 3 adaptation episodes, 1 evaluation episode, 20 variations
   for run in "$OUT"/point/*-s* "$OUT"/ml1/*/*-s* "$OUT"/ml4/*-s*; do

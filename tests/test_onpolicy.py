@@ -226,6 +226,31 @@ def test_model_file_of_another_architecture_is_refused(tmp_path):
         load_agent(tmp_path / "r")
 
 
+def test_a_finished_run_trains_on_from_its_weights_and_other_shapes_are_refused(tmp_path):
+    from cmrl.runs.checkpoint import CheckpointError
+
+    n = _iteration_steps("rl2")
+    OnPolicyTrainer(point_config("rl2", steps=n), tmp_path / "a", progress=False).train()
+    src = load_agent(tmp_path / "a").agent.state_dict()
+    cfg = point_config("rl2", steps=n)
+    cfg.train.init_from, cfg.train.seed = str(tmp_path / "a"), 5
+    more = OnPolicyTrainer(cfg, tmp_path / "b", progress=False)
+    for k, v in more.agent.state_dict().items():
+        torch.testing.assert_close(v, src[k], msg=k)  # starts where "a" stopped
+    more.train()
+    moved = [k for k, v in load_agent(tmp_path / "b").agent.state_dict().items()
+             if not torch.equal(v, src[k])]
+    assert moved and more.env_steps == n
+    other = point_config("rl2", steps=n, rl2_hidden=16)
+    other.train.init_from = str(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        OnPolicyTrainer(other, tmp_path / "c", progress=False)
+    maml = point_config("maml", steps=n)
+    maml.train.init_from = str(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="cannot initialise"):
+        OnPolicyTrainer(maml, tmp_path / "d", progress=False)
+
+
 # -- Meta-World's own evaluator -------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["rl2", "maml"])
 def test_metaworld_evaluator_runs_them(kind):

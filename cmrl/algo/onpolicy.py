@@ -283,9 +283,9 @@ class OnPolicyTrainer:
         t = config.train
         if not agent_kind(t.agent).on_policy:
             raise ConfigError(f"{t.agent} is trained by the SAC trainer, not the on-policy one")
-        if t.mode != "online" or t.offline or t.init_from:
+        if t.mode != "online" or t.offline:
             raise ConfigError(f"{t.agent} trains online from its own rollouts only (no offline "
-                              "data, no fine-tuning from another run)")
+                              "data)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if t.threads > 0:
             torch.set_num_threads(t.threads)
@@ -302,6 +302,8 @@ class OnPolicyTrainer:
             from .rl2 import RL2Learner as Learner
         else:
             from .maml import MAMLLearner as Learner
+        if t.init_from and not resume:
+            self._init_from(t.init_from)
         self.learner = Learner(self.agent)
         self._variations = {task: self.pool.variations(task, "train") for task in self.tasks}
         self._variations.update(goal_variations or {})
@@ -417,6 +419,22 @@ class OnPolicyTrainer:
                  "config": self.config.to_dict()}
         ckpt.save_training_state(self.run_dir, tensors, state)
         ckpt.save_model(self.run_dir, self.agent, self.run_info())
+
+    def _init_from(self, source: str) -> None:
+        """Start from another run's weights (a longer training of a finished run, fine-tuning); the
+        optimiser starts fresh. Same agent kind and architecture, or an error."""
+        from .trained_agent import load_agent
+
+        src = load_agent(source, device=str(self.device))
+        if src.kind != self.agent.kind:
+            raise ckpt.CheckpointError(f"{source}: a {src.kind} cannot initialise this "
+                                       f"{self.agent.kind} run")
+        mine = {k: tuple(v.shape) for k, v in self.agent.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in src.agent.state_dict().items()}
+        if mine != theirs:
+            raise ckpt.CheckpointError(f"{source}: its weights do not fit this run (another "
+                                       "architecture or observation size)")
+        self.agent.load_state_dict(src.agent.state_dict())
 
     def _restore(self) -> None:
         tensors, state = ckpt.load_training_state(self.run_dir)
