@@ -202,8 +202,12 @@ def describe_agent(agent: cmrl.TrainedAgent) -> str:
             "care": f"{net.care_experts} x {net.care_width} mixture encoders, MLP "
                     f"{list(net.mlp_hidden)}"}.get(backbone, f"MLP {list(net.mlp_hidden)}")
     enc = info.get("text_encoder", {}).get("name", "none")
+    before = info.get("trained_before")
+    more = (f" (after {_count(before.get('env_steps'))} env steps in the run its weights came "
+            "from)" if isinstance(before, dict) else "")
     return (f"**{agent.kind}** · {info.get('mode', '?')} · {_count(info.get('env_steps'))} env "
-            f"steps, {_count(info.get('grad_steps'))} gradient steps · {arch} · text encoder {enc} · "
+            f"steps, {_count(info.get('grad_steps'))} gradient steps{more} · {arch} · text encoder "
+            f"{enc} · "
             f"prior data {info.get('prior_data', 'none')} · trained on "
             f"{', '.join(info.get('train_tasks', []))}; held out {', '.join(info.get('test_tasks', []))}")
 

@@ -741,3 +741,16 @@ def test_adapt_opens_on_a_hidden_goal_where_shipped(tmp_path):
     assert load_agent(page.access.checkpoint(ADAPT_OPENING[0])).goal_probe() is not None
     other = App(runs_dir=tmp_path / "runs", default=found[-1])
     assert other.adapt_opening(other.checkpoints()) == (found[-1], "window-close-v3")
+
+
+def test_checkpoint_header_counts_the_training_its_weights_started_from():
+    """A run trained on from another's weights says so: the shipped ML1 reach rl2 ran 1.5M env
+    steps on top of 3M, and its header gives both."""
+    from cmrl.algo.trained_agent import load_agent
+
+    from app.common import describe_agent
+
+    reach = Path(__file__).resolve().parents[1] / "checkpoints" / "ml1" / "reach-v3"
+    text = describe_agent(load_agent(reach / "rl2"))
+    assert "1,504,000 env steps" in text and "after 3,000,000 env steps" in text
+    assert "after" not in describe_agent(load_agent(reach / "maml"))

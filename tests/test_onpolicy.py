@@ -241,6 +241,14 @@ def test_a_finished_run_trains_on_from_its_weights_and_other_shapes_are_refused(
     moved = [k for k, v in load_agent(tmp_path / "b").agent.state_dict().items()
              if not torch.equal(v, src[k])]
     assert moved and more.env_steps == n
+    a_info, b_info = load_agent(tmp_path / "a").info, load_agent(tmp_path / "b").info
+    assert "trained_before" not in a_info
+    assert b_info["trained_before"] == {"init_from": str(tmp_path / "a"), "env_steps": n,
+                                        "grad_steps": a_info["grad_steps"]}
+    again = point_config("rl2", steps=n)
+    again.train.init_from = str(tmp_path / "b")
+    OnPolicyTrainer(again, tmp_path / "b2", progress=False).train()
+    assert load_agent(tmp_path / "b2").info["trained_before"]["env_steps"] == 2 * n  # chained
     other = point_config("rl2", steps=n, rl2_hidden=16)
     other.train.init_from = str(tmp_path / "a")
     with pytest.raises(CheckpointError, match="do not fit"):

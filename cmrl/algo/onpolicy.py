@@ -302,6 +302,7 @@ class OnPolicyTrainer:
             from .rl2 import RL2Learner as Learner
         else:
             from .maml import MAMLLearner as Learner
+        self.trained_before: dict | None = None  # the training behind init_from's weights
         if t.init_from and not resume:
             self._init_from(t.init_from)
         self.learner = Learner(self.agent)
@@ -407,7 +408,8 @@ class OnPolicyTrainer:
                 "env_steps": self.env_steps, "grad_steps": self.grad_steps,
                 "iteration": self.iteration, "wall_time_s": round(self.wall_time, 1),
                 "mode": "online", "offline_data_mixed_online": False, "prior_data": "none",
-                "offline_data": None, "device": str(self.device), "versions": self._versions()}
+                "offline_data": None, "device": str(self.device), "versions": self._versions(),
+                **({"trained_before": self.trained_before} if self.trained_before else {})}
 
     def save(self) -> None:
         tensors = {f"agent.{k}": v for k, v in self.agent.state_dict().items()}
@@ -416,7 +418,7 @@ class OnPolicyTrainer:
         state = {"optimizer": opt, "numpy_rng": self.rng.bit_generator.state,
                  "env_steps": self.env_steps, "grad_steps": self.grad_steps,
                  "iteration": self.iteration, "wall_time": self.wall_time,
-                 "config": self.config.to_dict()}
+                 "trained_before": self.trained_before, "config": self.config.to_dict()}
         ckpt.save_training_state(self.run_dir, tensors, state)
         ckpt.save_model(self.run_dir, self.agent, self.run_info())
 
@@ -435,6 +437,12 @@ class OnPolicyTrainer:
             raise ckpt.CheckpointError(f"{source}: its weights do not fit this run (another "
                                        "architecture or observation size)")
         self.agent.load_state_dict(src.agent.state_dict())
+        # env and gradient steps behind the starting weights, the source's own included
+        before = src.info.get("trained_before") or {}
+        steps = {k: src.info.get(k) for k in ("env_steps", "grad_steps")}
+        if all(isinstance(v, int) for v in steps.values()):
+            self.trained_before = {"init_from": source, **{
+                k: v + int(before.get(k, 0) or 0) for k, v in steps.items()}}
 
     def _restore(self) -> None:
         tensors, state = ckpt.load_training_state(self.run_dir)
@@ -448,6 +456,7 @@ class OnPolicyTrainer:
             self.rng.bit_generator.state = state["numpy_rng"]
             self.env_steps, self.grad_steps = int(state["env_steps"]), int(state["grad_steps"])
             self.iteration, self.wall_time = int(state["iteration"]), float(state["wall_time"])
+            self.trained_before = state.get("trained_before")
         except (KeyError, ValueError, TypeError) as e:
             raise ckpt.CheckpointError(f"{where}: training state is incomplete ({e})") from e
 

@@ -87,7 +87,8 @@ def _run_entry(info: dict, d: Path) -> dict:
             "grad_steps": info.get("grad_steps"), "env_steps": info.get("env_steps"),
             "wall_time_s": info.get("wall_time_s"), "prior_data": t["prior_data"],
             "offline_data": (info.get("offline_data") or {}).get("command"),
-            "device": info.get("device"), "benchmark": info["config"]["benchmark"]["name"]}
+            "device": info.get("device"), "benchmark": info["config"]["benchmark"]["name"],
+            **({"trained_before": info["trained_before"]} if info.get("trained_before") else {})}
 
 
 def _evaluation(ev: dict) -> tuple[dict, list[tuple[str, str, float, float, float | None]]]:
