@@ -67,14 +67,16 @@ if [[ $WHAT == all || $WHAT == ml4 ]]; then
 fi
 for task in pick-place push; do
   [[ $WHAT == all || $WHAT == ${task//-/} ]] || continue
-  # ML1 pick-place and push (seed 0): reach's settings at half its budget
-  train "$OUT/ml1/$task-v3/maml-s0" --agent maml --benchmark "ml1:$task-v3" --seed 0 \
-    --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
-    --tasks-per-iteration 10 --ppo-epochs 5 &
-  train "$OUT/ml1/$task-v3/rl2-s0" --agent rl2 --benchmark "ml1:$task-v3" --seed 0 \
-    --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
-    --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
-  wait
+  # ML1 pick-place and push (seed 0; SEEDS="1 2" for more): reach's settings at half its budget
+  for s in ${SEEDS:-0}; do
+    train "$OUT/ml1/$task-v3/maml-s$s" --agent maml --benchmark "ml1:$task-v3" --seed "$s" \
+      --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
+      --tasks-per-iteration 10 --ppo-epochs 5 &
+    train "$OUT/ml1/$task-v3/rl2-s$s" --agent rl2 --benchmark "ml1:$task-v3" --seed "$s" \
+      --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
+      --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
+    wait
+  done
 done
 if [[ $WHAT == reachlonger ]]; then
   # rl2 on ML1 reach trained on from its 3M-step weights (fresh optimiser, same flags): 1.5M env
