@@ -438,11 +438,13 @@ class OnPolicyTrainer:
                                        "architecture or observation size)")
         self.agent.load_state_dict(src.agent.state_dict())
         # env and gradient steps behind the starting weights, the source's own included
-        before = src.info.get("trained_before") or {}
+        before = src.info.get("trained_before")
+        before = before if isinstance(before, dict) else {}
         steps = {k: src.info.get(k) for k in ("env_steps", "grad_steps")}
         if all(isinstance(v, int) for v in steps.values()):
             self.trained_before = {"init_from": source, **{
-                k: v + int(before.get(k, 0) or 0) for k, v in steps.items()}}
+                k: v + (before[k] if isinstance(before.get(k), int) else 0)
+                for k, v in steps.items()}}
 
     def _restore(self) -> None:
         tensors, state = ckpt.load_training_state(self.run_dir)
