@@ -41,8 +41,9 @@ def served(tmp_path_factory):
     run = tiny_app_run(tmp_path_factory)
     app = App(checkpoint_roots=[run.parent], runs_dir=tmp_path_factory.mktemp("browser-runs"),
               results_root=tmp_path_factory.mktemp("no-results"), default=str(run))
-    # Recipes at smoke size; the online phase of offline-online outlasts the first curve point.
-    app.jobs.recipe_smoke = (40, 1)
+    # Recipes at smoke size; the online phase of offline-online outlasts the first curve point
+    # by long enough to be stopped on an idle machine too (at 40 steps it could end first).
+    app.jobs.recipe_smoke = (200, 1)
     app.jobs.data_root = recipe_data_root(tmp_path_factory)
     with serving(app) as (url, _):
         yield app, url
