@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The rl2 and maml runs of docs/maml_rl2.md: point robot and ML1 reach (3 seeds each), ML4 and ML1
-# pick-place and push (seed 0), then both evaluators.
-# Usage: scripts/maml_rl2_runs.sh [point|ml1|ml4|pickplace|push|reachlonger|eval] [OUT] (default: all, runs).
+# pick-place and push (seed 0; SEEDS= and AGENTS= pick others), then both evaluators.
+# Usage: [SEEDS="1 2"] [AGENTS=maml|rl2] scripts/maml_rl2_runs.sh
+#          [point|ml1|ml4|pickplace|push|reachlonger|eval] [OUT] (default: all, runs).
 # Each run checkpoints as it goes; rerunning resumes a killed run (train --resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,22 +57,30 @@ if [[ $WHAT == all || $WHAT == ml1 ]]; then
   wait
 fi
 if [[ $WHAT == all || $WHAT == ml4 ]]; then
-  # ML4 (seed 0): the ML1 settings, a meta-batch of 12 (4 goal variations of each meta-train task)
-  train "$OUT/ml4/maml-s0" --agent maml --benchmark ml4 --seed 0 --steps "$ML4_STEPS" \
-    --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 12 \
-    --ppo-epochs 5 &
-  train "$OUT/ml4/rl2-s0" --agent rl2 --benchmark ml4 --seed 0 --steps "$ML4_STEPS" \
-    --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 12 \
-    --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
-  wait
+  # ML4 (seed 0; SEEDS="1 2" for more, AGENTS= for one agent): the ML1 settings, a meta-batch of 12
+  # (4 goal variations of each meta-train task)
+  for s in ${SEEDS:-0}; do
+    [[ " ${AGENTS:-maml rl2} " == *" maml "* ]] && \
+    train "$OUT/ml4/maml-s$s" --agent maml --benchmark ml4 --seed "$s" --steps "$ML4_STEPS" \
+      --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 12 \
+      --ppo-epochs 5 &
+    [[ " ${AGENTS:-maml rl2} " == *" rl2 "* ]] && \
+    train "$OUT/ml4/rl2-s$s" --agent rl2 --benchmark ml4 --seed "$s" --steps "$ML4_STEPS" \
+      --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 12 \
+      --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
+    wait
+  done
 fi
 for task in pick-place push; do
   [[ $WHAT == all || $WHAT == ${task//-/} ]] || continue
   # ML1 pick-place and push (seed 0; SEEDS="1 2" for more): reach's settings at half its budget
+  # (AGENTS="maml" or "rl2" for one of the two)
   for s in ${SEEDS:-0}; do
+    [[ " ${AGENTS:-maml rl2} " == *" maml "* ]] && \
     train "$OUT/ml1/$task-v3/maml-s$s" --agent maml --benchmark "ml1:$task-v3" --seed "$s" \
       --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
       --tasks-per-iteration 10 --ppo-epochs 5 &
+    [[ " ${AGENTS:-maml rl2} " == *" rl2 "* ]] && \
     train "$OUT/ml1/$task-v3/rl2-s$s" --agent rl2 --benchmark "ml1:$task-v3" --seed "$s" \
       --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
       --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
