@@ -497,6 +497,19 @@ def test_shipping_a_run_leaves_no_absolute_paths_of_the_training_machine(tmp_pat
     assert read_run_info(tmp_path / "ship")["config"]["train"]["offline"] == "data/ml4"
 
 
+def test_shipping_keeps_the_goal_probe_the_app_draws_with(tmp_path):
+    """A run diagnosed with --save-probe ships its probe (and the diagnosis it was fitted in), so
+    the shipped checkpoint draws the agent's believed goal as the run did."""
+    from cmrl.runs.checkpoint import ship
+
+    run = tmp_path / "runs" / "r"
+    shutil.copytree("checkpoints/ml1/reach-v3/cmrl", run)
+    copied = ship(run, tmp_path / "ship", root=tmp_path)
+    assert {"goal_probe.json", "diagnosis_train.json"} <= set(copied)
+    probe = load_agent(tmp_path / "ship").goal_probe()
+    assert probe is not None and probe(np.zeros(3)).shape == (3,)
+
+
 def test_shipped_checkpoints_hold_no_absolute_paths():
     from pathlib import Path
 

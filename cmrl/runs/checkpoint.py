@@ -98,9 +98,10 @@ def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
 
 SHIPPED_FILES = (CONFIG_FILE, MODEL_FILE, "metrics.jsonl", "evaluation.json",
                  "metaworld_evaluation.json", "metaworld_evaluation_zeroshot.json",
-                 "evaluation_unseen.json")
+                 "evaluation_unseen.json", "goal_probe.json", "diagnosis_train.json")
 """What a shipped checkpoint holds (those of them the run has): weights, config, curves,
-evaluations; never the resumable state or replay."""
+evaluations, the goal probe the app draws the agent's belief with and the diagnosis it came
+from; never the resumable state or replay."""
 
 
 def ship(run_dir: str | Path, dest: str | Path, root: str | Path | None = None) -> list[str]:
