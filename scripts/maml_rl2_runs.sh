@@ -25,6 +25,10 @@ ML1_STEPS=${ML1_STEPS:-3000000}
 ML4_STEPS=${ML4_STEPS:-1000000}
 PICK_PUSH_STEPS=${PICK_PUSH_STEPS:-1500000}
 
+wants() {  # whether AGENTS (default both) names this agent
+  [[ " ${AGENTS:-maml rl2} " == *" $1 "* ]]
+}
+
 train() {  # run_dir, then train flags
   local dir=$1; shift
   if [ -d "$dir/state" ]; then
@@ -60,11 +64,11 @@ if [[ $WHAT == all || $WHAT == ml4 ]]; then
   # ML4 (seed 0; SEEDS="1 2" for more, AGENTS= for one agent): the ML1 settings, a meta-batch of 12
   # (4 goal variations of each meta-train task)
   for s in ${SEEDS:-0}; do
-    [[ " ${AGENTS:-maml rl2} " == *" maml "* ]] && \
+    wants maml && \
     train "$OUT/ml4/maml-s$s" --agent maml --benchmark ml4 --seed "$s" --steps "$ML4_STEPS" \
       --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 12 \
       --ppo-epochs 5 &
-    [[ " ${AGENTS:-maml rl2} " == *" rl2 "* ]] && \
+    wants rl2 && \
     train "$OUT/ml4/rl2-s$s" --agent rl2 --benchmark ml4 --seed "$s" --steps "$ML4_STEPS" \
       --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 --tasks-per-iteration 12 \
       --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &
@@ -73,14 +77,14 @@ if [[ $WHAT == all || $WHAT == ml4 ]]; then
 fi
 for task in pick-place push; do
   [[ $WHAT == all || $WHAT == ${task//-/} ]] || continue
-  # ML1 pick-place and push (seed 0; SEEDS="1 2" for more): reach's settings at half its budget
-  # (AGENTS="maml" or "rl2" for one of the two)
+  # ML1 pick-place and push (seed 0; SEEDS="1 2" for more, AGENTS= for one agent): reach's settings
+  # at half its budget
   for s in ${SEEDS:-0}; do
-    [[ " ${AGENTS:-maml rl2} " == *" maml "* ]] && \
+    wants maml && \
     train "$OUT/ml1/$task-v3/maml-s$s" --agent maml --benchmark "ml1:$task-v3" --seed "$s" \
       --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
       --tasks-per-iteration 10 --ppo-epochs 5 &
-    [[ " ${AGENTS:-maml rl2} " == *" rl2 "* ]] && \
+    wants rl2 && \
     train "$OUT/ml1/$task-v3/rl2-s$s" --agent rl2 --benchmark "ml1:$task-v3" --seed "$s" \
       --steps "$PICK_PUSH_STEPS" --eval-every 240000 --eval-variations 5 --checkpoint-every 48000 \
       --tasks-per-iteration 10 --ppo-lr 1e-3 --init-std 0.5 --ppo-epochs 5 --ppo-minibatches 2 &

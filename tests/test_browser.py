@@ -42,7 +42,7 @@ def served(tmp_path_factory):
     app = App(checkpoint_roots=[run.parent], runs_dir=tmp_path_factory.mktemp("browser-runs"),
               results_root=tmp_path_factory.mktemp("no-results"), default=str(run))
     # Recipes at smoke size; the online phase of offline-online outlasts the first curve point
-    # by long enough to be stopped on an idle machine too (at 40 steps it could end first).
+    # by long enough to be stopped, on an idle machine too.
     app.jobs.recipe_smoke = (200, 1)
     app.jobs.data_root = recipe_data_root(tmp_path_factory)
     with serving(app) as (url, _):

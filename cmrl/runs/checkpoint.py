@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .goal_probe import GOAL_PROBE_FILE
+
 FORMAT = "cmrl-run-v1"
 MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "state"
 
@@ -98,7 +100,7 @@ def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
 
 SHIPPED_FILES = (CONFIG_FILE, MODEL_FILE, "metrics.jsonl", "evaluation.json",
                  "metaworld_evaluation.json", "metaworld_evaluation_zeroshot.json",
-                 "evaluation_unseen.json", "goal_probe.json", "diagnosis_train.json")
+                 "evaluation_unseen.json", GOAL_PROBE_FILE, "diagnosis_train.json")
 """What a shipped checkpoint holds (those of them the run has): weights, config, curves,
 evaluations, the goal probe the app draws the agent's belief with and the diagnosis it came
 from; never the resumable state or replay."""
