@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 from ..config import RunConfig
@@ -82,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     data = ensure_dataset(dataclasses.replace(
         POINT_DATA, episodes=args.data_episodes,
         random_episodes=max(1, round(POINT_DATA.random_episodes * scale))))
+    start = time.perf_counter()
     Trainer(point_config(args.agent, data, args.steps, args.seed, extra=extra), args.run_dir,
             progress=False).train()
+    print(f"trained {args.agent} for {args.steps} steps in {time.perf_counter() - start:.0f} s")
     res = load_agent(args.run_dir).evaluate(("train", "test"), args.variations, seed=0)
     Path(args.run_dir, "eval.json").write_text(json.dumps(res, indent=2))
     for split, part in res["splits"].items():
