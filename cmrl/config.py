@@ -208,6 +208,13 @@ class SACConfig:
     RL rows as they are. A variation's own rows (mostly paths straight to its goal) say little
     about where the goal is, so a decoder fitted on them alone teaches the encoder little; tasks
     with a known reward function only, as `context_relabel`. 0 disables."""
+    goal_supervision: float = 0.0
+    """Weight of a loss that asks a linear head on the posterior mean to predict the goal position
+    of the context's variation, as the dataset recorded it (standardised by the data's goals):
+    privileged information at meta-training only, the belief supervision of Humplik et al. 2019.
+    A reward flat near its goal (Meta-World's reach: within 5 cm) does not ask z for more precision
+    than its plateau; this does. Nothing changes at meta-test. Needs `context_from = variation`;
+    variations without a recorded goal add nothing. 0: no head (and no head weights saved)."""
     z_refine_steps: int = 0
     """At meta-test (both evaluators, adaptation episodes, the app), Adam steps that move the
     posterior's mean to fit the reward decoder to the context's own rewards before a z is drawn
@@ -435,9 +442,11 @@ class RunConfig:
             raise ConfigError(f"sac.meta_batch must be from 1 to sac.batch_size, got "
                               f"{self.sac.meta_batch}")
         if not self.sac.encoder_from_critic and not (self.sac.reward_decoder > 0
-                                                     or self.sac.z_contrastive > 0):
+                                                     or self.sac.z_contrastive > 0
+                                                     or self.sac.goal_supervision > 0):
             raise ConfigError("sac.encoder_from_critic=false leaves the context encoder only the KL to "
-                              "learn from: set sac.reward_decoder or sac.z_contrastive > 0")
+                              "learn from: set sac.reward_decoder, sac.z_contrastive or "
+                              "sac.goal_supervision > 0")
         if self.sac.encoder_steps < 0:
             raise ConfigError(f"sac.encoder_steps must be >= 0, got {self.sac.encoder_steps}")
         if self.sac.context_window < 0:
@@ -451,6 +460,12 @@ class RunConfig:
                               "sac.reward_decoder > 0 too")
         if not 0.0 <= self.sac.reward_decoder <= 100.0:
             raise ConfigError(f"sac.reward_decoder must be in [0, 100], got {self.sac.reward_decoder}")
+        if not 0.0 <= self.sac.goal_supervision <= 100.0:
+            raise ConfigError(f"sac.goal_supervision must be in [0, 100], got "
+                              f"{self.sac.goal_supervision}")
+        if self.sac.goal_supervision > 0 and self.sac.context_from != "variation":
+            raise ConfigError("sac.goal_supervision needs sac.context_from = variation (a goal to "
+                              "predict per context)")
         if not 0.0 <= self.sac.z_contrastive <= 100.0:
             raise ConfigError(f"sac.z_contrastive must be in [0, 100], got {self.sac.z_contrastive}")
         if self.sac.kl_prior == "text" and not self.net.goal_factor:

@@ -309,6 +309,33 @@ def test_reward_decoder_fits_its_own_rows_when_the_batch_has_them():
     assert m["reward_decoder_mse"] > 100 * max(plain, 1.0)
 
 
+def test_goal_supervision_teaches_the_posterior_mean_where_the_goal_is():
+    agent = _agent(_cfg("pearl", **{"sac.goal_supervision": 1.0, "sac.kl_weight": 0.0,
+                                    "sac.lr": 3e-3}))
+    enc = agent.encoder
+    assert enc.goal_head is not None and enc.goal_head.out_features == 3  # Meta-World: x, y, z
+    assert _agent(_cfg("pearl")).encoder.goal_head is None  # off by default: old checkpoints load
+    names = [k for k in agent.state_dict() if "goal_" in k]
+    assert {"encoder.goal_mean", "encoder.goal_std"} <= set(names)
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(3, 16, TRANSITION_DIM, generator=g)
+    goal_pos = context[:, :, :3].mean(1) * 4 + 1  # a goal the context determines
+    enc.set_goal_stats(goal_pos)
+    batch = _batch(3, 8)
+    batch["goal_pos"] = goal_pos[:, None].expand(3, 8, 3).clone()
+    learner = SACLearner(agent)
+    errors = [float(learner.update(batch, context, None, torch.arange(3))["goal_error"])
+              for _ in range(150)]
+    assert errors[-1] < 0.2 * errors[0], errors[::30]
+    with torch.no_grad():
+        mu, _ = agent.infer_posterior(context, None)
+        placed = enc.predict_goal(mu)
+    assert (placed - goal_pos).norm(dim=-1).max() < 0.5 * (goal_pos - goal_pos.mean(0)).norm(dim=-1).max()
+    # goals not recorded (NaN) add nothing
+    batch["goal_pos"][:] = float("nan")
+    assert float(learner.update(batch, context, None, torch.arange(3))["goal_error"]) == 0.0
+
+
 def _encoder_step(**fields) -> float:
     """How far one update moves the encoder's transition net (KL off, no clipping)."""
     agent = _agent(_cfg("pearl", **{"sac.kl_weight": 0.0, "sac.grad_clip": 0.0, **fields}))

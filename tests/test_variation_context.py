@@ -185,6 +185,21 @@ def test_decoder_rows_are_relabelled_and_the_rl_rows_left_alone():
     assert not any(k.startswith("decoder_") for k in _sample_apart()[0])
 
 
+def test_goal_positions_ride_with_their_variations_rows():
+    batch, groups, goals = _sample_apart(goal_dim=2)
+    assert batch["goal_pos"].shape == (2, 20, 2)
+    for r, g in enumerate(groups):
+        assert np.allclose(batch["goal_pos"][r].numpy(), goals[g])
+    assert "goal_pos" not in _sample_apart()[0]  # off unless goal supervision asks for it
+    # a variation without a recorded goal gets NaN (the loss skips it)
+    rb = MultiTaskReplay(1, 50, 2, 2)
+    rb.add(0, np.zeros((20, 2), np.float32), np.zeros((20, 2), np.float32),
+           np.zeros(20, np.float32), np.zeros((20, 2), np.float32), groups=0)
+    batch, _ = VariationBatches(1, 1, 8, 4, goal_dim=2).sample(rb, [(rb, 8)],
+                                                                np.random.default_rng(0))
+    assert torch.isnan(batch["goal_pos"]).all()
+
+
 def test_own_context_takes_each_envs_own_transitions():
     from cmrl.algo.collector import RoundResult
 
@@ -313,6 +328,10 @@ def test_windows_of_relabelled_contexts_come_from_any_variation_in_runs():
 
 
 def test_config_checks_the_encoder_fields():
+    with pytest.raises(ConfigError, match="goal_supervision"):
+        RunConfig().updated({"sac.goal_supervision": -1.0})
+    with pytest.raises(ConfigError, match="goal_supervision"):
+        RunConfig().updated({"sac.goal_supervision": 1.0, "sac.context_from": "task"})
     with pytest.raises(ConfigError, match="decoder_relabel"):
         RunConfig().updated({"sac.decoder_relabel": 1.0})  # no decoder to relabel for
     with pytest.raises(ConfigError, match="decoder_relabel"):

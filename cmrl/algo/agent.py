@@ -31,6 +31,7 @@ from torch import nn
 
 from ..agent_kinds import AgentKind, agent_kind
 from ..config import RunConfig
+from ..envs.tasks import goal_position_dim
 from ..nets.context_encoder import MIN_VAR, ContextEncoder
 from ..nets.goal_text import goal_dim
 from ..nets.networks import Actor, ActorOutput, TwinCritic, standard_normal
@@ -57,7 +58,9 @@ class MetaAgent(nn.Module):
                                           text_dim=self.goal_dim,
                                           goal_proj_dim=net.goal_proj_dim,
                                           goal_factor=net.goal_factor and self.uses_text,
-                                          reward_decoder=config.sac.reward_decoder > 0)
+                                          reward_decoder=config.sac.reward_decoder > 0,
+                                          goal_head_dim=(goal_position_dim(config.benchmark.name)
+                                                         if config.sac.goal_supervision > 0 else 0))
             # The condition of actor and critics: z, or [z ; goal vector] with text routing.
             self.cond_dim = net.latent_dim + (self.goal_dim if self.text_routing else 0)
             if self.text_routing and net.goal_encoding == "verb_object":

@@ -12,8 +12,9 @@ Losses, as in Algorithm 1 of the seed report and PEARL:
 - `encoder_from_critic = False`: z reaches the critics detached, so the encoder learns from the KL
   and the options below alone; `encoder_steps`: the encoder is frozen after that many updates;
 - options on the encoder: `kl_prior` (KL to the goal text's factor instead of N(0, I)),
-  `z_contrastive` (an InfoNCE task-discrimination term) and `reward_decoder` (z predicts the RL
-  rows' rewards), see `context_encoder.py`.
+  `z_contrastive` (an InfoNCE task-discrimination term), `reward_decoder` (z predicts the RL
+  rows' rewards) and `goal_supervision` (the posterior mean predicts the variation's recorded goal
+  position), see `context_encoder.py`.
 
 Shapes: T tasks x B transitions, flattened to T*B rows with each task's z repeated B times.
 
@@ -192,6 +193,10 @@ class SACLearner:
                 decoder_mse = (pred - flat[key + "rewards"]).pow(2).view(T, B).mean(-1)  # [T]
                 encoder_extra = encoder_extra + cfg.reward_decoder * decoder_mse.sum()
                 metrics["reward_decoder_mse"] = decoder_mse.detach().mean()
+            if cfg.goal_supervision > 0 and "goal_pos" in flat:  # one goal per variation
+                goal_err = agent.encoder.goal_error(mu, flat["goal_pos"].view(T, B, -1)[:, 0])
+                encoder_extra = encoder_extra + cfg.goal_supervision * goal_err.sum()
+                metrics["goal_error"] = goal_err.detach().mean()
         else:
             kl = None  # sm: one-hot task ids; care: the goal vectors, one per row
             rows_goal = goal.repeat_interleave(B, dim=0) if goal is not None else None

@@ -145,7 +145,8 @@ class Trainer:
             self.variation_batches = VariationBatches(
                 T, config.sac.meta_batch, config.sac.batch_size, config.sac.context_size,
                 config.sac.context_relabel, relabellers, config.sac.rl_relabel,
-                config.sac.context_window, config.sac.decoder_relabel)
+                config.sac.context_window, config.sac.decoder_relabel,
+                self.benchmark.goal_position_dim if config.sac.goal_supervision > 0 else 0)
         rows = (self.variation_batches.row_task if self.variation_batches is not None
                 else np.arange(T))
         self.row_task = torch.as_tensor(rows, device=self.device)
@@ -230,10 +231,12 @@ class Trainer:
         with torch.no_grad():
             state["log_alpha"] = torch.full_like(self.agent.log_alpha,
                                                  float(src.agent.log_alpha.exp().mean().log()))
-        # A reward decoder (`sac.reward_decoder`) is the one part either side may lack: it starts
-        # fresh, or is dropped.
+        # A reward decoder (`sac.reward_decoder`) and a goal head (`sac.goal_supervision`) are the
+        # parts either side may lack: they start fresh, or are dropped.
         missing, unexpected = self.agent.load_state_dict(state, strict=False)
-        other = [k for k in missing + unexpected if not k.startswith("encoder.reward_net.")]
+        optional = ("encoder.reward_net.", "encoder.goal_head.", "encoder.goal_mean",
+                    "encoder.goal_std")
+        other = [k for k in missing + unexpected if not k.startswith(optional)]
         if other:
             raise ckpt.CheckpointError(f"{source}: its weights do not fit this run ({other[:3]})")
 
@@ -318,11 +321,27 @@ class Trainer:
         obs = np.concatenate([source.obs[i, :source.size[i]] for i in range(len(self.tasks))])
         self.agent.set_obs_stats(*observation_stats(obs))
 
+    def _fix_goal_stats(self) -> None:
+        """Before the first gradient step of a fresh run with a goal head: standardise its targets
+        by the goals of the variations it trains on first (a head initialised from another run
+        keeps that run's)."""
+        encoder = self.agent.encoder if self.agent.uses_context else None
+        if self.grad_steps > 0 or encoder is None or encoder.goal_head is None:
+            return
+        if encoder.goal_mean.any() or not (encoder.goal_std == 1).all():
+            return
+        source = self.offline_data if self.offline_data is not None else self.replay
+        goals = [g for per_task in source.group_goals for g in per_task.values()
+                 if np.size(g) == self.benchmark.goal_position_dim and np.isfinite(g).all()]
+        if goals:
+            encoder.set_goal_stats(torch.as_tensor(np.stack(goals), device=self.device))
+
     def _updates(self, n: int) -> dict[str, float]:
         """n gradient steps; their metrics averaged. The learner hands the metrics back as device
         tensors, summed here and read once at the end (no wait for the device per step)."""
         if n:
             self._fix_obs_stats()
+            self._fix_goal_stats()
         sums: dict = {}
         captured_before = self.learner.capture_seconds
         for _ in range(n):

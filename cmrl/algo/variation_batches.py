@@ -14,6 +14,9 @@ the RL rows (hindsight relabelling): the critic then sees every transition of th
 goal drawn, not only the few episodes recorded for that goal. `decoder_relabel_fraction` does it
 for the reward decoder's rows alone (fields `decoder_*` of the batch), leaving the RL rows intact.
 
+`goal_dim` > 0 adds each group's recorded goal position to the batch (`goal_pos`, one per RL row),
+the target of `sac.goal_supervision`.
+
 `context_window` > 0 draws each part of a context as runs of that many consecutive transitions
 instead of single transitions picked at random. At meta-test the encoder reads the agent's own
 episodes, a few trajectories in a row; a posterior learned only from transitions scattered over
@@ -36,7 +39,7 @@ class VariationBatches:
                  relabel_fraction: float = 0.0,
                  relabellers: Sequence[Relabeller | None] | None = None,
                  rl_relabel_fraction: float = 0.0, context_window: int = 0,
-                 decoder_relabel_fraction: float = 0.0):
+                 decoder_relabel_fraction: float = 0.0, goal_dim: int = 0):
         self.T, self.M = num_tasks, groups_per_task
         self.rows = max(1, batch_size // groups_per_task)
         self.N = context_size
@@ -45,6 +48,7 @@ class VariationBatches:
         self.rl_relabel_fraction = rl_relabel_fraction
         self.window = context_window
         self.decoder_relabel_fraction = decoder_relabel_fraction
+        self.goal_dim = goal_dim
 
     @property
     def row_task(self) -> np.ndarray:
@@ -111,9 +115,21 @@ class VariationBatches:
             rows = {f: batch[f].copy() for f in ("obs", "actions", "rewards", "next_obs")}
             self._relabel_rows(rows, driver, groups, rng, self.decoder_relabel_fraction)
             batch.update({f"decoder_{f}": v for f, v in rows.items()})
+        if self.goal_dim:
+            batch["goal_pos"] = self._goal_positions(driver, groups, batch["rewards"].shape[1])
         context = self._context(driver, groups, rng)
         out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
         return out, torch.from_numpy(context).to(device)
+
+    def _goal_positions(self, driver: MultiTaskReplay, groups: list[int], rows: int) -> np.ndarray:
+        """[T*M, rows, goal_dim]: each group's recorded goal on every one of its rows (NaN where
+        none was recorded), for `sac.goal_supervision`."""
+        out = np.full((len(groups), rows, self.goal_dim), np.nan, np.float32)
+        for r, g in enumerate(groups):
+            goal = driver.group_goals[int(self.row_task[r])].get(g)
+            if goal is not None and np.size(goal) == self.goal_dim:
+                out[r] = goal
+        return out
 
     def _relabel_rows(self, batch: dict[str, np.ndarray], driver: MultiTaskReplay,
                       groups: list[int], rng: np.random.Generator, fraction: float) -> None:

@@ -152,6 +152,10 @@ class Benchmark:
         return self.name == "point"
 
     @property
+    def goal_position_dim(self) -> int:
+        return goal_position_dim(self.name)
+
+    @property
     def obs_dim(self) -> int:
         from . import point_robot
 
@@ -186,6 +190,12 @@ class UnknownTaskError(ValueError):
 
 class HeldOutTaskError(RuntimeError):
     """Raised when code tries to train on (or collect prior data for) a held-out task."""
+
+
+def goal_position_dim(benchmark_name: str) -> int:
+    """Size of a goal variation's hidden goal position: x, y on the point robot; x, y, z on
+    Meta-World."""
+    return 2 if benchmark_name.lower() == "point" else 3
 
 
 def resolve_benchmark(cfg: BenchmarkConfig) -> Benchmark:

@@ -77,7 +77,7 @@ class ContextEncoder(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden: list[int],
                  text_dim: int = 0, goal_proj_dim: int = 32, goal_factor: bool = False,
-                 reward_decoder: bool = False):
+                 reward_decoder: bool = False, goal_head_dim: int = 0):
         super().__init__()
         self.latent_dim = latent_dim
         self.obs_dim, self.act_dim = obs_dim, act_dim
@@ -90,6 +90,11 @@ class ContextEncoder(nn.Module):
         self.goal_net = mlp(text_dim, hidden[:1], 2 * latent_dim) if goal_factor and self.uses_text else None
         self.reward_net = (mlp(2 * obs_dim + act_dim + latent_dim, hidden, 1) if reward_decoder
                            else None)
+        # Belief supervision (`sac.goal_supervision`): posterior mean -> standardised goal position.
+        self.goal_head = nn.Linear(latent_dim, goal_head_dim) if goal_head_dim else None
+        if goal_head_dim:
+            self.register_buffer("goal_mean", torch.zeros(goal_head_dim))
+            self.register_buffer("goal_std", torch.ones(goal_head_dim))
 
     def _gaussian(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, raw = out.split(self.latent_dim, dim=-1)
@@ -114,6 +119,27 @@ class ContextEncoder(nn.Module):
             raise RuntimeError("this encoder was built without a reward decoder (sac.reward_decoder)")
         x = torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs), z], dim=-1)
         return self.reward_net(x).squeeze(-1)
+
+    def set_goal_stats(self, goals: torch.Tensor) -> None:
+        """Standardise the goal head's targets by these goals [G, g] (the training data's)."""
+        self.goal_mean.copy_(goals.mean(0))
+        self.goal_std.copy_(goals.std(0, unbiased=False).clamp(min=1e-3))
+
+    def goal_error(self, mu: torch.Tensor, goal_pos: torch.Tensor) -> torch.Tensor:
+        """Standardised squared error of the goal head at posterior means mu [T, L] against goal
+        positions [T, g] -> [T]; 0 where a goal is unknown (NaN)."""
+        if self.goal_head is None:
+            raise RuntimeError("this encoder was built without a goal head (sac.goal_supervision)")
+        known = torch.isfinite(goal_pos).all(-1)
+        target = (torch.nan_to_num(goal_pos) - self.goal_mean) / self.goal_std
+        err = (self.goal_head(mu) - target).pow(2).sum(-1)
+        return torch.where(known, err, torch.zeros_like(err))
+
+    def predict_goal(self, mu: torch.Tensor) -> torch.Tensor:
+        """Where the goal head puts the goal for posterior means mu [..., L] -> [..., g]."""
+        if self.goal_head is None:
+            raise RuntimeError("this encoder was built without a goal head (sac.goal_supervision)")
+        return self.goal_head(mu) * self.goal_std + self.goal_mean
 
     def refine_mean(self, mu: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
                     steps: int, lr: float, prior: float) -> torch.Tensor:
