@@ -407,6 +407,26 @@ def test_belief_refines_its_mean_from_what_it_observed_and_clear_z_forgets_it():
         _cfg("pearl", **{"sac.z_refine_steps": 10})  # nothing to fit z to
 
 
+def test_a_shown_refined_mean_may_lag_but_the_acted_on_one_never_does():
+    agent = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0, "sac.z_refine_steps": 20}))
+    belief, g = TaskBelief(agent, 1, refine_every=3), torch.Generator().manual_seed(5)
+
+    def observe():
+        row = torch.randn(1, TRANSITION_DIM, generator=g).numpy()
+        belief.observe(row[:, :OBS_DIM], row[:, OBS_DIM:OBS_DIM + ACT_DIM],
+                       row[:, OBS_DIM + ACT_DIM], row[:, -OBS_DIM:])
+
+    observe()
+    first, _ = belief.infer_posterior(exact=False)
+    observe(), observe()
+    torch.testing.assert_close(belief.infer_posterior(exact=False)[0], first)  # 2 new < 3: shown as was
+    fresh, _ = belief.infer_posterior()
+    assert not torch.allclose(fresh, first)  # acting refits on all three rows
+    observe(), observe(), observe()
+    shown, _ = belief.infer_posterior(exact=False)
+    torch.testing.assert_close(shown, belief.infer_posterior()[0])  # 3 new: refitted
+
+
 def test_detached_encoder_learns_from_the_decoder_not_the_critic():
     assert _encoder_step() > 1e-5  # PEARL: the Bellman error trains it
     # detached, with a vanishing decoder weight, nothing reaches it

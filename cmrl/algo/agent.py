@@ -171,13 +171,17 @@ class TaskBelief:
     `goal` [E, goal_dim] goal vectors (cmrl, care; `goal_text.embed_goals`), `task_ids` [E] (sm; -1
     for an unknown task).
     `generator` (on the agent's device) draws z and the actions' noise; torch's global RNG when None;
-    a list of E generators: one per env (`networks.standard_normal`)."""
+    a list of E generators: one per env (`networks.standard_normal`).
+    `refine_every` (with `sac.z_refine_steps`): a posterior asked for only to be shown
+    (`infer_posterior(exact=False)`) is refitted once per that many new transitions; the z drawn to
+    act on is always fitted to every transition observed."""
 
     def __init__(self, agent: MetaAgent, num_envs: int, goal: np.ndarray | None = None,
                  task_ids: np.ndarray | list[int] | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, refine_every: int = 1):
         self.agent = agent
         self.generator = generator
+        self.refine_every = max(1, int(refine_every))
         self.E = num_envs
         dev = agent.device
         self.goal = (torch.as_tensor(goal, dtype=torch.float32, device=dev).reshape(num_envs, -1)
@@ -215,7 +219,7 @@ class TaskBelief:
             rows, masks = getattr(self, "_rows", []), [m & ~mask for m in getattr(self, "_row_mask", [])]
             live = [i for i, m in enumerate(masks) if bool(m.any())]
             self._rows, self._row_mask = [rows[i] for i in live], [masks[i] for i in live]
-            self._refined = None
+            self._refined, self._refined_at = None, 0
         if not hasattr(self, "z"):
             self.z = None
         self.infer_posterior()
@@ -239,19 +243,21 @@ class TaskBelief:
         if self._refine_steps:
             self._rows.append(c)
             self._row_mask.append(keep[:, 0] > 0)
-            self._refined = None
         self.num_transitions += (np.ones(self.E, bool) if env_mask is None
                                  else np.asarray(env_mask, bool)).astype(np.int64)
 
-    def infer_posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and variance [E, L] from everything observed since `clear_z`."""
+    def infer_posterior(self, exact: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance [E, L] from everything observed since `clear_z`. With
+        `exact=False` a refined mean may lag up to `refine_every` - 1 transitions behind."""
         if not self.agent.uses_context:
             raise RuntimeError(f"a {self.agent.kind} agent has no context variable")
         empty = self.precision.sum(-1, keepdim=True) <= 0
         var = torch.where(empty, torch.ones_like(self.precision), 1.0 / self.precision.clamp(min=1e-30))
         mu = torch.where(empty, torch.zeros_like(self.weighted_mu), var * self.weighted_mu)
         if self._refine_steps and self._rows:
-            if self._refined is None:  # once per new transition, however often it is asked
+            new = len(self._rows) - self._refined_at
+            if self._refined is None or (new and (exact or new >= self.refine_every)):
+                self._refined_at = len(self._rows)  # once per new transition, however often asked
                 sac = self.agent.config.sac
                 self._refined = self.agent.encoder.refine_mean(
                     mu, torch.stack(self._rows, 1), torch.stack(self._row_mask, 1),
@@ -282,10 +288,10 @@ class TaskBelief:
         return self.agent.act(obs, self.condition(), deterministic=deterministic,
                               generator=self.generator)
 
-    def posterior_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+    def posterior_numpy(self, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) [E, L] as numpy; [E, 0] for agents without a context variable (sm, care)."""
         if not self.agent.uses_context:
             z = np.zeros((self.E, 0), np.float32)
             return z, z
-        mu, var = self.infer_posterior()
+        mu, var = self.infer_posterior(exact)
         return mu.cpu().numpy(), var.sqrt().cpu().numpy()

@@ -77,7 +77,10 @@ def rollout(agent: MetaAgent, env: TaskEnv, variation, goal_embedding: np.ndarra
     `goal_probe` maps the posterior mean to where the agent believes the goal is; envs that can
     draw it (the point robot) show it in the rendered frame."""
     gen = torch.Generator(device=agent.device).manual_seed(seed)
-    belief = TaskBelief(agent, 1, goal=goal_embedding, task_ids=[task_id], generator=gen)
+    # A refined posterior (`sac.z_refine_steps`) is shown refitted ten times an episode; the z the
+    # agent acts on is always fitted to every step it saw.
+    belief = TaskBelief(agent, 1, goal=goal_embedding, task_ids=[task_id], generator=gen,
+                        refine_every=max(1, env.horizon // 10))
     for episode in range(adaptation_episodes + eval_episodes):
         phase = "adapt" if episode < adaptation_episodes else "eval"
         deterministic = phase == "eval"
@@ -94,7 +97,7 @@ def rollout(agent: MetaAgent, env: TaskEnv, variation, goal_embedding: np.ndarra
                 belief.observe(obs[None], action[None], np.array([reward]), next_obs[None])
             ep_success |= success
             ep_return += reward
-            mu, std = belief.posterior_numpy()
+            mu, std = belief.posterior_numpy(exact=False)
             yield StepRecord(episode, phase, env.t, obs, action, reward, success, ep_success,
                              ep_return, done, mu[0], std[0], _routing_numpy(out.routing),
                              int(belief.num_transitions[0]),
