@@ -75,7 +75,7 @@ def rollout(agent: MetaAgent, env: TaskEnv, variation, goal_embedding: np.ndarra
     z and the actions are drawn from the rollout's own generator seeded with `seed`, so the same seed
     gives the same rollout whatever runs beside it, and torch's global RNG is left alone.
     `goal_probe` maps the posterior mean to where the agent believes the goal is; envs that can
-    draw it (the point robot) show it in the rendered frame."""
+    draw it (the point robot, Meta-World scenes) show it in the rendered frame."""
     gen = torch.Generator(device=agent.device).manual_seed(seed)
     # A refined posterior (`sac.z_refine_steps`) is shown refitted ten times an episode; the z the
     # agent acts on is always fitted to every step it saw.
