@@ -222,6 +222,11 @@ class SACConfig:
     cannot say "the goal lies on a ring around here", so the product drifts toward where the agent
     lingered; the decoder can check a z against every reward seen. Needs `reward_decoder`; training
     is unchanged. 0: the product of Gaussians' mean, as PEARL."""
+    z_refine_starts: int = 1
+    """Starts of the `z_refine_steps` fit: 1, the product of Gaussians' mean alone; K > 1 adds the
+    factor means of K - 1 context rows spread evenly over the context, fits from all K at once and
+    keeps the one whose fit ends with the lowest loss (fitting a goal to rewards is not convex).
+    Costs K times one fit."""
     z_refine_lr: float = 0.05
     """Adam step size of `z_refine_steps`."""
     z_refine_prior: float = 0.01
@@ -455,6 +460,8 @@ class RunConfig:
             raise ConfigError("sac.z_refine_steps and sac.z_refine_prior must be >= 0 and "
                               f"sac.z_refine_lr > 0, got {self.sac.z_refine_steps}, "
                               f"{self.sac.z_refine_prior}, {self.sac.z_refine_lr}")
+        if self.sac.z_refine_starts < 1:
+            raise ConfigError(f"sac.z_refine_starts must be >= 1, got {self.sac.z_refine_starts}")
         if self.sac.z_refine_steps > 0 and self.sac.reward_decoder <= 0:
             raise ConfigError("sac.z_refine_steps fits z to the reward decoder: set "
                               "sac.reward_decoder > 0 too")
@@ -616,6 +623,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "sac.batch_size": (1, 1 << 20),
     "sac.context_size": (1, 1 << 16),
     "sac.z_refine_steps": (0, 1000),
+    "sac.z_refine_starts": (1, 64),
     "train.steps": (1, 10**12),
     "train.envs_per_task": (1, 1024),
     "train.replay_capacity": (1, 10**9),

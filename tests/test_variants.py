@@ -407,6 +407,45 @@ def test_belief_refines_its_mean_from_what_it_observed_and_clear_z_forgets_it():
         _cfg("pearl", **{"sac.z_refine_steps": 10})  # nothing to fit z to
 
 
+def test_refinement_from_several_starts_keeps_the_best_fit():
+    agent = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0}))
+    context = torch.randn(2, 12, TRANSITION_DIM)
+    z_star = 3 * torch.randn(2, agent.config.net.latent_dim)
+    context[..., OBS_DIM + ACT_DIM] = _decoded(agent, context, z_star)
+    mu = -z_star  # a poor start that 3 small steps cannot bring to z*
+    wrong = z_star + 5.0
+    starts = torch.stack([wrong, z_star], 1)  # [E, 2, L]: env 0 and 1 both hold z* second
+    starts[1] = torch.stack([z_star[1], wrong[1]])  # env 1 holds it first
+    one = agent.encoder.refine_mean(mu, context, None, 3, 0.05, 0.0)
+    best = agent.encoder.refine_mean(mu, context, None, 3, 0.05, 0.0, starts=starts)
+    assert (_decoder_error(agent, context, best) < _decoder_error(agent, context, one)).all()
+    # each env keeps exactly the fit it would get from z* alone
+    torch.testing.assert_close(best, agent.encoder.refine_mean(z_star, context, None, 3, 0.05, 0.0))
+    # without extra starts nothing changes: the single-start fit
+    torch.testing.assert_close(agent.encoder.refine_mean(mu, context, None, 3, 0.05, 0.0,
+                                                         starts=None), one)
+
+
+def test_belief_takes_extra_starts_from_its_own_rows_factor_means():
+    agent = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0, "sac.z_refine_steps": 5,
+                                    "sac.z_refine_starts": 3}))
+    belief, g = TaskBelief(agent, 2), torch.Generator().manual_seed(7)
+    rows = torch.randn(2, 5, TRANSITION_DIM, generator=g).numpy()
+    for t in range(5):  # env 1 sees only the first three rows
+        r = rows[:, t]
+        belief.observe(r[:, :OBS_DIM], r[:, OBS_DIM:OBS_DIM + ACT_DIM], r[:, OBS_DIM + ACT_DIM],
+                       r[:, -OBS_DIM:], env_mask=np.array([True, t < 3]))
+    with torch.no_grad():
+        factor_mu, _ = agent.encoder.transition_factors(torch.as_tensor(rows))
+    starts = belief._extra_starts(torch.stack(belief._row_mask, 1), 2)
+    torch.testing.assert_close(starts[0], factor_mu[0, [0, 4]])  # first and last of five
+    torch.testing.assert_close(starts[1], factor_mu[1, [0, 2]])  # of its own three
+    mu, _ = belief.infer_posterior()
+    assert torch.isfinite(mu).all()
+    with pytest.raises(ConfigError, match="z_refine_starts"):
+        _cfg("pearl", **{"sac.reward_decoder": 1.0, "sac.z_refine_starts": 0})
+
+
 def test_a_shown_refined_mean_may_lag_but_the_acted_on_one_never_does():
     agent = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0, "sac.z_refine_steps": 20}))
     belief, g = TaskBelief(agent, 1, refine_every=3), torch.Generator().manual_seed(5)

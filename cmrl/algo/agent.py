@@ -217,8 +217,10 @@ class TaskBelief:
         self.num_transitions[mask.cpu().numpy()] = 0
         if self._refine_steps:  # the masked envs' rows are forgotten; steps nobody holds dropped
             rows, masks = getattr(self, "_rows", []), [m & ~mask for m in getattr(self, "_row_mask", [])]
+            row_mu = getattr(self, "_row_mu", [])
             live = [i for i, m in enumerate(masks) if bool(m.any())]
             self._rows, self._row_mask = [rows[i] for i in live], [masks[i] for i in live]
+            self._row_mu = [row_mu[i] for i in live]
             self._refined, self._refined_at = None, 0
         if not hasattr(self, "z"):
             self.z = None
@@ -243,6 +245,7 @@ class TaskBelief:
         if self._refine_steps:
             self._rows.append(c)
             self._row_mask.append(keep[:, 0] > 0)
+            self._row_mu.append(mu[:, 0])
         self.num_transitions += (np.ones(self.E, bool) if env_mask is None
                                  else np.asarray(env_mask, bool)).astype(np.int64)
 
@@ -259,12 +262,27 @@ class TaskBelief:
             if self._refined is None or (new and (exact or new >= self.refine_every)):
                 self._refined_at = len(self._rows)  # once per new transition, however often asked
                 sac = self.agent.config.sac
+                row_mask = torch.stack(self._row_mask, 1)
                 self._refined = self.agent.encoder.refine_mean(
-                    mu, torch.stack(self._rows, 1), torch.stack(self._row_mask, 1),
-                    sac.z_refine_steps, sac.z_refine_lr, sac.z_refine_prior)
+                    mu, torch.stack(self._rows, 1), row_mask,
+                    sac.z_refine_steps, sac.z_refine_lr, sac.z_refine_prior,
+                    starts=self._extra_starts(row_mask, sac.z_refine_starts - 1))
             mu = self._refined
         self.mu, self.var = mu, var
         return mu, var
+
+    def _extra_starts(self, row_mask: torch.Tensor, k: int) -> torch.Tensor | None:
+        """[E, k, L]: the factor means of k of each env's own rows, spread evenly over them (an env
+        without rows gets zeros; `refine_mean` leaves it at mu anyway). None when k is 0."""
+        if k <= 0:
+            return None
+        row_mu = torch.stack(self._row_mu, 1)  # [E, N, L]
+        index = torch.zeros(self.E, k, dtype=torch.long, device=row_mu.device)
+        for e in range(self.E):
+            own = row_mask[e].nonzero().squeeze(-1)
+            if len(own):
+                index[e] = own[torch.linspace(0, len(own) - 1, k, device=own.device).round().long()]
+        return row_mu.gather(1, index[..., None].expand(-1, -1, row_mu.shape[-1]))
 
     def sample_z(self, env_mask: np.ndarray | None = None, deterministic: bool = False) -> None:
         """Draw a new z for the masked envs (all by default) from the current posterior."""

@@ -142,32 +142,48 @@ class ContextEncoder(nn.Module):
         return self.goal_head(mu) * self.goal_std + self.goal_mean
 
     def refine_mean(self, mu: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
-                    steps: int, lr: float, prior: float) -> torch.Tensor:
+                    steps: int, lr: float, prior: float,
+                    starts: torch.Tensor | None = None) -> torch.Tensor:
         """Move the posterior mean toward the z whose decoded rewards fit the context's own.
 
         mu [E, L] (the product of Gaussians' mean: the start), context [E, N, D] raw (s, a, r, s')
         rows, mask [E, N] (1: a real row). `steps` Adam steps on sum_j (r_hat(c_j, z) - r_j)^2 +
-        prior * |z|^2 / 2, each env's z on its own rows; envs without rows keep mu. The encoder's
-        weights are not touched (`sac.z_refine_steps` says why)."""
+        prior * |z|^2 / 2, each env's z on its own rows; envs without rows keep mu. `starts` [E, K,
+        L]: more starts, fitted alongside mu's; each env keeps the fit with the lowest final loss.
+        The encoder's weights are not touched (`sac.z_refine_steps` says why)."""
         if self.reward_net is None:
             raise RuntimeError("refining z needs the reward decoder (sac.reward_decoder)")
         if steps <= 0 or context.shape[-2] == 0:
             return mu
         d, a = self.obs_dim, self.act_dim
-        obs, act = context[..., :d], context[..., d:d + a]
-        rew, nxt = context[..., d + a], context[..., -d:]
-        keep = (torch.ones(rew.shape, device=rew.device) if mask is None else mask.to(rew.dtype))
-        has_rows = keep.sum(-1, keepdim=True) > 0
+        # One extra axis K for the starts: rows [E, 1, N, ...], z [E, K, L].
+        obs, act = context[..., None, :, :d], context[..., None, :, d:d + a]
+        rew, nxt = context[..., None, :, d + a], context[..., None, :, -d:]
+        keep = (torch.ones(rew.shape, device=rew.device) if mask is None
+                else mask[..., None, :].to(rew.dtype))
+        has_rows = keep.sum((-2, -1)).unsqueeze(-1) > 0
+        z0 = mu.unsqueeze(-2) if starts is None else torch.cat([mu.unsqueeze(-2), starts], -2)
+        K = z0.shape[-2]
+        shape = (*rew.shape[:-2], K, rew.shape[-1])  # [E, K, N]
+
+        def losses(z):  # [E, K]: each start's summed squared error plus its prior term
+            pred = self.predict_reward(obs.expand(*shape, d), act.expand(*shape, a),
+                                       nxt.expand(*shape, d), z.unsqueeze(-2).expand(*shape, -1))
+            return ((pred - rew).pow(2) * keep).sum(-1) + prior * 0.5 * z.pow(2).sum(-1)
+
         with torch.enable_grad():
-            z = mu.detach().clone().requires_grad_(True)
+            z = z0.detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=lr)
             for _ in range(steps):
-                pred = self.predict_reward(obs, act, nxt, z.unsqueeze(-2).expand(*rew.shape, -1))
-                loss = ((pred - rew).pow(2) * keep).sum() + prior * 0.5 * z.pow(2).sum()
-                (grad,) = torch.autograd.grad(loss, z)
+                (grad,) = torch.autograd.grad(losses(z).sum(), z)
                 z.grad = grad
                 opt.step()
-        return torch.where(has_rows, z.detach(), mu)
+        z = z.detach()
+        if K > 1:
+            with torch.no_grad():
+                best = losses(z).argmin(-1)
+            z = z.gather(-2, best[..., None, None].expand(*best.shape, 1, z.shape[-1]))
+        return torch.where(has_rows, z[..., 0, :], mu)
 
     def goal_factor(self, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """goal [T, text_dim] -> the goal's own factor mu, var [T, L] (None without one)."""
