@@ -77,10 +77,12 @@ def rollout(agent: MetaAgent, env: TaskEnv, variation, goal_embedding: np.ndarra
     `goal_probe` maps the posterior mean to where the agent believes the goal is; envs that can
     draw it (the point robot, Meta-World scenes) show it in the rendered frame."""
     gen = torch.Generator(device=agent.device).manual_seed(seed)
-    # A refined posterior (`sac.z_refine_steps`) is shown refitted ten times an episode; the z the
-    # agent acts on is always fitted to every step it saw.
+    # A refined posterior (`sac.z_refine_steps`) is shown refitted ten times an episode, fewer with
+    # several starts (each fit costs as many); the z the agent acts on is always fitted to every
+    # step it saw.
+    starts = agent.config.sac.z_refine_starts
     belief = TaskBelief(agent, 1, goal=goal_embedding, task_ids=[task_id], generator=gen,
-                        refine_every=max(1, env.horizon // 10))
+                        refine_every=max(1, env.horizon * starts // 10))
     for episode in range(adaptation_episodes + eval_episodes):
         phase = "adapt" if episode < adaptation_episodes else "eval"
         deterministic = phase == "eval"
