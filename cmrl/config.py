@@ -208,6 +208,12 @@ class SACConfig:
     RL rows as they are. A variation's own rows (mostly paths straight to its goal) say little
     about where the goal is, so a decoder fitted on them alone teaches the encoder little; tasks
     with a known reward function only, as `context_relabel`. 0 disables."""
+    goal_jitter: float = 0.0
+    """With `context_relabel = 1`: std (the goal's units, per axis; Meta-World: metres) of Gaussian
+    noise added to each drawn variation's recorded goal before its context, the decoder's rows
+    (`decoder_relabel`, then 1 too) and the belief target (`goal_supervision`) are made for it, so z
+    learns goals between the few the dataset recorded. The RL rows keep their recorded rewards.
+    0: the recorded goals only."""
     goal_supervision: float = 0.0
     """Weight of a loss that asks a linear head on the posterior mean to predict the goal position
     of the context's variation, as the dataset recorded it (standardised by the data's goals):
@@ -443,6 +449,14 @@ class RunConfig:
         if self.sac.decoder_relabel > 0 and self.sac.context_from != "variation":
             raise ConfigError("sac.decoder_relabel needs sac.context_from = variation (a goal to "
                               "relabel for)")
+        if not 0.0 <= self.sac.goal_jitter <= 1.0:
+            raise ConfigError(f"sac.goal_jitter must be in [0, 1], got {self.sac.goal_jitter}")
+        if self.sac.goal_jitter > 0 and (self.sac.context_relabel != 1.0 or (
+                self.sac.reward_decoder > 0 and self.sac.decoder_relabel != 1.0)):
+            raise ConfigError("sac.goal_jitter moves the goal the contexts (and the decoder's rows) are "
+                              "relabelled for; rows kept with their recorded rewards would contradict "
+                              "it: set sac.context_relabel = 1 (and sac.decoder_relabel = 1 with a "
+                              "reward decoder)")
         if not 1 <= self.sac.meta_batch <= self.sac.batch_size:
             raise ConfigError(f"sac.meta_batch must be from 1 to sac.batch_size, got "
                               f"{self.sac.meta_batch}")

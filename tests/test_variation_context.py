@@ -363,3 +363,43 @@ def test_relabelling_a_task_without_a_relabeller_warns():
         warnings.simplefilter("error")
         warn_unrelabelled(tasks, relabellers, RunConfig())  # nothing asked: silent
         warn_unrelabelled(tasks[:1], relabellers[:1], RunConfig().updated({"sac.rl_relabel": 0.5}))
+
+
+def test_jittered_goals_are_relabelled_consistently_and_rl_rows_keep_theirs():
+    rb, goals = _two_variations_apart()
+    vb = VariationBatches(1, 2, 40, 8, relabel_fraction=1.0, decoder_relabel_fraction=1.0,
+                          relabellers=[reward_relabeller(point_robot.TASK)], goal_dim=2,
+                          goal_jitter=0.3)
+    batch, context = vb.sample(rb, [(rb, vb.rows)], np.random.default_rng(3))
+    groups = vb.pick_groups(rb, np.random.default_rng(3))
+    for r, g in enumerate(groups):
+        moved = batch["goal_pos"][r, 0].numpy()
+        assert np.allclose(batch["goal_pos"][r].numpy(), moved)  # one goal per group
+        assert 1e-3 < np.linalg.norm(moved - goals[g]) < 2.0
+        # context and decoder rows are rewarded for the moved goal, not the recorded one
+        ctx = context[r].numpy()
+        assert np.allclose(ctx[:, 4], point_robot.relabel_rewards(ctx[:, -2:], moved), atol=1e-5)
+        nxt, rew = batch["decoder_next_obs"][r].numpy(), batch["decoder_rewards"][r].numpy()
+        assert np.allclose(rew, point_robot.relabel_rewards(nxt, moved), atol=1e-5)
+        # the RL rows are the variation's own, with the rewards it recorded
+        nxt, rew = batch["next_obs"][r].numpy(), batch["rewards"][r].numpy()
+        assert np.allclose(rew, point_robot.relabel_rewards(nxt, goals[g]), atol=1e-5)
+    # each draw moves the goal anew; with no jitter the recorded goal is used
+    again, _ = vb.sample(rb, [(rb, vb.rows)], np.random.default_rng(4))
+    assert not np.allclose(again["goal_pos"][:, 0].numpy(), batch["goal_pos"][:, 0].numpy())
+    plain = VariationBatches(1, 2, 40, 8, relabel_fraction=1.0,
+                             relabellers=[reward_relabeller(point_robot.TASK)], goal_dim=2)
+    b0, _ = plain.sample(rb, [(rb, plain.rows)], np.random.default_rng(3))
+    for r, g in enumerate(groups):
+        assert np.allclose(b0["goal_pos"][r].numpy(), goals[g])
+
+
+def test_goal_jitter_needs_every_context_row_relabelled():
+    base = {"sac.context_from": "variation", "sac.context_relabel": 1.0, "sac.goal_jitter": 0.02}
+    RunConfig().updated(base).validate()
+    with pytest.raises(ConfigError, match="goal_jitter"):
+        RunConfig().updated({**base, "sac.context_relabel": 0.5}).validate()
+    with pytest.raises(ConfigError, match="goal_jitter"):
+        RunConfig().updated({**base, "sac.reward_decoder": 10.0, "sac.decoder_relabel": 0.5}).validate()
+    with pytest.raises(ConfigError, match="goal_jitter"):
+        RunConfig().updated({**base, "sac.goal_jitter": -0.1}).validate()

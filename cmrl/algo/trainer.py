@@ -79,7 +79,8 @@ def warn_unrelabelled(tasks, relabellers, config: RunConfig) -> None:
     """Relabelling asked for on tasks whose reward cannot be recomputed does nothing there: say so."""
     asked = [name for name, value in (("sac.context_relabel", config.sac.context_relabel),
                                       ("sac.rl_relabel", config.sac.rl_relabel),
-                                      ("sac.decoder_relabel", config.sac.decoder_relabel))
+                                      ("sac.decoder_relabel", config.sac.decoder_relabel),
+                                      ("sac.goal_jitter", config.sac.goal_jitter))
              if value > 0]
     lacking = [task for task, r in zip(tasks, relabellers) if r is None]
     if asked and lacking:
@@ -146,7 +147,8 @@ class Trainer:
                 T, config.sac.meta_batch, config.sac.batch_size, config.sac.context_size,
                 config.sac.context_relabel, relabellers, config.sac.rl_relabel,
                 config.sac.context_window, config.sac.decoder_relabel,
-                self.benchmark.goal_position_dim if config.sac.goal_supervision > 0 else 0)
+                self.benchmark.goal_position_dim if config.sac.goal_supervision > 0 else 0,
+                config.sac.goal_jitter)
         rows = (self.variation_batches.row_task if self.variation_batches is not None
                 else np.arange(T))
         self.row_task = torch.as_tensor(rows, device=self.device)

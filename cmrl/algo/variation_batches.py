@@ -14,6 +14,11 @@ the RL rows (hindsight relabelling): the critic then sees every transition of th
 goal drawn, not only the few episodes recorded for that goal. `decoder_relabel_fraction` does it
 for the reward decoder's rows alone (fields `decoder_*` of the batch), leaving the RL rows intact.
 
+`goal_jitter` > 0 moves each drawn variation's goal by Gaussian noise of that std (per axis) before
+anything is relabelled for it: the recorded goals are a few dozen points (ML1: 50, about 3 cm
+apart), and a context, decoder or belief target relabelled only for those teaches z nothing about
+the goals between them, where meta-test goals lie. The RL rows keep their recorded rewards.
+
 `goal_dim` > 0 adds each group's recorded goal position to the batch (`goal_pos`, one per RL row),
 the target of `sac.goal_supervision`.
 
@@ -39,7 +44,8 @@ class VariationBatches:
                  relabel_fraction: float = 0.0,
                  relabellers: Sequence[Relabeller | None] | None = None,
                  rl_relabel_fraction: float = 0.0, context_window: int = 0,
-                 decoder_relabel_fraction: float = 0.0, goal_dim: int = 0):
+                 decoder_relabel_fraction: float = 0.0, goal_dim: int = 0,
+                 goal_jitter: float = 0.0):
         self.T, self.M = num_tasks, groups_per_task
         self.rows = max(1, batch_size // groups_per_task)
         self.N = context_size
@@ -49,6 +55,7 @@ class VariationBatches:
         self.window = context_window
         self.decoder_relabel_fraction = decoder_relabel_fraction
         self.goal_dim = goal_dim
+        self.goal_jitter = goal_jitter
 
     @property
     def row_task(self) -> np.ndarray:
@@ -96,6 +103,7 @@ class VariationBatches:
         buffer) and gives the contexts; `rl_parts` are (source, rows per group) pairs whose rows
         are drawn from the same variation (from the driver where a source lacks it)."""
         groups = self.pick_groups(driver, rng)
+        goals = self._goals(driver, groups, rng)
         row_task = self.row_task
         fields = ("obs", "actions", "rewards", "next_obs", "dones")
         batch_parts = []
@@ -110,35 +118,47 @@ class VariationBatches:
             batch_parts.append(self._gather(picks, fields))
         batch = {f: np.concatenate([p[f] for p in batch_parts], axis=1) for f in fields}
         if self.rl_relabel_fraction > 0:
-            self._relabel_rows(batch, driver, groups, rng, self.rl_relabel_fraction)
+            self._relabel_rows(batch, driver, goals, rng, self.rl_relabel_fraction)
         if self.decoder_relabel_fraction > 0:
             rows = {f: batch[f].copy() for f in ("obs", "actions", "rewards", "next_obs")}
-            self._relabel_rows(rows, driver, groups, rng, self.decoder_relabel_fraction)
+            self._relabel_rows(rows, driver, goals, rng, self.decoder_relabel_fraction)
             batch.update({f"decoder_{f}": v for f, v in rows.items()})
         if self.goal_dim:
-            batch["goal_pos"] = self._goal_positions(driver, groups, batch["rewards"].shape[1])
-        context = self._context(driver, groups, rng)
+            batch["goal_pos"] = self._goal_positions(goals, batch["rewards"].shape[1])
+        context = self._context(driver, groups, rng, goals)
         out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
         return out, torch.from_numpy(context).to(device)
 
-    def _goal_positions(self, driver: MultiTaskReplay, groups: list[int], rows: int) -> np.ndarray:
-        """[T*M, rows, goal_dim]: each group's recorded goal on every one of its rows (NaN where
-        none was recorded), for `sac.goal_supervision`."""
-        out = np.full((len(groups), rows, self.goal_dim), np.nan, np.float32)
+    def _goals(self, driver: MultiTaskReplay, groups: list[int],
+               rng: np.random.Generator) -> list[np.ndarray | None]:
+        """Each group's goal, as recorded (None where none was), moved by `goal_jitter`."""
+        out = []
         for r, g in enumerate(groups):
             goal = driver.group_goals[int(self.row_task[r])].get(g)
+            if goal is not None and self.goal_jitter > 0:
+                goal = (np.asarray(goal, np.float64)
+                        + rng.normal(0.0, self.goal_jitter, np.shape(goal))).astype(np.float32)
+            out.append(goal)
+        return out
+
+    def _goal_positions(self, goals: list[np.ndarray | None], rows: int) -> np.ndarray:
+        """[T*M, rows, goal_dim]: each group's goal on every one of its rows (NaN where none was
+        recorded), for `sac.goal_supervision`."""
+        out = np.full((len(goals), rows, self.goal_dim), np.nan, np.float32)
+        for r, goal in enumerate(goals):
             if goal is not None and np.size(goal) == self.goal_dim:
                 out[r] = goal
         return out
 
     def _relabel_rows(self, batch: dict[str, np.ndarray], driver: MultiTaskReplay,
-                      groups: list[int], rng: np.random.Generator, fraction: float) -> None:
+                      goals: list[np.ndarray | None], rng: np.random.Generator,
+                      fraction: float) -> None:
         """Replace the first `fraction` of each group's rows by transitions of any variation of
         the task, their rewards recomputed for the group's goal (in place; fields the batch has)."""
         n = int(round(batch["obs"].shape[1] * fraction))
-        for r, g in enumerate(groups):
+        for r, goal in enumerate(goals):
             t = int(self.row_task[r])
-            relabel, goal = self.relabellers[t], driver.group_goals[t].get(g)
+            relabel = self.relabellers[t]
             if not n or relabel is None or goal is None:
                 continue
             other = rng.integers(driver.size[t], size=n)
@@ -147,14 +167,16 @@ class VariationBatches:
                     batch[f][r, :n] = getattr(driver, f)[t, other]
             batch["rewards"][r, :n] = relabel(driver.obs[t, other], driver.next_obs[t, other], goal)
 
-    def _context(self, driver: MultiTaskReplay, groups: list[int],
-                 rng: np.random.Generator) -> np.ndarray:
+    def _context(self, driver: MultiTaskReplay, groups: list[int], rng: np.random.Generator,
+                 goals: list[np.ndarray | None] | None = None) -> np.ndarray:
+        """Contexts [T*M, N, D], relabelled for `goals` (default: the groups' recorded ones)."""
         row_task = self.row_task
+        if goals is None:
+            goals = [driver.group_goals[int(row_task[r])].get(g) for r, g in enumerate(groups)]
         rows = []
-        for r, g in enumerate(groups):
+        for r, (g, goal) in enumerate(zip(groups, goals)):
             t = int(row_task[r])
             relabel = self.relabellers[t]
-            goal = driver.group_goals[t].get(g)
             n_other = (int(round(self.N * self.relabel_fraction))
                        if relabel is not None and goal is not None else 0)
             pool = driver.group_index(t)[g]
