@@ -233,6 +233,11 @@ class SACConfig:
     factor means of K - 1 context rows spread evenly over the context, fits from all K at once and
     keeps the one whose fit ends with the lowest loss (fitting a goal to rewards is not convex).
     Costs K times one fit."""
+    z_refine_pool: float = 0.0
+    """With `z_refine_starts` > 1: the refined mean is the average of the fits whose final loss is
+    within this fraction of the lowest (1 + pool times it), not the lowest alone. Where the reward
+    is flat near its goal, every z in a region fits the rewards equally; their centre is the better
+    guess. 0: the lowest-loss fit."""
     z_refine_lr: float = 0.05
     """Adam step size of `z_refine_steps`."""
     z_refine_prior: float = 0.01
@@ -474,6 +479,8 @@ class RunConfig:
             raise ConfigError("sac.z_refine_steps and sac.z_refine_prior must be >= 0 and "
                               f"sac.z_refine_lr > 0, got {self.sac.z_refine_steps}, "
                               f"{self.sac.z_refine_prior}, {self.sac.z_refine_lr}")
+        if self.sac.z_refine_pool < 0:
+            raise ConfigError(f"sac.z_refine_pool must be >= 0, got {self.sac.z_refine_pool}")
         if self.sac.z_refine_starts < 1:
             raise ConfigError(f"sac.z_refine_starts must be >= 1, got {self.sac.z_refine_starts}")
         if self.sac.z_refine_steps > 0 and self.sac.reward_decoder <= 0:

@@ -487,3 +487,28 @@ def test_encoder_is_frozen_after_encoder_steps():
     assert changed(snaps[0], snaps[1]) and changed(snaps[1], snaps[2])
     assert not changed(snaps[2], snaps[3]) and learner.encoder_frozen
     assert not changed(snaps[3], [p.detach() for p in agent.encoder.parameters()])
+
+
+def test_refinement_pool_averages_the_fits_that_fit_about_as_well():
+    agent = _agent(_cfg("pearl", **{"sac.reward_decoder": 1.0}))
+    context = torch.randn(1, 12, TRANSITION_DIM)
+    z_star = 3 * torch.randn(1, agent.config.net.latent_dim)
+    context[..., OBS_DIM + ACT_DIM] = _decoded(agent, context, z_star) + 0.1 * torch.randn(1, 12)
+    starts = torch.stack([z_star + 0.05, z_star + 5.0], 1)  # near and far
+    fits = [agent.encoder.refine_mean(z, context, None, 2, 0.05, 0.0)
+            for z in (z_star, starts[:, 0], starts[:, 1])]
+    err = [float(_decoder_error(agent, context, f)) for f in fits]
+    assert err[2] > max(err[:2])  # the far start still fits worst
+
+    def pooled(pool):
+        return agent.encoder.refine_mean(z_star, context, None, 2, 0.05, 0.0, starts=starts,
+                                         pool=pool)
+
+    best = min(range(3), key=err.__getitem__)
+    torch.testing.assert_close(pooled(0.0), fits[best])  # no pool: the lowest loss alone
+    torch.testing.assert_close(pooled(float("inf")), sum(fits) / 3)  # every fit
+    # a pool wide enough for the two close fits and not the far one averages those two
+    lo, hi = max(err[:2]) / min(err[:2]) - 1, err[2] / min(err[:2]) - 1
+    torch.testing.assert_close(pooled((lo + hi) / 2), (fits[0] + fits[1]) / 2)
+    with pytest.raises(ConfigError, match="z_refine_pool"):
+        _cfg("pearl", **{"sac.z_refine_pool": -1.0})

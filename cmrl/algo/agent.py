@@ -266,7 +266,8 @@ class TaskBelief:
                 self._refined = self.agent.encoder.refine_mean(
                     mu, torch.stack(self._rows, 1), row_mask,
                     sac.z_refine_steps, sac.z_refine_lr, sac.z_refine_prior,
-                    starts=self._extra_starts(row_mask, sac.z_refine_starts - 1))
+                    starts=self._extra_starts(row_mask, sac.z_refine_starts - 1),
+                    pool=sac.z_refine_pool)
             mu = self._refined
         self.mu, self.var = mu, var
         return mu, var

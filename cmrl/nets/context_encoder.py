@@ -143,13 +143,14 @@ class ContextEncoder(nn.Module):
 
     def refine_mean(self, mu: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
                     steps: int, lr: float, prior: float,
-                    starts: torch.Tensor | None = None) -> torch.Tensor:
+                    starts: torch.Tensor | None = None, pool: float = 0.0) -> torch.Tensor:
         """Move the posterior mean toward the z whose decoded rewards fit the context's own.
 
         mu [E, L] (the product of Gaussians' mean: the start), context [E, N, D] raw (s, a, r, s')
         rows, mask [E, N] (1: a real row). `steps` Adam steps on sum_j (r_hat(c_j, z) - r_j)^2 +
         prior * |z|^2 / 2, each env's z on its own rows; envs without rows keep mu. `starts` [E, K,
-        L]: more starts, fitted alongside mu's; each env keeps the fit with the lowest final loss.
+        L]: more starts, fitted alongside mu's; each env keeps the fit with the lowest final loss,
+        or with `pool` > 0 the mean of the fits whose loss is within that fraction of the lowest.
         The encoder's weights are not touched (`sac.z_refine_steps` says why)."""
         if self.reward_net is None:
             raise RuntimeError("refining z needs the reward decoder (sac.reward_decoder)")
@@ -181,8 +182,13 @@ class ContextEncoder(nn.Module):
         z = z.detach()
         if K > 1:
             with torch.no_grad():
-                best = losses(z).argmin(-1)
-            z = z.gather(-2, best[..., None, None].expand(*best.shape, 1, z.shape[-1]))
+                final = losses(z)
+            if pool > 0:  # a reward flat near its goal fits a region: its fits' centre, not an edge
+                near = (final <= final.min(-1, keepdim=True).values * (1 + pool)).to(z.dtype)
+                z = ((z * near[..., None]).sum(-2) / near.sum(-1, keepdim=True)).unsqueeze(-2)
+            else:
+                best = final.argmin(-1)
+                z = z.gather(-2, best[..., None, None].expand(*best.shape, 1, z.shape[-1]))
         return torch.where(has_rows, z[..., 0, :], mu)
 
     def goal_factor(self, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
