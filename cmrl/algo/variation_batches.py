@@ -19,8 +19,8 @@ anything is relabelled for it: the recorded goals are a few dozen points (ML1: 5
 apart), and a context, decoder or belief target relabelled only for those teaches z nothing about
 the goals between them, where meta-test goals lie. The RL rows keep their recorded rewards.
 
-`goal_dim` > 0 adds each group's recorded goal position to the batch (`goal_pos`, one per RL row),
-the target of `sac.goal_supervision`.
+`goal_dim` > 0 adds each group's goal position (the recorded one, moved by `goal_jitter`) to the
+batch (`goal_pos`, one per RL row), the target of `sac.goal_supervision`.
 
 `context_window` > 0 draws each part of a context as runs of that many consecutive transitions
 instead of single transitions picked at random. At meta-test the encoder reads the agent's own
