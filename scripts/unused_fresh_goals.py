@@ -33,13 +33,9 @@ def main() -> None:
     draw = evaluation.chosen_variations(pool, args.task, "train", args.draw, 0)[args.skip:]
     _, goal = evaluation.task_goal(trained.agent, args.task, trained.text_encoder)
     phases = evaluation.episode_phases(3, 1, True)
-    chosen, evaluation.chosen_variations = evaluation.chosen_variations, lambda *a: draw
-    try:
-        with torch_threads(1):
-            succ, ret = evaluation.run_variations(trained.agent, pool, args.task, "train", goal,
-                                                  len(draw), phases, 0)
-    finally:
-        evaluation.chosen_variations = chosen
+    with torch_threads(1):
+        succ, ret = evaluation.run_variations(trained.agent, pool, args.task, "train", goal,
+                                              len(draw), phases, 0, variations=draw)
     res = {"checkpoint": args.checkpoint, "goals": f"{args.skip}-{args.draw - 1} of the seed-0 draw",
            "phases": phases, "success_by_episode": succ.mean(0).tolist(),
            "return_by_episode": ret.mean(0).tolist(), "wall_s": time.perf_counter() - start}

@@ -12,7 +12,7 @@ import torch
 
 from cmrl.algo import parallel_eval
 from cmrl.algo.agent import MetaAgent
-from cmrl.algo.evaluation import episode_phases, evaluate, run_variations
+from cmrl.algo.evaluation import chosen_variations, episode_phases, evaluate, run_variations
 from cmrl.config import BenchmarkConfig
 from cmrl.envs.metaworld_env import TaskPool
 from cmrl.envs.tasks import resolve_benchmark
@@ -61,6 +61,14 @@ def test_a_variation_does_not_depend_on_the_others_stepped_beside_it(ml1):
         np.testing.assert_array_equal(s, succ[rows])
     _, other = run_variations(agent, ml1, "reach-v3", "test", None, 4, phases, seed=4, rows=[2])
     assert not np.array_equal(other, ret[[2]])  # another seed: other variations and draws
+    # variations given explicitly replace the seeded draw: the same draw gives the same numbers
+    drawn = chosen_variations(ml1, "reach-v3", "test", 4, 3)
+    _, given = run_variations(agent, ml1, "reach-v3", "test", None, 4, phases, seed=3,
+                              variations=drawn)
+    np.testing.assert_array_equal(given, ret)
+    _, reversed_ = run_variations(agent, ml1, "reach-v3", "test", None, 4, phases, seed=3,
+                                  variations=drawn[::-1])
+    assert not np.array_equal(reversed_, ret)
 
 
 def test_units_cover_every_variation_once_and_reach_the_workers():

@@ -177,15 +177,17 @@ def chosen_variations(pool: TaskPool, task: str, split: str, num_variations: int
 def run_variations(agent: MetaAgent, pool: TaskPool, task: str, split: str,
                    goal: np.ndarray | None, num_variations: int, phases: list[str], seed: int,
                    rows: list[int] | None = None,
-                   on_episode=None) -> tuple[np.ndarray, np.ndarray]:
+                   on_episode=None, variations: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The meta-test protocol on one task: success (any step) and return of every episode of
     `phases`, arrays [variations, episodes], for the chosen variations `rows` (default: all).
+    `variations` replaces the seeded draw of `num_variations` (`chosen_variations`).
 
     The belief always spans all chosen variations and only `rows` are stepped (the others see
     zeros and are never observed): every forward pass then has the same shape whatever `rows`
     is, and a row's numbers do not depend on the rows run beside it (batched matmuls are not
     bitwise the same across batch sizes). `on_episode()` is called after each episode."""
-    chosen = chosen_variations(pool, task, split, num_variations, seed)
+    chosen = (chosen_variations(pool, task, split, num_variations, seed) if variations is None
+              else list(variations))
     E = len(chosen)
     live = list(range(E)) if rows is None else sorted(rows)
     mask = np.isin(np.arange(E), live)
