@@ -120,6 +120,21 @@ class ContextEncoder(nn.Module):
         x = torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs), z], dim=-1)
         return self.reward_net(x).squeeze(-1)
 
+    def reward_given_rows(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor):
+        """The reward decoder with its rows fixed: a function z [..., K, L] -> rewards [..., K, N]
+        for rows [..., N, D], equal to `predict_reward` on every (row, z) pair. The rows' share of
+        the first layer is computed once, so a fit that moves only z (`refine_mean`) pays for it once
+        instead of once per start and step."""
+        first, rest = self.reward_net[0], self.reward_net[1:]
+        L = self.latent_dim
+        rows = torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs)], dim=-1)
+        row_part = F.linear(rows, first.weight[:, :-L], first.bias).unsqueeze(-3)  # [..., 1, N, H]
+        w_z = first.weight[:, -L:]
+
+        def rewards(z: torch.Tensor) -> torch.Tensor:
+            return rest(row_part + F.linear(z, w_z).unsqueeze(-2)).squeeze(-1)
+        return rewards
+
     def set_goal_stats(self, goals: torch.Tensor) -> None:
         """Standardise the goal head's targets by these goals [G, g] (the training data's)."""
         self.goal_mean.copy_(goals.mean(0))
@@ -157,20 +172,19 @@ class ContextEncoder(nn.Module):
         if steps <= 0 or context.shape[-2] == 0:
             return mu
         d, a = self.obs_dim, self.act_dim
-        # One extra axis K for the starts: rows [E, 1, N, ...], z [E, K, L].
-        obs, act = context[..., None, :, :d], context[..., None, :, d:d + a]
-        rew, nxt = context[..., None, :, d + a], context[..., None, :, -d:]
+        # One extra axis K for the starts: rewards [E, 1, N], z [E, K, L].
+        rew = context[..., None, :, d + a]
         keep = (torch.ones(rew.shape, device=rew.device) if mask is None
                 else mask[..., None, :].to(rew.dtype))
         has_rows = keep.sum((-2, -1)).unsqueeze(-1) > 0
         z0 = mu.unsqueeze(-2) if starts is None else torch.cat([mu.unsqueeze(-2), starts], -2)
         K = z0.shape[-2]
-        shape = (*rew.shape[:-2], K, rew.shape[-1])  # [E, K, N]
+        with torch.no_grad():
+            decoded = self.reward_given_rows(context[..., :d], context[..., d:d + a],
+                                             context[..., -d:])
 
         def losses(z):  # [E, K]: each start's summed squared error plus its prior term
-            pred = self.predict_reward(obs.expand(*shape, d), act.expand(*shape, a),
-                                       nxt.expand(*shape, d), z.unsqueeze(-2).expand(*shape, -1))
-            return ((pred - rew).pow(2) * keep).sum(-1) + prior * 0.5 * z.pow(2).sum(-1)
+            return ((decoded(z) - rew).pow(2) * keep).sum(-1) + prior * 0.5 * z.pow(2).sum(-1)
 
         with torch.enable_grad():
             z = z0.detach().clone().requires_grad_(True)
