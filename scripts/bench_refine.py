@@ -3,8 +3,8 @@
 `ContextEncoder.refine_mean` computes the rows' share of the reward decoder's first layer once
 (`reward_given_rows`); the peer decodes every (row, start) pair whole at every step, through
 `predict_reward`, as training does. Both run the same Adam fit from the same starts on a shipped
-checkpoint's encoder; the script prints the machine, the fastest of a few fits of each, their ratio and how far apart
-the fitted means end.
+checkpoint's encoder; the script prints the machine, the fastest of a few fits of each, their
+ratio and how far apart the fitted means end.
 
     python scripts/bench_refine.py [--checkpoint checkpoints/ml1/reach-v3/cmrl] [--rows 64 500 1500]
 """

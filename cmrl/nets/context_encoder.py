@@ -117,8 +117,13 @@ class ContextEncoder(nn.Module):
         """The reward decoder: r(s, a, s', z) for rows [..., D] -> [...]."""
         if self.reward_net is None:
             raise RuntimeError("this encoder was built without a reward decoder (sac.reward_decoder)")
-        x = torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs), z], dim=-1)
+        x = torch.cat([self._decoder_rows(obs, action, next_obs), z], dim=-1)
         return self.reward_net(x).squeeze(-1)
+
+    def _decoder_rows(self, obs: torch.Tensor, action: torch.Tensor,
+                      next_obs: torch.Tensor) -> torch.Tensor:
+        """The decoder's input without z: (normalised s, a, normalised s')."""
+        return torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs)], dim=-1)
 
     def reward_given_rows(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor):
         """The reward decoder with its rows fixed: a function z [..., K, L] -> rewards [..., K, N]
@@ -127,7 +132,7 @@ class ContextEncoder(nn.Module):
         instead of once per start and step."""
         first, rest = self.reward_net[0], self.reward_net[1:]
         L = self.latent_dim
-        rows = torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs)], dim=-1)
+        rows = self._decoder_rows(obs, action, next_obs)
         row_part = F.linear(rows, first.weight[:, :-L], first.bias).unsqueeze(-3)  # [..., 1, N, H]
         w_z = first.weight[:, -L:]
 
