@@ -208,6 +208,10 @@ class SACConfig:
     RL rows as they are. A variation's own rows (mostly paths straight to its goal) say little
     about where the goal is, so a decoder fitted on them alone teaches the encoder little; tasks
     with a known reward function only, as `context_relabel`. 0 disables."""
+    relabel_recorded: bool = False
+    """The relabelling fields above also act on push-v3 and pick-place-v3, whose relabellers recover
+    the gripper's goal-free reward term from the recorded reward (close, not exact: `envs/relabel.py`).
+    Off: only the point robot and reach-v3 are relabelled, as in every run before these existed."""
     goal_jitter: float = 0.0
     """With `context_relabel = 1`: std (the goal's units, per axis; Meta-World: metres) of Gaussian
     noise added to each drawn variation's recorded goal before its context, the decoder's rows

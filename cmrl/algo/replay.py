@@ -31,6 +31,7 @@ class MultiTaskReplay:
         self._group_index: list[dict[int, np.ndarray] | None] = [None] * T
         self.size = np.zeros(T, np.int64)
         self.ptr = np.zeros(T, np.int64)
+        self.version = np.zeros(T, np.int64)  # bumped by every change, for caches of derived rows
 
     def add(self, task: int, obs, actions, rewards, next_obs, dones=None, groups=None,
             goal: np.ndarray | None = None) -> None:
@@ -58,6 +59,7 @@ class MultiTaskReplay:
         self.dones[task, idx] = 0.0 if dones is None else dones
         self.groups[task, idx] = groups
         self._group_index[task] = None
+        self.version[task] += 1
         self.ptr[task] = (self.ptr[task] + n) % self.capacity
         self.size[task] = min(self.size[task] + n, self.capacity)
 
@@ -68,6 +70,7 @@ class MultiTaskReplay:
             self.ptr[t] = 0
             self._group_index[t] = None
             self.group_goals[t] = {}
+            self.version[t] += 1
 
     def __len__(self) -> int:
         return int(self.size.sum())
@@ -81,6 +84,24 @@ class MultiTaskReplay:
             self._group_index[task] = {int(k): part for k, part in
                                        zip(keys, np.split(order, starts[1:]))}
         return self._group_index[task]
+
+    def oldest_first(self, task: int) -> np.ndarray:
+        """Storage positions of a task's filled rows in the order they were added."""
+        n = int(self.size[task])
+        return (self.ptr[task] - n + np.arange(n)) % self.capacity
+
+    def episode_firsts(self, task: int) -> np.ndarray:
+        """[size]: for each filled storage position, the position of its episode's first row. An
+        episode is a run of rows added in order, of one variation, each starting where the
+        previous one ended."""
+        order = self.oldest_first(task)
+        obs, nxt, groups = self.obs[task, order], self.next_obs[task, order], self.groups[task, order]
+        start = np.ones(len(order), bool)
+        start[1:] = (groups[1:] != groups[:-1]) | (obs[1:] != nxt[:-1]).any(-1)
+        first = np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))
+        out = np.empty(len(order), np.int64)
+        out[order] = order[first]
+        return out
 
     def _indices(self, batch: int, rng: np.random.Generator, tasks: np.ndarray) -> np.ndarray:
         sizes = self.size[tasks]
@@ -110,9 +131,7 @@ class MultiTaskReplay:
         """Filled part of each task's buffer, oldest first, under `prefix`."""
         out: dict[str, np.ndarray] = {}
         for t in range(self.num_tasks):
-            n = int(self.size[t])
-            start = (self.ptr[t] - n) % self.capacity
-            order = (start + np.arange(n)) % self.capacity
+            order = self.oldest_first(t)
             for name in FIELDS:
                 out[f"{prefix}.{t}.{name}"] = np.ascontiguousarray(getattr(self, name)[t, order])
         out.update(self.goals_state(prefix))

@@ -84,9 +84,12 @@ def warn_unrelabelled(tasks, relabellers, config: RunConfig) -> None:
              if value > 0]
     lacking = [task for task, r in zip(tasks, relabellers) if r is None]
     if asked and lacking:
+        optional = [task for task in lacking if reward_relabeller(task) is not None]
+        hint = (f"; sac.relabel_recorded turns on {', '.join(optional)}'s, which reads the recorded "
+                "reward" if optional else "")
         warnings.warn(f"{' and '.join(asked)} will do nothing on {', '.join(lacking)}: no reward "
                       f"relabeller for {'it' if len(lacking) == 1 else 'them'} "
-                      "(cmrl/envs/relabel.py)", RuntimeWarning, stacklevel=3)
+                      f"(cmrl/envs/relabel.py){hint}", RuntimeWarning, stacklevel=3)
 
 
 class Trainer:
@@ -141,7 +144,8 @@ class Trainer:
         # PEARL's task is a goal variation: contexts and the RL rows they condition share one.
         self.variation_batches = None
         if self.agent.uses_context and config.sac.context_from == "variation":
-            relabellers = [reward_relabeller(task) for task in self.tasks]
+            relabellers = [reward_relabeller(task, config.sac.relabel_recorded)
+                           for task in self.tasks]
             warn_unrelabelled(self.tasks, relabellers, config)
             self.variation_batches = VariationBatches(
                 T, config.sac.meta_batch, config.sac.batch_size, config.sac.context_size,

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..envs.relabel import Relabeller
+from ..envs.relabel import Recorded, Relabeller
 from .replay import MultiTaskReplay
 
 
@@ -56,6 +56,7 @@ class VariationBatches:
         self.decoder_relabel_fraction = decoder_relabel_fraction
         self.goal_dim = goal_dim
         self.goal_jitter = goal_jitter
+        self._recorded_cache: dict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]] = {}
 
     @property
     def row_task(self) -> np.ndarray:
@@ -165,7 +166,7 @@ class VariationBatches:
             for f in ("obs", "actions", "next_obs", "dones"):
                 if f in batch:
                     batch[f][r, :n] = getattr(driver, f)[t, other]
-            batch["rewards"][r, :n] = relabel(driver.obs[t, other], driver.next_obs[t, other], goal)
+            batch["rewards"][r, :n] = self._relabel(driver, t, other, goal)
 
     def _context(self, driver: MultiTaskReplay, groups: list[int], rng: np.random.Generator,
                  goals: list[np.ndarray | None] | None = None) -> np.ndarray:
@@ -188,8 +189,48 @@ class VariationBatches:
                 o_obs, o_nxt = driver.obs[t, other], driver.next_obs[t, other]
                 obs = np.concatenate([obs, o_obs])
                 act = np.concatenate([act, driver.actions[t, other]])
-                rew = np.concatenate([rew, relabel(o_obs, o_nxt, goal)])
+                rew = np.concatenate([rew, self._relabel(driver, t, other, goal)])
                 nxt = np.concatenate([nxt, o_nxt])
             ctx = np.concatenate([obs, act, rew[:, None].astype(np.float32), nxt], axis=-1)
             rows.append(ctx[rng.permutation(len(ctx))] if n_other else ctx)
         return np.stack(rows).astype(np.float32)
+
+    def _relabel(self, driver: MultiTaskReplay, t: int, idx: np.ndarray,
+                 goal: np.ndarray) -> np.ndarray:
+        """Rewards of task t's rows `idx` under `goal`, with what was recorded about them where
+        the task's relabeller needs it."""
+        relabel = self.relabellers[t]
+        obs, nxt = driver.obs[t, idx], driver.next_obs[t, idx]
+        if not relabel.needs_recorded:
+            return relabel(obs, nxt, goal)
+        firsts, terms = self._recorded_terms(driver, t)
+        return relabel(obs, nxt, goal, self._recorded(driver, t, idx, firsts, terms))
+
+    @staticmethod
+    def _recorded(driver: MultiTaskReplay, t: int, idx: np.ndarray, firsts: np.ndarray,
+                  terms: np.ndarray | None = None) -> Recorded:
+        goals = driver.group_goals[t]
+        groups = driver.groups[t, idx]
+        missing = sorted({int(g) for g in np.unique(groups)} - set(goals))
+        if missing:
+            raise ValueError(f"relabelling task {t} needs every variation's recorded goal; "
+                             f"variation(s) {missing[:3]} have none (regenerate the dataset)")
+        return Recorded(driver.rewards[t, idx], np.stack([goals[int(g)] for g in groups]),
+                        driver.obs[t, firsts[idx]], None if terms is None else terms[idx])
+
+    def _recorded_terms(self, driver: MultiTaskReplay, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """(episode's first row, goal-free terms) per storage position of task t, computed once
+        per change of the buffer."""
+        key = (id(driver), t)
+        hit = self._recorded_cache.get(key)
+        if hit is not None and hit[0] == driver.version[t]:
+            return hit[1], hit[2]
+        firsts = driver.episode_firsts(t)
+        order = driver.oldest_first(t)
+        start = firsts[order] == order
+        rec = self._recorded(driver, t, order, firsts)
+        part = self.relabellers[t].goal_free_terms(driver.next_obs[t, order], rec, start)
+        terms = np.empty((len(firsts), part.shape[1]), np.float32)
+        terms[order] = part
+        self._recorded_cache[key] = (int(driver.version[t]), firsts, terms)
+        return firsts, terms
