@@ -93,7 +93,7 @@ class MultiTaskReplay:
     def episode_firsts(self, task: int) -> np.ndarray:
         """[size]: for each filled storage position, the position of its episode's first row. An
         episode is a run of rows added in order, of one variation, each starting where the
-        previous one ended."""
+        previous one ended (once a ring buffer wraps, its oldest run starts where it was cut)."""
         order = self.oldest_first(task)
         obs, nxt, groups = self.obs[task, order], self.next_obs[task, order], self.groups[task, order]
         start = np.ones(len(order), bool)

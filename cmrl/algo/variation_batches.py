@@ -56,7 +56,8 @@ class VariationBatches:
         self.decoder_relabel_fraction = decoder_relabel_fraction
         self.goal_dim = goal_dim
         self.goal_jitter = goal_jitter
-        self._recorded_cache: dict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]] = {}
+        # task -> (buffer, its version, episode firsts, goal-free terms): see `_recorded_terms`
+        self._recorded_cache: dict[int, tuple[MultiTaskReplay, int, np.ndarray, np.ndarray]] = {}
 
     @property
     def row_task(self) -> np.ndarray:
@@ -221,10 +222,9 @@ class VariationBatches:
     def _recorded_terms(self, driver: MultiTaskReplay, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(episode's first row, goal-free terms) per storage position of task t, computed once
         per change of the buffer."""
-        key = (id(driver), t)
-        hit = self._recorded_cache.get(key)
-        if hit is not None and hit[0] == driver.version[t]:
-            return hit[1], hit[2]
+        hit = self._recorded_cache.get(t)
+        if hit is not None and hit[0] is driver and hit[1] == driver.version[t]:
+            return hit[2], hit[3]
         firsts = driver.episode_firsts(t)
         order = driver.oldest_first(t)
         start = firsts[order] == order
@@ -232,5 +232,5 @@ class VariationBatches:
         part = self.relabellers[t].goal_free_terms(driver.next_obs[t, order], rec, start)
         terms = np.empty((len(firsts), part.shape[1]), np.float32)
         terms[order] = part
-        self._recorded_cache[key] = (int(driver.version[t]), firsts, terms)
+        self._recorded_cache[t] = (driver, int(driver.version[t]), firsts, terms)
         return firsts, terms
