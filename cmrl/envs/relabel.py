@@ -87,7 +87,7 @@ class _Reach(Relabeller):
     (0, 0.05), margin |hand_init - goal|, long tail). The stored observation has the hand's end
     effector, not the fingers' centre the env measures from, so this is close, not exact: on
     scripted-expert and random episodes it correlates at 0.98-0.999 with the env's own reward, with
-    at most ~1.0 of 10 apart (tests/test_adaptation.py checks it)."""
+    at most ~1.0 of 10 apart (tests/test_variation_context.py checks it)."""
 
     def __call__(self, obs, next_obs, goal, recorded=None):
         goal = np.asarray(goal, np.float64)[:3]
