@@ -211,7 +211,7 @@ class SACConfig:
     relabel_recorded: bool = False
     """The relabelling fields above also act on push-v3 and pick-place-v3, whose relabellers recover
     the gripper's goal-free reward term from the recorded reward (close, not exact: `envs/relabel.py`).
-    Off: only the point robot and reach-v3 are relabelled, as in every run before these existed."""
+    Off: only the point robot and reach-v3 are relabelled."""
     goal_jitter: float = 0.0
     """With `context_relabel = 1`: std (the goal's units, per axis; Meta-World: metres) of Gaussian
     noise added to each drawn variation's recorded goal before its context, the decoder's rows

@@ -33,10 +33,7 @@ def _episode_and_moved_goal(task, noise, seed):
 
 def _recorded(ep):
     n = len(ep.rewards)
-    rec = Recorded(ep.rewards, np.repeat(ep.goal[None], n, 0), np.repeat(ep.obs[:1], n, 0))
-    start = np.zeros(n, bool)
-    start[0] = True
-    return rec
+    return Recorded(ep.rewards, np.repeat(ep.goal[None], n, 0), np.repeat(ep.obs[:1], n, 0))
 
 
 @pytest.mark.parametrize("task, noise, seed, mean_err", [("pick-place-v3", 0.1, 1, 0.1),
@@ -76,7 +73,7 @@ def test_relabelled_rows_in_batches_use_their_episodes_first_observation():
     env.close()
     rb = MultiTaskReplay(1, 1000, 39, 4)
     vb = VariationBatches(1, 1, 8, 8, relabellers=[relabel])
-    for i, ep in enumerate(eps[:2]):
+    for ep in eps[:2]:
         rb.add(0, ep.obs, ep.actions, ep.rewards, ep.next_obs, groups=0, goal=ep.goal)
     firsts = rb.episode_firsts(0)
     np.testing.assert_array_equal(firsts, np.repeat([0, 60], 60))

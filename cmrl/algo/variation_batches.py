@@ -56,8 +56,8 @@ class VariationBatches:
         self.decoder_relabel_fraction = decoder_relabel_fraction
         self.goal_dim = goal_dim
         self.goal_jitter = goal_jitter
-        # task -> (buffer, its version, episode firsts, goal-free terms): see `_recorded_terms`
-        self._recorded_cache: dict[int, tuple[MultiTaskReplay, int, np.ndarray, np.ndarray]] = {}
+        # task -> (buffer, its version, what it recorded per row): see `_recorded`
+        self._recorded_cache: dict[int, tuple[MultiTaskReplay, int, Recorded]] = {}
 
     @property
     def row_task(self) -> np.ndarray:
@@ -204,33 +204,32 @@ class VariationBatches:
         obs, nxt = driver.obs[t, idx], driver.next_obs[t, idx]
         if not relabel.needs_recorded:
             return relabel(obs, nxt, goal)
-        firsts, terms = self._recorded_terms(driver, t)
-        return relabel(obs, nxt, goal, self._recorded(driver, t, idx, firsts, terms))
+        rec = self._recorded(driver, t)
+        return relabel(obs, nxt, goal, Recorded(*(field[idx] for field in rec)))
 
-    @staticmethod
-    def _recorded(driver: MultiTaskReplay, t: int, idx: np.ndarray, firsts: np.ndarray,
-                  terms: np.ndarray | None = None) -> Recorded:
+    def _recorded(self, driver: MultiTaskReplay, t: int) -> Recorded:
+        """What was recorded about every storage position of task t (rewards, own goal, the
+        episode's first observation, the relabeller's goal-free terms), computed once per change
+        of the buffer."""
+        hit = self._recorded_cache.get(t)
+        if hit is not None and hit[0] is driver and hit[1] == driver.version[t]:
+            return hit[2]
         goals = driver.group_goals[t]
-        groups = driver.groups[t, idx]
+        order = driver.oldest_first(t)
+        groups = driver.groups[t, order]
         missing = sorted({int(g) for g in np.unique(groups)} - set(goals))
         if missing:
             raise ValueError(f"relabelling task {t} needs every variation's recorded goal; "
                              f"variation(s) {missing[:3]} have none (regenerate the dataset)")
-        return Recorded(driver.rewards[t, idx], np.stack([goals[int(g)] for g in groups]),
-                        driver.obs[t, firsts[idx]], None if terms is None else terms[idx])
-
-    def _recorded_terms(self, driver: MultiTaskReplay, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """(episode's first row, goal-free terms) per storage position of task t, computed once
-        per change of the buffer."""
-        hit = self._recorded_cache.get(t)
-        if hit is not None and hit[0] is driver and hit[1] == driver.version[t]:
-            return hit[2], hit[3]
         firsts = driver.episode_firsts(t)
-        order = driver.oldest_first(t)
-        start = firsts[order] == order
-        rec = self._recorded(driver, t, order, firsts)
-        part = self.relabellers[t].goal_free_terms(driver.next_obs[t, order], rec, start)
+        goal_rows = np.empty((len(firsts), 3), np.float32)
+        goal_rows[order] = np.stack([goals[int(g)][:3] for g in groups])
+        rec = Recorded(driver.rewards[t, :len(firsts)], goal_rows, driver.obs[t, firsts])
+        part = self.relabellers[t].goal_free_terms(driver.next_obs[t, order],
+                                                   Recorded(*(f[order] for f in rec[:3])),
+                                                   firsts[order] == order)
         terms = np.empty((len(firsts), part.shape[1]), np.float32)
         terms[order] = part
-        self._recorded_cache[t] = (driver, int(driver.version[t]), firsts, terms)
-        return firsts, terms
+        rec = rec._replace(terms=terms)
+        self._recorded_cache[t] = (driver, int(driver.version[t]), rec)
+        return rec
