@@ -308,8 +308,9 @@ class TrainConfig:
     seen the new task's rewards."""
     init_from: str | None = None
     """Run directory whose weights initialise this run (fine-tuning, `python -m cmrl finetune`);
-    same agent kind and architecture. Per-task temperatures start at the mean of the source's;
-    rl2 and maml take the weights alone, with a fresh optimiser."""
+    same agent kind and architecture. Per-task temperatures are the source's when it trained on
+    the same tasks, else each starts at the mean of the source's; rl2 and maml take the weights
+    alone, with a fresh optimiser."""
     eval_at_start: bool = False
     """Evaluate once before any training (the zero-shot point of a fine-tuning curve)."""
     device: str = "auto"

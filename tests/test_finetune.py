@@ -63,6 +63,18 @@ def test_finetune_initial_weights_equal_the_source(meta_runs, tmp_path):
                                                     trainer.agent.actor.parameters()))
 
 
+def test_a_second_phase_on_the_same_tasks_keeps_each_tasks_temperature(meta_runs, tmp_path):
+    from cmrl.algo.trainer import Trainer
+    from cmrl.config import RunConfig
+
+    src = load_agent(meta_runs["pearl"])
+    assert src.agent.log_alpha.numel() == 3 and len(set(src.agent.log_alpha.tolist())) > 1
+    cfg = RunConfig.from_dict(src.info["config"]).updated(
+        {"train.init_from": str(meta_runs["pearl"]), "sac.kl_weight": 0.01})
+    trainer = Trainer(cfg, tmp_path / "phase2", progress=False)
+    assert torch.equal(trainer.agent.log_alpha.detach(), src.agent.log_alpha.detach())
+
+
 def test_finetune_resume_and_scratch_via_cli(meta_runs, tmp_path):
     run = tmp_path / "scratch"
     base = [sys.executable, "-m", "cmrl", "finetune", "--checkpoint", str(meta_runs["pearl"]),

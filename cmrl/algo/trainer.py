@@ -234,9 +234,14 @@ class Trainer:
             raise ckpt.CheckpointError(f"{source}: its task ids {src.agent.id_tasks} differ from this "
                                        f"run's {self.agent.id_tasks}")
         state = src.agent.state_dict()
-        with torch.no_grad():
-            state["log_alpha"] = torch.full_like(self.agent.log_alpha,
-                                                 float(src.agent.log_alpha.exp().mean().log()))
+        # Per-task temperatures carry over when this run trains on the source's own tasks (a
+        # second phase with another recipe); on other tasks each starts at the source's mean.
+        same_tasks = (src.agent.train_tasks == self.agent.train_tasks
+                      and src.agent.log_alpha.shape == self.agent.log_alpha.shape)
+        if not same_tasks:
+            with torch.no_grad():
+                state["log_alpha"] = torch.full_like(self.agent.log_alpha,
+                                                     float(src.agent.log_alpha.exp().mean().log()))
         # A reward decoder (`sac.reward_decoder`) and a goal head (`sac.goal_supervision`) are the
         # parts either side may lack: they start fresh, or are dropped.
         missing, unexpected = self.agent.load_state_dict(state, strict=False)
