@@ -17,9 +17,8 @@ from cmrl.experiments.recipes import ensure_dataset
 
 pytestmark = pytest.mark.timeout(900)
 
-# cmrl's seed 0 lands on either side of 0.9 depending on the CPU's float kernels (0.90 on the
-# earlier Xeon and the AMD EPYC, 0.80 on the 2026-12-07 evening Xeon, same code and data:
-# docs/adaptation.md, Targets), so its floor is what every machine measured.
+# cmrl's seed 0 sits at 0.9 and lands on either side of it with the CPU's float kernels (same
+# code and data; docs/adaptation.md, Targets): its floor is what every CPU measured.
 EVAL_FLOOR = {"pearl": 0.9, "cmrl": 0.75}
 
 
