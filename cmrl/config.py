@@ -22,6 +22,7 @@ GOAL_ENCODINGS = ("sentence", "verb_object")
 BC_FORMS = ("sum", "td3bc")
 KL_PRIORS = ("standard", "text")
 CONTEXT_FROM = ("variation", "task")
+UNRELABELLED_CONTEXT_FROM = ("variation", "task")
 UPDATE_IMPLS = ("auto", "eager", "graphed")
 RETIRED_UPDATE_IMPLS = {"fast": "eager", "compiled": "eager"}
 """Retired `sac.update_impl` values (docs/speed_history.md) -> the path that runs them now (the same
@@ -194,6 +195,13 @@ class SACConfig:
     """With `context_from = variation`: fraction of each context drawn from other variations of the
     task with their rewards recomputed for this one's goal (tasks with a known reward function:
     `envs/relabel.py`; elsewhere no effect). 0 disables."""
+    unrelabelled_context_from: str = "variation"
+    """With `context_from = variation`: where the contexts of tasks without a reward relabeller
+    (`envs/relabel.py`) come from. `variation`: their own variation, as every task's. `task`: any
+    variation of the task, mixed. A dataset that records one or two episodes per variation makes a
+    variation's context name its episode, and the critics can then learn that episode's returns
+    instead of the task's; where no relabelled context can say the goal, a task-wide one says what
+    the task is and no more (docs/adaptation.md, forty-ninth round)."""
     context_window: int = 0
     """With `context_from = variation`: a context is drawn as runs of this many consecutive
     transitions (a stretch of one trajectory, as the agent's own episodes are at meta-test) instead
@@ -530,7 +538,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": DEVICES, "sac.precision": PRECISIONS, "sac.update_impl": UPDATE_IMPLS,
     "net.routing_input": ROUTING_INPUTS, "net.cond_embed": COND_EMBEDS,
     "net.goal_encoding": GOAL_ENCODINGS, "sac.bc_form": BC_FORMS, "sac.kl_prior": KL_PRIORS,
-    "sac.context_from": CONTEXT_FROM,
+    "sac.context_from": CONTEXT_FROM, "sac.unrelabelled_context_from": UNRELABELLED_CONTEXT_FROM,
 }
 """The fields that take one of a few words, and those words: `validate`, the CLI and the app's
 forms all read them from here (train.agent: AGENT_KINDS, checked first)."""

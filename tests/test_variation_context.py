@@ -118,6 +118,28 @@ def test_variation_batches_keep_context_and_rows_on_one_variation():
         assert set(batch["obs"][r, :, 0].tolist()) == {task}
 
 
+def test_tasks_without_a_relabeller_can_take_contexts_from_every_variation():
+    rb = _grouped_replay()
+    # task 0 has a relabeller, task 1 none
+    vb = VariationBatches(2, groups_per_task=4, batch_size=32, context_size=60,
+                          relabellers=[reward_relabeller(point_robot.TASK), None],
+                          unrelabelled_from_task=True)
+    batch, context = vb.sample(rb, [(rb, vb.rows)], np.random.default_rng(0))
+    for r in range(8):
+        rows_groups = set(batch["obs"][r, :, 1].tolist())
+        ctx_groups = set(context[r, :, 1].tolist())
+        assert len(rows_groups) == 1  # the RL rows stay on one variation
+        assert set(context[r, :, 0].tolist()) == {vb.row_task[r]}
+        if vb.row_task[r] == 0:
+            assert ctx_groups == rows_groups
+        else:
+            assert ctx_groups == {0.0, 1.0, 2.0}  # 60 draws over 30 rows: all three variations
+    cfg = RunConfig().updated({"sac.unrelabelled_context_from": "task"})
+    assert cfg.sac.unrelabelled_context_from == "task"
+    with pytest.raises(ConfigError, match="unrelabelled_context_from"):
+        RunConfig().updated({"sac.unrelabelled_context_from": "episode"}).validate()
+
+
 def test_relabelled_contexts_carry_this_variations_rewards():
     rb = MultiTaskReplay(1, 200, 2, 2)
     rng = np.random.default_rng(0)

@@ -152,7 +152,7 @@ class Trainer:
                 config.sac.context_relabel, relabellers, config.sac.rl_relabel,
                 config.sac.context_window, config.sac.decoder_relabel,
                 self.benchmark.goal_position_dim if config.sac.goal_supervision > 0 else 0,
-                config.sac.goal_jitter)
+                config.sac.goal_jitter, config.sac.unrelabelled_context_from == "task")
         rows = (self.variation_batches.row_task if self.variation_batches is not None
                 else np.arange(T))
         self.row_task = torch.as_tensor(rows, device=self.device)

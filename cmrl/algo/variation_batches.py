@@ -22,6 +22,10 @@ the goals between them, where meta-test goals lie. The RL rows keep their record
 `goal_dim` > 0 adds each group's goal position (the recorded one, moved by `goal_jitter`) to the
 batch (`goal_pos`, one per RL row), the target of `sac.goal_supervision`.
 
+`unrelabelled_from_task` draws the contexts of tasks without a relabeller from any of their
+variations instead of their own: with a variation or two per recorded episode, a variation's own
+context would name the episode its RL rows come from.
+
 `context_window` > 0 draws each part of a context as runs of that many consecutive transitions
 instead of single transitions picked at random. At meta-test the encoder reads the agent's own
 episodes, a few trajectories in a row; a posterior learned only from transitions scattered over
@@ -45,7 +49,7 @@ class VariationBatches:
                  relabellers: Sequence[Relabeller | None] | None = None,
                  rl_relabel_fraction: float = 0.0, context_window: int = 0,
                  decoder_relabel_fraction: float = 0.0, goal_dim: int = 0,
-                 goal_jitter: float = 0.0):
+                 goal_jitter: float = 0.0, unrelabelled_from_task: bool = False):
         self.T, self.M = num_tasks, groups_per_task
         self.rows = max(1, batch_size // groups_per_task)
         self.N = context_size
@@ -56,6 +60,7 @@ class VariationBatches:
         self.decoder_relabel_fraction = decoder_relabel_fraction
         self.goal_dim = goal_dim
         self.goal_jitter = goal_jitter
+        self.unrelabelled_from_task = unrelabelled_from_task
         # task -> (buffer, its version, what it recorded per row): see `_recorded`
         self._recorded_cache: dict[int, tuple[MultiTaskReplay, int, Recorded]] = {}
 
@@ -181,8 +186,11 @@ class VariationBatches:
             relabel = self.relabellers[t]
             n_other = (int(round(self.N * self.relabel_fraction))
                        if relabel is not None and goal is not None else 0)
-            pool = driver.group_index(t)[g]
-            own = pool[self._positions(len(pool), self.N - n_other, rng)]
+            if relabel is None and self.unrelabelled_from_task:
+                own = self._positions(int(driver.size[t]), self.N, rng)
+            else:
+                pool = driver.group_index(t)[g]
+                own = pool[self._positions(len(pool), self.N - n_other, rng)]
             obs, act = driver.obs[t, own], driver.actions[t, own]
             rew, nxt = driver.rewards[t, own], driver.next_obs[t, own]
             if n_other:
